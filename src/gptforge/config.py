@@ -1,0 +1,303 @@
+"""Configuration: the model's shape (GPTConfig), the training run (TrainConfig), and named presets.
+
+A run is fully described by one ``RunConfig`` (model + train). It is built in layers — preset, then
+a TOML file, then command-line overrides — validated once, and written to ``RUN/config.json`` so a
+run can always be rebuilt from its directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from gptforge.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class GPTConfig:
+    """The shape of a GPT-2-style model. Field names match nanoGPT's and the HF contract."""
+
+    block_size: int = 1024
+    vocab_size: int = 50304
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+
+    def validate(self) -> None:
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head != 0:
+            raise UserError(
+                f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
+                f"try n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+GPT2_VOCAB_SIZE = 50257
+
+# The published GPT-2 sizes (exact vocabulary; padding is applied when a run is built) and small
+# models for CPUs and tests.
+MODEL_PRESETS: dict[str, GPTConfig] = {
+    "gpt2": GPTConfig(n_layer=12, n_head=12, n_embd=768, vocab_size=GPT2_VOCAB_SIZE),
+    "gpt2-medium": GPTConfig(n_layer=24, n_head=16, n_embd=1024, vocab_size=GPT2_VOCAB_SIZE),
+    "gpt2-large": GPTConfig(n_layer=36, n_head=20, n_embd=1280, vocab_size=GPT2_VOCAB_SIZE),
+    "gpt2-xl": GPTConfig(n_layer=48, n_head=25, n_embd=1600, vocab_size=GPT2_VOCAB_SIZE),
+    # a small BPE model that trains on a laptop CPU in minutes
+    "gpt2-mini": GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=GPT2_VOCAB_SIZE),
+    # nanoGPT's CPU character model shape
+    "char-small": GPTConfig(n_layer=4, n_head=4, n_embd=128, block_size=64, vocab_size=65),
+    # for tests: seconds on two CPU cores
+    "tiny": GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65),
+}
+
+
+def padded_vocab_size(vocab_size: int, multiple: int) -> int:
+    """Round the vocabulary up to a multiple (64 gives 50,304 for GPT-2) for faster matmuls."""
+    if multiple <= 1:
+        return vocab_size
+    return math.ceil(vocab_size / multiple) * multiple
+
+
+@dataclass
+class TrainConfig:
+    """Everything about a training run except the model's shape. Each field is a `--flag`."""
+
+    data: str = "shakespeare"  # named dataset, a UTF-8 text file, or a folder of .txt files
+    tokenizer: str = "gpt2"  # gpt2 (GPT-2 BPE via tiktoken) or char (built from the corpus)
+    tokenizer_file: str | None = None  # path to gpt2.tiktoken when offline
+    pad_vocab_to: int = 64  # pad the vocabulary up to a multiple of this (1 keeps it exact)
+    val_fraction: float = 0.1  # share of tokens held out for validation (0 allowed)
+    sampler: str = "sequential"  # sequential (epochs of consecutive windows) or random (nanoGPT)
+
+    batch_size: int = 16  # sequences per micro-batch (per process)
+    grad_accum: int = 1  # micro-batches per optimizer step (derived when tokens_per_step is set)
+    tokens_per_step: int | None = None  # global tokens per optimizer step; sets grad_accum
+
+    learning_rate: float = 6e-4
+    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine, constant, or onecycle
+    decay_steps: int | None = None  # length of the schedule; defaults to max_steps
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 disables clipping
+
+    max_steps: int = 5000
+    max_epochs: float | None = None
+    time_budget: float | None = None  # seconds of training before stopping
+    target_loss: float | None = None  # stop once an optimizer step's mean training loss is below this
+
+    log_interval: int = 10
+    eval_interval: int = 250
+    eval_batches: int = 20
+    sample_interval: int = 0  # 0 disables periodic samples during training
+    sample_tokens: int = 200
+    checkpoint_interval: int = 250
+    keep_checkpoints: int = 0  # also keep the last K step-N.pt files (0: only last.pt and best.pt)
+    compress_checkpoints: bool = False  # write .pt.gz instead of .pt
+
+    device: str = "auto"  # auto (cuda > mps > cpu), cuda, cuda:N, mps, cpu
+    dtype: str = "auto"  # auto (bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPU), float32, bfloat16, float16
+    compile: bool | None = None  # None: on for CUDA, off elsewhere
+    seed: int = 1337
+    init: str = "scratch"  # scratch (GPT-2 initialisation)
+
+    out: str | None = None  # run directory; default runs/<timestamp>-<preset>
+    progress: bool = True  # progress bar when the output is a terminal
+    tensorboard: bool = False
+    wandb: bool = False
+
+    def validate(self) -> None:
+        positive = ("batch_size", "grad_accum", "max_steps", "log_interval", "eval_batches",
+                    "checkpoint_interval", "sample_tokens", "pad_vocab_to")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("warmup_steps", "eval_interval", "sample_interval", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name} must be zero or more, got {getattr(self, name)}")
+        if self.tokens_per_step is not None and self.tokens_per_step <= 0:
+            raise UserError(f"tokens_per_step must be positive, got {self.tokens_per_step}")
+        if self.learning_rate <= 0:
+            raise UserError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.schedule not in ("cosine", "constant", "onecycle"):
+            raise UserError(f"unknown schedule {self.schedule!r}; choose cosine, constant or onecycle")
+        if self.sampler not in ("sequential", "random"):
+            raise UserError(f"unknown sampler {self.sampler!r}; choose sequential or random")
+        if self.tokenizer not in ("gpt2", "char"):
+            raise UserError(f"unknown tokenizer {self.tokenizer!r}; choose gpt2 or char")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise UserError(f"unknown dtype {self.dtype!r}; choose auto, float32, bfloat16 or float16")
+        device_kind = self.device.split(":")[0]
+        if device_kind not in ("auto", "cpu", "cuda", "mps"):
+            raise UserError(f"unknown device {self.device!r}; choose auto, cpu, cuda, cuda:N or mps")
+        if self.init != "scratch":
+            raise UserError(f"unknown init {self.init!r}; only 'scratch' is available")
+        for name in ("max_epochs", "time_budget", "target_loss"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UserError(f"{name} must be positive, got {value}")
+        if self.grad_clip < 0:
+            raise UserError(f"grad_clip must be zero or more, got {self.grad_clip}")
+
+
+@dataclass
+class RunConfig:
+    """A whole run: which preset it came from, the model's shape and the training settings."""
+
+    preset: str = "custom"
+    model: GPTConfig = field(default_factory=GPTConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> None:
+        self.model.validate()
+        self.train.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preset": self.preset, "model": dataclasses.asdict(self.model),
+                "train": dataclasses.asdict(self.train)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        config = cls(preset=data.get("preset", "custom"))
+        apply_overrides(config, {**data.get("model", {}), **data.get("train", {})})
+        return config
+
+
+# Recipes: a model preset plus training settings. The key names are TrainConfig/GPTConfig fields.
+RECIPES: dict[str, dict[str, Any]] = {
+    # The seeds' job: GPT-2 124M on tiny Shakespeare until the training loss is below 0.1.
+    "shakespeare-gpt2": {
+        "model": "gpt2",
+        "data": "shakespeare", "tokenizer": "gpt2", "batch_size": 16, "block_size": 1024,
+        "val_fraction": 0.0, "learning_rate": 6e-4, "warmup_steps": 50, "max_steps": 2000,
+        "target_loss": 0.1, "eval_interval": 0, "checkpoint_interval": 100, "log_interval": 10,
+    },
+    # nanoGPT's CPU character recipe, trimmed to train on a laptop CPU in about a minute.
+    "shakespeare-char-cpu": {
+        "model": "char-small",
+        "data": "shakespeare", "tokenizer": "char", "batch_size": 12, "block_size": 64,
+        "pad_vocab_to": 1, "sampler": "random", "learning_rate": 1e-3, "warmup_steps": 100,
+        "max_steps": 2000, "beta2": 0.99, "eval_interval": 250, "eval_batches": 20,
+        "checkpoint_interval": 500, "log_interval": 50,
+    },
+}
+
+PRESETS = sorted([*MODEL_PRESETS, *RECIPES])
+
+
+def from_preset(name: str) -> RunConfig:
+    """A RunConfig for a model preset (default training settings) or a recipe."""
+    if name in RECIPES:
+        recipe = dict(RECIPES[name])
+        config = RunConfig(preset=name, model=dataclasses.replace(MODEL_PRESETS[recipe.pop("model")]))
+        apply_overrides(config, recipe)
+        return config
+    if name in MODEL_PRESETS:
+        return RunConfig(preset=name, model=dataclasses.replace(MODEL_PRESETS[name]))
+    raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """The declared type of each dataclass field, resolved from its annotation."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def coerce(name: str, value: Any, annotation: Any) -> Any:
+    """Convert a value from TOML/JSON/CLI text to the field's declared type, with a clear error."""
+    args = typing.get_args(annotation)
+    is_optional = (typing.get_origin(annotation) in (typing.Union, types.UnionType)) and type(None) in args
+    base = next((a for a in args if a is not type(None)), annotation) if is_optional else annotation
+    if value is None or (is_optional and isinstance(value, str) and value.lower() in ("none", "null", "")):
+        if is_optional:
+            return None
+        raise UserError(f"{name} cannot be empty")
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if base is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if isinstance(value, str):
+                value = value.replace("_", "").replace(",", "")
+                return int(float(value)) if ("e" in value.lower() and float(value).is_integer()) else int(value)
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError
+            result = float(value)
+            if not math.isfinite(result):
+                raise ValueError
+            return result
+        if base is str:
+            return str(value)
+    except (TypeError, ValueError):
+        kind = getattr(base, "__name__", str(base))
+        raise UserError(f"{name} must be {'an' if kind == 'int' else 'a'} {kind}, got {value!r}") from None
+    return value
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Set fields by name on whichever part (model or train) owns them; unknown keys are errors."""
+    model_types, train_types = field_types(GPTConfig), field_types(TrainConfig)
+    for key, value in overrides.items():
+        name = key.replace("-", "_")
+        if name in model_types:
+            setattr(config.model, name, coerce(name, value, model_types[name]))
+        elif name in train_types:
+            setattr(config.train, name, coerce(name, value, train_types[name]))
+        elif name == "preset":
+            continue
+        else:
+            raise UserError(f"unknown setting {key!r}")
+    return config
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config: flat keys, or [model] / [train] tables, plus an optional `preset`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot parse config file {path}: {exc}") from None
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("model", "train") and isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
