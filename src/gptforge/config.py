@@ -79,49 +79,49 @@ def padded_vocab_size(vocab_size: int, multiple: int) -> int:
 class TrainConfig:
     """Everything about a training run except the model's shape. Each field is a `--flag`."""
 
-    data: str = "shakespeare"  # named dataset, a UTF-8 text file, or a folder of .txt files
-    tokenizer: str = "gpt2"  # gpt2 (GPT-2 BPE via tiktoken) or char (built from the corpus)
-    tokenizer_file: str | None = None  # path to gpt2.tiktoken when offline
-    pad_vocab_to: int = 64  # pad the vocabulary up to a multiple of this (1 keeps it exact)
-    val_fraction: float = 0.1  # share of tokens held out for validation (0 allowed)
-    sampler: str = "sequential"  # sequential (epochs of consecutive windows) or random (nanoGPT)
+    data: str = "shakespeare"
+    tokenizer: str = "gpt2"
+    tokenizer_file: str | None = None
+    pad_vocab_to: int = 64
+    val_fraction: float = 0.1
+    sampler: str = "sequential"
 
-    batch_size: int = 16  # sequences per micro-batch (per process)
-    grad_accum: int = 1  # micro-batches per optimizer step (derived when tokens_per_step is set)
-    tokens_per_step: int | None = None  # global tokens per optimizer step; sets grad_accum
+    batch_size: int = 16
+    grad_accum: int = 1
+    tokens_per_step: int | None = None
 
     learning_rate: float = 6e-4
-    min_lr_ratio: float = 0.1  # cosine decays to learning_rate * min_lr_ratio
+    min_lr_ratio: float = 0.1
     warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine, constant, or onecycle
-    decay_steps: int | None = None  # length of the schedule; defaults to max_steps
+    schedule: str = "cosine"
+    decay_steps: int | None = None
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
-    grad_clip: float = 1.0  # 0 disables clipping
+    grad_clip: float = 1.0
 
     max_steps: int = 5000
     max_epochs: float | None = None
-    time_budget: float | None = None  # seconds of training before stopping
-    target_loss: float | None = None  # stop once an optimizer step's mean training loss is below this
+    time_budget: float | None = None
+    target_loss: float | None = None
 
     log_interval: int = 10
     eval_interval: int = 250
     eval_batches: int = 20
-    sample_interval: int = 0  # 0 disables periodic samples during training
+    sample_interval: int = 0
     sample_tokens: int = 200
     checkpoint_interval: int = 250
-    keep_checkpoints: int = 0  # also keep the last K step-N.pt files (0: only last.pt and best.pt)
-    compress_checkpoints: bool = False  # write .pt.gz instead of .pt
+    keep_checkpoints: int = 0
+    compress_checkpoints: bool = False
 
-    device: str = "auto"  # auto (cuda > mps > cpu), cuda, cuda:N, mps, cpu
-    dtype: str = "auto"  # auto (bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPU), float32, bfloat16, float16
-    compile: bool | None = None  # None: on for CUDA, off elsewhere
+    device: str = "auto"
+    dtype: str = "auto"
+    compile: bool | None = None
     seed: int = 1337
-    init: str = "scratch"  # scratch (GPT-2 initialisation)
+    init: str = "scratch"
 
-    out: str | None = None  # run directory; default runs/<timestamp>-<preset>
-    progress: bool = True  # progress bar when the output is a terminal
+    out: str | None = None
+    progress: bool = True
     tensorboard: bool = False
     wandb: bool = False
 
@@ -162,6 +162,54 @@ class TrainConfig:
                 raise UserError(f"{name} must be positive, got {value}")
         if self.grad_clip < 0:
             raise UserError(f"grad_clip must be zero or more, got {self.grad_clip}")
+
+
+# `--help` text for each field; a flag is the field name with dashes.
+FIELD_HELP: dict[str, str] = {
+    "data": "named dataset, a UTF-8 text file, or a folder of .txt files",
+    "tokenizer": "gpt2 (GPT-2 BPE via tiktoken) or char (built from the corpus)",
+    "tokenizer_file": "path to gpt2.tiktoken when offline",
+    "pad_vocab_to": "pad the vocabulary up to a multiple of this (1 keeps it exact)",
+    "val_fraction": "share of tokens held out for validation (0 allowed)",
+    "sampler": "sequential (epochs of consecutive windows) or random (nanoGPT)",
+    "batch_size": "sequences per micro-batch (per process)",
+    "grad_accum": "micro-batches per optimizer step (derived when tokens_per_step is set)",
+    "tokens_per_step": "global tokens per optimizer step; sets grad_accum",
+    "min_lr_ratio": "cosine decays to learning_rate * min_lr_ratio",
+    "schedule": "cosine, constant, or onecycle",
+    "decay_steps": "length of the schedule; defaults to max_steps",
+    "grad_clip": "0 disables clipping",
+    "time_budget": "seconds of training before stopping",
+    "target_loss": "stop once an optimizer step's mean training loss is below this",
+    "sample_interval": "0 disables periodic samples during training",
+    "keep_checkpoints": "also keep the last K step-N.pt files (0: only last.pt and best.pt)",
+    "compress_checkpoints": "write .pt.gz instead of .pt",
+    "device": "auto (cuda > mps > cpu), cuda, cuda:N, mps, cpu",
+    "dtype": "auto (bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPU), float32, bfloat16, float16",
+    "compile": "None: on for CUDA, off elsewhere",
+    "init": "scratch (GPT-2 initialisation)",
+    "out": "run directory; default runs/<timestamp>-<preset>",
+    "progress": "progress bar when the output is a terminal",
+    "block_size": "context length in tokens",
+    "vocab_size": "vocabulary size (derived from the tokenizer when training)",
+    "n_layer": "transformer blocks",
+    "n_head": "attention heads (must divide n_embd)",
+    "n_embd": "embedding width",
+    "dropout": "dropout probability",
+    "bias": "biases in Linear and LayerNorm layers (GPT-2 has them)",
+    "learning_rate": "peak learning rate",
+    "weight_decay": "AdamW weight decay on 2D+ tensors",
+    "beta1": "AdamW beta1",
+    "beta2": "AdamW beta2",
+    "max_steps": "optimizer steps to train for",
+    "log_interval": "log a line every N steps",
+    "eval_interval": "evaluate on the val split every N steps (0: never)",
+    "eval_batches": "micro-batches per evaluation",
+    "sample_tokens": "tokens per sample (periodic and final)",
+    "checkpoint_interval": "write checkpoints/last.pt every N steps",
+    "seed": "random seed",
+    "warmup_steps": "linear warmup steps",
+}
 
 
 @dataclass
@@ -225,6 +273,9 @@ def field_types(cls: type) -> dict[str, Any]:
     """The declared type of each dataclass field, resolved from its annotation."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in fields(cls)}
+
+
+MODEL_KEYS = {f.name for f in fields(GPTConfig)}
 
 
 def coerce(name: str, value: Any, annotation: Any) -> Any:

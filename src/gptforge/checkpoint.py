@@ -1,0 +1,352 @@
+"""Checkpoints that survive crashes and cannot run code, and the layout of a run directory.
+
+A run directory RUN holds ``config.json``, ``tokenizer.json``, ``metrics.jsonl``, ``train.log``,
+``checkpoints/`` (``last.pt``, ``best.pt``, periodic ``step-N.pt``; ``.pt.gz`` when compressed),
+``curves.png`` and ``summary.txt``.
+
+Every file is written to a temporary file beside its target and moved into place with one
+``os.replace``, so a crash or a full disk leaves either the old file or the new one, never half of
+one. Loading always uses ``torch.load(weights_only=True)``: a checkpoint from the internet cannot run
+code on the machine that opens it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+import random
+import re
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import torch
+
+from gptforge.errors import UserError
+
+CHECKPOINT_FORMAT = 1  # stored under state["format"]; bump when the layout of the state changes
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_STEP_FILE = re.compile(r"step-(\d+)\.pt(\.gz)?")
+_REASON_CHARS = 160
+
+
+class _BadCheckpoint(Exception):
+    """Why one file is not a usable checkpoint; callers add the file name."""
+
+
+# --- atomic writes -----------------------------------------------------------------------------
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that readers and crashes see the old or the new file, whole."""
+    _atomic_write(Path(path), lambda file: file.write(data))
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """``atomic_write_bytes`` for UTF-8 text (config.json, summary.txt)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+    # The temporary file lives in the target's directory so os.replace is a rename on one
+    # filesystem (atomic), and starts with "." so listings and globs skip it.
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    descriptor = os.open(temporary, flags, 0o666)  # 0o666 minus the umask, like a normal open()
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make the rename itself durable; without this a power cut can undo it on some filesystems."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # Windows cannot open directories; its renames are durable without this
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass  # some filesystems (network mounts) refuse directory fsync; the file itself is safe
+    finally:
+        os.close(descriptor)
+
+
+# --- save and load -----------------------------------------------------------------------------
+
+
+def save_checkpoint(state: dict, path: Path, compress: bool = False) -> Path:
+    """Write ``state`` (plus ``"format"``) atomically and return the path actually written.
+
+    With ``compress`` the file is gzip and its name ends in ``.gz``. On any failure the previous
+    file at that path is left as it was. torch.save streams into the temporary file, so a large
+    model is not held twice in memory.
+    """
+    path = Path(path)
+    if compress and path.suffix != ".gz":
+        path = path.with_name(path.name + ".gz")
+    state = {**state, "format": CHECKPOINT_FORMAT}
+
+    def write(file: IO[bytes]) -> None:
+        if compress:
+            with gzip.GzipFile(fileobj=file, mode="wb", compresslevel=6) as gz:
+                torch.save(state, gz)
+        else:
+            torch.save(state, file)
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(path, write)
+    except (OSError, RuntimeError) as exc:
+        cause = _os_error_in(exc)
+        if cause is None:
+            raise  # a RuntimeError that is not about the disk is a bug, not the user's problem
+        reason = cause.strerror or str(cause)
+        raise UserError(f"could not save checkpoint {path}: {reason}; the previous checkpoint is intact") from exc
+    return path
+
+
+def _os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``: torch.save reports a failed write as a RuntimeError whose context is it."""
+    while exc is not None:
+        if isinstance(exc, OSError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint written by ``save_checkpoint``; any problem is a one-line UserError."""
+    path = Path(path)
+    try:
+        return _load(path, map_location)
+    except _BadCheckpoint as exc:
+        raise UserError(f"cannot load checkpoint {path}: {exc}") from None
+
+
+def _load(path: Path, map_location: str | torch.device) -> dict:
+    if not path.exists():
+        raise _BadCheckpoint("no such file")
+    if not path.is_file():
+        raise _BadCheckpoint("not a file")
+    try:
+        if path.stat().st_size == 0:
+            raise _BadCheckpoint("the file is empty (0 bytes); it was probably cut off, use an older checkpoint")
+        with path.open("rb") as file:
+            source: Path | io.BytesIO = _gunzip(file) if file.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC else path
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise _BadCheckpoint(f"cannot read it ({_one_line(exc)})") from None
+    state = _torch_load(source, map_location)
+    _check_state(state)
+    return state
+
+
+def _gunzip(file: IO[bytes]) -> io.BytesIO:
+    """Decompress into memory: torch.load seeks around the zip archive, which gzip streams do slowly."""
+    file.seek(0)
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=file, mode="rb") as gz:
+        shutil.copyfileobj(gz, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def _torch_load(source: Path | io.BytesIO, map_location: str | torch.device) -> Any:
+    try:
+        return torch.load(source, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        forbidden = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if forbidden:
+            raise _BadCheckpoint(
+                f"it asks for {forbidden.group(1)} while loading, which could run code; refused "
+                "(only tensors and plain data are loaded)"
+            ) from None
+        raise _BadCheckpoint(
+            "not a PyTorch checkpoint, or it holds objects other than tensors and plain data (refused)"
+        ) from None
+    except Exception as exc:  # torch reports corrupt files with many exception types
+        raise _BadCheckpoint(
+            f"corrupt or truncated, or not a PyTorch checkpoint ({_one_line(exc)}); use an older checkpoint"
+        ) from None
+
+
+def _check_state(state: Any) -> None:
+    if not isinstance(state, dict):
+        raise _BadCheckpoint(f"holds a {type(state).__name__}, not a gptforge checkpoint (a dict)")
+    missing = [key for key in ("model", "format") if key not in state]
+    if missing:
+        raise _BadCheckpoint(f"not a gptforge checkpoint (no {' or '.join(repr(k) for k in missing)} entry)")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise _BadCheckpoint(
+            f"checkpoint format {state['format']!r} is not one this gptforge reads ({CHECKPOINT_FORMAT}); "
+            "use the gptforge version that wrote it"
+        )
+
+
+def _one_line(exc: BaseException) -> str:
+    """The exception's kind and first line, short enough for a one-line error."""
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= _REASON_CHARS else text[: _REASON_CHARS - 3] + "..."
+
+
+# --- finding checkpoints in a run --------------------------------------------------------------
+
+
+def checkpoint_candidates(run_dir: Path) -> list[Path]:
+    """Checkpoint files of a run, newest first: last, then step-N by N descending, then best.
+
+    best.pt comes last because it can be far older than the others. When a name exists both plain
+    and gzipped (the compression setting changed on resume), the more recently written one wins.
+    """
+    checkpoint_dir = Path(run_dir) / "checkpoints"
+    if not checkpoint_dir.is_dir():
+        return []
+    ranked: list[tuple[int, int, float, Path]] = []
+    for path in checkpoint_dir.iterdir():
+        if not path.is_file():
+            continue
+        stem = path.name.removesuffix(".gz")
+        step = _STEP_FILE.fullmatch(path.name)
+        if stem == "last.pt":
+            rank, number = 0, 0
+        elif step:
+            rank, number = 1, -int(step.group(1))
+        elif stem == "best.pt":
+            rank, number = 2, 0
+        else:
+            continue
+        ranked.append((rank, number, -path.stat().st_mtime, path))
+    return [path for *_, path in sorted(ranked)]
+
+
+def find_checkpoint(run_dir: str | Path) -> Path:
+    """The newest checkpoint of a run that actually loads (each candidate is loaded to prove it).
+
+    Callers that also need the state should call ``load_latest`` instead, to load it only once.
+    """
+    return load_latest(run_dir)[1]
+
+
+def load_latest(
+    run_dir: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[dict, Path, list[str]]:
+    """Load the newest good checkpoint of a run, falling back past corrupt ones.
+
+    Returns the state, its path and one ``"skipping PATH: reason"`` warning per file passed over, so
+    a crash while writing ``last.pt`` costs at most the steps since the previous checkpoint.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} not found; pass a folder made by `gptforge train`")
+    checkpoint_dir = run_dir / "checkpoints"
+    if not checkpoint_dir.is_dir():
+        raise UserError(f"{run_dir} has no checkpoints/ folder; is it a gptforge run directory?")
+    candidates = checkpoint_candidates(run_dir)
+    if not candidates:
+        raise UserError(f"no checkpoints in {checkpoint_dir} yet; train longer or pass --checkpoint FILE")
+    warnings: list[str] = []
+    for path in candidates:
+        try:
+            return _load(path, map_location), path, warnings
+        except _BadCheckpoint as exc:
+            warnings.append(f"skipping {path}: {exc}")
+    raise UserError(f"none of the {len(candidates)} checkpoints in {checkpoint_dir} loads ({'; '.join(warnings)})")
+
+
+def prune_step_checkpoints(checkpoint_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` step-N files (all of them when ``keep <= 0``) to bound disk use."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return
+    steps = []
+    for path in checkpoint_dir.iterdir():
+        match = _STEP_FILE.fullmatch(path.name)
+        if match and path.is_file():
+            steps.append((int(match.group(1)), path.stat().st_mtime, path))
+    steps.sort(reverse=True)
+    for *_, path in steps[max(keep, 0):]:
+        path.unlink(missing_ok=True)
+
+
+def new_run_dir(out: str | None, preset: str) -> Path:
+    """Create the directory for a new run; never reuse one that already holds a trained model."""
+    if out is not None:
+        return _claim_named_run_dir(Path(out))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{preset}"
+    for attempt in range(1, 1000):
+        candidate = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            candidate.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UserError(f"cannot create run directory {candidate}: {exc.strerror}; pass --out DIR") from None
+        return candidate
+    raise UserError(f"too many runs named {base}-N; pass --out DIR")
+
+
+def _claim_named_run_dir(path: Path) -> Path:
+    checkpoint_dir = path / "checkpoints"
+    if checkpoint_dir.is_dir() and any(checkpoint_dir.iterdir()):
+        raise UserError(
+            f"{path} already holds a run with checkpoints; continue it with --resume {path} "
+            "or choose another --out"
+        )
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # includes "exists and is a file"
+        raise UserError(f"cannot create run directory {path}: {exc.strerror}; choose another --out") from None
+    return path
+
+
+# --- random number generators ------------------------------------------------------------------
+
+
+def capture_rng_state() -> dict[str, torch.Tensor | list]:
+    """Every RNG a training step draws from, as tensors, lists and numbers that weights_only accepts.
+
+    Restoring these makes a resumed run draw the same dropout masks and random batches as an
+    uninterrupted one.
+    """
+    version, internal, gauss_next = random.getstate()
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "python": [version, list(internal), gauss_next],
+        # MT19937 keys are uint32; int64 holds them exactly and every torch version can load it.
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian)],
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    """Undo ``capture_rng_state``; entries that are absent (or GPUs this machine lacks) are skipped."""
+    if "torch" in state:
+        torch.set_rng_state(state["torch"].cpu())
+    cuda_states = state.get("cuda") or []
+    if cuda_states and torch.cuda.is_available():
+        for device, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), device)
+    if "python" in state:
+        version, internal, gauss_next = state["python"]
+        random.setstate((version, tuple(internal), gauss_next))
+    if "numpy" in state:
+        keys, position, has_gauss, cached_gaussian = state["numpy"]
+        np.random.set_state(("MT19937", keys.cpu().numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+

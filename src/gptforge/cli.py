@@ -1,0 +1,247 @@
+"""The `gptforge` command: each subcommand parses its flags and calls one plain function.
+
+Mistakes a user can make end as one `error: ...` line on stderr with exit status 2; a traceback
+means a bug in gptforge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import sys
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gptforge.config import (
+    FIELD_HELP,
+    PRESETS,
+    RECIPES,
+    GPTConfig,
+    TrainConfig,
+    apply_overrides,
+    field_types,
+    from_preset,
+    load_toml,
+    padded_vocab_size,
+)
+from gptforge.errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one `error:` line (with a hint) rather than usage text."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        sys.stderr.write(f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, classes: Sequence[type], skip: set[str] = frozenset()) -> None:
+    """One `--flag` per config field (the key with dashes); absent flags leave the preset's value."""
+    for cls in classes:
+        group = parser.add_argument_group(f"{'model' if cls is GPTConfig else 'training'} settings")
+        for name, annotation in field_types(cls).items():
+            if name in skip:
+                continue
+            flag = "--" + name.replace("_", "-")
+            default = getattr(cls(), name)
+            help_text = f"{FIELD_HELP.get(name, '')} (default: {default})".strip()
+            args = typing.get_args(annotation)
+            if annotation is bool or (bool in args):
+                group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                                   help=help_text)
+            else:
+                group.add_argument(flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text)
+
+
+def given_overrides(args: argparse.Namespace, names: set[str]) -> dict[str, Any]:
+    return {name: value for name, value in vars(args).items() if name in names}
+
+
+def default_preset(device_flag: str | None) -> str:
+    """The flagship GPU recipe where a CUDA GPU will be used, the CPU recipe otherwise."""
+    import torch
+
+    use_cuda = torch.cuda.is_available() if device_flag in (None, "auto") else device_flag.startswith("cuda")
+    return "shakespeare-gpt2" if use_cuda else "shakespeare-char-cpu"
+
+
+# --- train --------------------------------------------------------------------------------------
+
+CONFIG_NAMES = {f.name for f in dataclasses.fields(GPTConfig)} | {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from gptforge.run_setup import train
+
+    overrides = given_overrides(args, CONFIG_NAMES)
+    if args.resume:
+        if args.preset or args.config:
+            raise UserError("--resume continues a run with its own config; drop --preset/--config")
+        outcome = train(resume=args.resume, overrides=overrides)
+    else:
+        file_settings = load_toml(args.config) if args.config else {}
+        preset = args.preset or file_settings.pop("preset", None)
+        if preset is None:
+            preset = default_preset(overrides.get("device", file_settings.get("device")))
+            print(f"no --preset given: using {preset} "
+                  f"({'a CUDA GPU is available' if preset == 'shakespeare-gpt2' else 'no CUDA GPU in use'})")
+        file_settings.pop("preset", None)
+        config = from_preset(preset)
+        apply_overrides(config, file_settings)
+        apply_overrides(config, overrides)
+        outcome = train(config)
+    return 128 + outcome.signal if outcome.signal else 0
+
+
+# --- summary / prepare / plot / sample ------------------------------------------------------------
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from gptforge.model import meta_model
+
+    config = from_preset(args.preset)
+    overrides = given_overrides(args, {f.name for f in dataclasses.fields(GPTConfig)})
+    apply_overrides(config, overrides)
+    if "vocab_size" not in overrides:
+        config.model.vocab_size = padded_vocab_size(config.model.vocab_size, args.pad_vocab_to)
+    model = meta_model(config.model)  # no weights allocated: gpt2-xl costs nothing to count
+    print(f"{args.preset}: " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(config.model).items()))
+    print(model)
+    from gptforge.model import parameter_table
+
+    print(parameter_table(model))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from gptforge.data import load_tokens, read_corpus
+    from gptforge.tokenizer import build_tokenizer
+
+    text = read_corpus(args.data)[0] if args.tokenizer == "char" else None
+    tokenizer = build_tokenizer(args.tokenizer, text=text, bpe_file=args.tokenizer_file)
+    tokens, cache_path = load_tokens(args.data, tokenizer, progress=True)
+    print(f"{args.data}: {len(tokens):,} tokens ({tokenizer.name} tokenizer, vocabulary {tokenizer.vocab_size:,})")
+    print(f"cache: {cache_path}")
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from gptforge.plot import plot_run
+
+    print(plot_run(args.run, Path(args.out) if args.out else None))
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from gptforge.generate import SamplingSettings, generate_text, stream_text
+    from gptforge.trained import autocast_for, load_trained
+
+    if args.prompt is not None and args.prompt_file is not None:
+        raise UserError("pass --prompt or --prompt-file, not both")
+    prompt = args.prompt or ""
+    if args.prompt_file is not None:
+        try:
+            prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read --prompt-file {args.prompt_file}: {exc}") from None
+    if args.num_samples <= 0:
+        raise UserError(f"--num-samples must be positive, got {args.num_samples}")
+    settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_k=args.top_k or None, top_p=args.top_p, seed=args.seed, stop=args.stop)
+    settings.validate()
+    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file)
+    if prompt:
+        trained.tokenizer.encode(prompt)  # an unknown character is a clear error before anything prints
+    with autocast_for(trained.model) or contextlib.nullcontext():
+        if args.num_samples == 1:
+            sys.stdout.write(prompt)
+            for piece in stream_text(trained.model, trained.tokenizer, prompt, settings):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+        else:
+            for i, text in enumerate(generate_text(trained.model, trained.tokenizer, prompt, settings,
+                                                   args.num_samples)):
+                print(f"--- sample {i + 1} ---\n{prompt}{text}")
+    return 0
+
+
+# --- the parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="gptforge", description="Train GPT-2-style language models from scratch, sample from them, "
+                    "and inspect them.")
+    parser.add_argument("--version", action="version", version=f"gptforge {__import__('gptforge').__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    train = commands.add_parser("train", help="train a model (new run or --resume RUN)",
+                                description="Train a GPT. Settings come from --preset, then --config FILE.toml, "
+                                "then flags. With no preset: shakespeare-gpt2 on a CUDA GPU, else "
+                                "shakespeare-char-cpu.")
+    train.add_argument("--preset", choices=PRESETS, help=f"recipe or model preset (recipes: {', '.join(RECIPES)})")
+    train.add_argument("--config", metavar="FILE.toml", help="TOML file with settings (flat keys or [model]/[train])")
+    train.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its newest good "
+                       "checkpoint; training flags (e.g. --max-steps) may change")
+    add_config_flags(train, [GPTConfig, TrainConfig], skip={"vocab_size"})
+    train.set_defaults(func=cmd_train)
+
+    summary = commands.add_parser("summary", help="print a model's structure and parameter counts")
+    summary.add_argument("--preset", choices=PRESETS, default="gpt2", help="model preset or recipe (default: gpt2)")
+    summary.add_argument("--pad-vocab-to", type=int, default=64, metavar="N",
+                         help="pad the vocabulary to a multiple of N unless --vocab-size is given (default: 64)")
+    add_config_flags(summary, [GPTConfig])
+    summary.set_defaults(func=cmd_summary)
+
+    prepare = commands.add_parser("prepare", help="tokenize a corpus into the cache and count its tokens")
+    prepare.add_argument("--data", default="shakespeare",
+                         help="named dataset, text file or folder (default: shakespeare)")
+    prepare.add_argument("--tokenizer", choices=["gpt2", "char"], default="gpt2", help="(default: gpt2)")
+    prepare.add_argument("--tokenizer-file", metavar="PATH", help="gpt2.tiktoken, for offline use")
+    prepare.set_defaults(func=cmd_prepare)
+
+    plot = commands.add_parser("plot", help="draw RUN/curves.png from RUN/metrics.jsonl")
+    plot.add_argument("run", metavar="RUN", help="run directory")
+    plot.add_argument("--out", metavar="FILE.png", help="where to write (default: RUN/curves.png)")
+    plot.set_defaults(func=cmd_plot)
+
+    sample = commands.add_parser("sample", help="generate text from a trained model, streamed to the terminal")
+    source = sample.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="DIR", help="run directory (its newest good checkpoint)")
+    source.add_argument("--checkpoint", metavar="FILE", help="a checkpoint file")
+    sample.add_argument("--prompt", help="text to continue (default: start from the end-of-text token)")
+    sample.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 file")
+    sample.add_argument("--max-new-tokens", type=int, default=500, metavar="N", help="(default: 500)")
+    sample.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy (default: 0.8)")
+    sample.add_argument("--top-k", type=int, default=200, metavar="K", help="0 disables (default: 200)")
+    sample.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling (default: off)")
+    sample.add_argument("--num-samples", type=int, default=1, metavar="S", help="(default: 1)")
+    sample.add_argument("--seed", type=int, default=None, help="for repeatable samples")
+    sample.add_argument("--stop", metavar="TEXT", help="stop when this text is generated")
+    sample.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
+    sample.add_argument("--tokenizer-file", metavar="PATH", help="gpt2.tiktoken, for offline use")
+    sample.set_defaults(func=cmd_sample)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except UserError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

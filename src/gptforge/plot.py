@@ -1,0 +1,121 @@
+"""Training curves from a run's metrics.jsonl, drawn to RUN/curves.png.
+
+matplotlib is imported inside ``plot_run`` so that importing gptforge (and every command that never
+plots) does not pay for it. The figure is drawn on a bare ``Figure``, not pyplot: no global backend
+is switched, no window can open, and nothing leaks between calls.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from gptforge.errors import UserError
+
+LOG_SCALE_SPAN = 10.0  # switch the loss axis to log scale when the loss spans more than this factor
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """Every JSON object in a metrics.jsonl; a missing file gives none.
+
+    Lines that do not parse are skipped: the last one may have been cut off by a crash mid-write,
+    and the rest of the run's history is still worth plotting.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    with path.open(encoding="utf-8", errors="replace") as file:
+        for line in file:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def plot_run(run_dir: str | Path, out: Path | None = None) -> Path:
+    """Draw train/val loss, learning rate, grad norm and throughput against the step; return the file."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} not found; pass a folder made by `gptforge train`")
+    metrics_path = run_dir / "metrics.jsonl"
+    records = read_metrics(metrics_path)
+    train = [r for r in records if r.get("kind") == "train"]
+    evals = [r for r in records if r.get("kind") == "eval"]
+    if not train and not evals:
+        raise UserError(f"no metrics in {metrics_path} yet: train for at least log_interval steps, then plot again")
+
+    from matplotlib.figure import Figure
+
+    from gptforge.checkpoint import atomic_write_bytes  # imports torch: paid only when plotting
+
+    figure = Figure(figsize=(12, 8), layout="constrained")
+    figure.suptitle(f"gptforge run: {run_dir.resolve().name}")
+    (loss_axes, lr_axes), (grad_axes, speed_axes) = figure.subplots(2, 2)
+    _plot_loss(loss_axes, train, evals)
+    _plot_series(lr_axes, train, "lr", "learning rate")
+    _plot_series(grad_axes, train, "grad_norm", "gradient norm")
+    _plot_series(speed_axes, train, "tokens_per_sec", "tokens / s")
+
+    out = Path(out) if out is not None else run_dir / "curves.png"
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=100)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(out, image.getvalue())
+    except OSError as exc:
+        raise UserError(f"could not write {out}: {exc.strerror or exc}; choose another --out") from None
+    return out
+
+
+def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
+    """Steps and values of the records that carry a finite number under ``key``."""
+    points = [(r["step"], r[key]) for r in records if _is_number(r.get(key)) and _is_number(r.get("step"))]
+    return [step for step, _ in points], [value for _, value in points]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _start_panel(axes: Any, title: str) -> None:
+    axes.set_title(title)
+    axes.set_xlabel("step")
+    axes.grid(True, alpha=0.3)
+
+
+def _mark_empty(axes: Any) -> None:
+    axes.text(0.5, 0.5, "no data yet", ha="center", va="center", transform=axes.transAxes)
+
+
+def _plot_series(axes: Any, records: list[dict], key: str, title: str) -> None:
+    _start_panel(axes, title)
+    steps, values = _series(records, key)
+    if steps:
+        axes.plot(steps, values, linewidth=1)
+    else:
+        _mark_empty(axes)
+
+
+def _plot_loss(axes: Any, train: list[dict], evals: list[dict]) -> None:
+    """Training loss as a line, validation loss as points, on a log axis once it spans a decade."""
+    _start_panel(axes, "loss")
+    train_steps, train_losses = _series(train, "loss")
+    val_steps, val_losses = _series(evals, "val_loss")
+    if not train_steps and not val_steps:
+        _mark_empty(axes)
+        return
+    if train_steps:
+        axes.plot(train_steps, train_losses, linewidth=1, label="train")
+    if val_steps:
+        axes.plot(val_steps, val_losses, "o", markersize=4, label="val")
+    positive = [loss for loss in train_losses + val_losses if loss > 0]
+    if positive and max(positive) / min(positive) > LOG_SCALE_SPAN:
+        axes.set_yscale("log")
+    axes.legend()

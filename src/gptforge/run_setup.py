@@ -1,0 +1,190 @@
+"""From a config to a running Trainer, and from a finished Trainer to the files a run keeps.
+
+Everything that can be wrong with the user's input (config, data, tokenizer, resume target) is found
+before the run directory is created, so a bad command leaves nothing behind and touches nothing saved.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gptforge.checkpoint import atomic_write_text, load_latest, new_run_dir
+from gptforge.config import MODEL_KEYS, RunConfig, apply_overrides, padded_vocab_size
+from gptforge.data import check_corpus_size, load_tokens, read_corpus, split_tokens
+from gptforge.errors import UserError
+from gptforge.model import count_parameters, parameter_table
+from gptforge.runlog import RunLog
+from gptforge.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_dict
+from gptforge.trainer import Trainer
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: Path
+    reason: str
+    signal: int | None  # the signal that stopped the run, if one did
+    last_checkpoint: Path | None
+
+
+def resolve_accumulation(config: RunConfig, world_size: int) -> None:
+    """Derive grad_accum from tokens_per_step, which must be a whole number of micro-batches."""
+    train = config.train
+    if train.tokens_per_step is None:
+        return
+    per_micro_step = train.batch_size * config.model.block_size * world_size
+    if train.tokens_per_step % per_micro_step:
+        nearest = per_micro_step * max(1, round(train.tokens_per_step / per_micro_step))
+        raise UserError(
+            f"tokens_per_step {train.tokens_per_step:,} is not a multiple of batch_size x block_size x processes "
+            f"= {per_micro_step:,}; use a multiple of it, e.g. {nearest:,}"
+        )
+    train.grad_accum = train.tokens_per_step // per_micro_step
+
+
+def load_data(config: RunConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    tokens, cache_path = load_tokens(config.train.data, tokenizer, progress=config.train.progress)
+    train_tokens, val_tokens = split_tokens(tokens, config.train.val_fraction)
+    check_corpus_size(train_tokens, config.model.block_size)
+    if config.train.val_fraction > 0 and len(val_tokens) <= config.model.block_size:
+        log.warn(f"the val split has only {len(val_tokens)} tokens, less than one block of "
+                 f"{config.model.block_size + 1}: no evaluation")
+    return tokens, train_tokens, val_tokens
+
+
+def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple[Trainer, RunLog]:
+    """A new run: build the tokenizer and data, size the vocabulary, then create the run directory."""
+    config.validate()
+    resolve_accumulation(config, world_size)
+    train = config.train
+    text = read_corpus(train.data)[0] if train.tokenizer == "char" else None
+    tokenizer = build_tokenizer(train.tokenizer, text=text, bpe_file=train.tokenizer_file)
+    config.model.vocab_size = padded_vocab_size(tokenizer.vocab_size, train.pad_vocab_to)
+    config.validate()
+    console = RunLog(None, enabled=rank == 0)
+    tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
+    if rank == 0:
+        run_dir = new_run_dir(train.out, config.preset)
+        config.train.out = str(run_dir)
+        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+        save_tokenizer(tokenizer, run_dir / "tokenizer.json")
+    else:
+        run_dir = Path(train.out or "")
+    log = RunLog(run_dir, progress=train.progress, enabled=rank == 0)
+    trainer = Trainer(config, run_dir, tokenizer, train_tokens, val_tokens, log, rank=rank, world_size=world_size)
+    describe(trainer, len(tokens), len(train_tokens), len(val_tokens))
+    return trainer, log
+
+
+def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
+               world_size: int = 1) -> tuple[Trainer, RunLog]:
+    """Continue a run from its newest good checkpoint; training settings may change (e.g. max_steps)."""
+    run_dir = Path(run_dir)
+    state, path, warnings = load_latest(run_dir)
+    config = RunConfig.from_dict(state["config"])
+    for key in overrides:
+        if key.replace("-", "_") in MODEL_KEYS:
+            raise UserError(f"--{key.replace('_', '-')} changes the model's shape, which a resumed run cannot do")
+    apply_overrides(config, overrides)
+    config.train.out = str(run_dir)
+    config.validate()
+    resolve_accumulation(config, world_size)
+    tokenizer_file = run_dir / "tokenizer.json"
+    if tokenizer_file.is_file():
+        tokenizer = load_tokenizer(tokenizer_file, bpe_file=config.train.tokenizer_file)
+    else:
+        tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=config.train.tokenizer_file)
+    console = RunLog(None, enabled=rank == 0)
+    tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
+    log = RunLog(run_dir, progress=config.train.progress, enabled=rank == 0)
+    for warning in warnings:
+        log.warn(warning)
+    trainer = Trainer(config, run_dir, tokenizer, train_tokens, val_tokens, log, rank=rank, world_size=world_size)
+    trainer.load_state_dict(state)
+    if rank == 0:
+        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
+    log.info(f"resuming {run_dir} from {path.name} at step {trainer.step} "
+             f"({trainer.tokens_seen:,} tokens seen, {trainer.elapsed_s:.1f}s trained)")
+    describe(trainer, len(tokens), len(train_tokens), len(val_tokens))
+    return trainer, log
+
+
+def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens: int) -> None:
+    """The start-of-run report: where, on what, how big, and how the tokens flow."""
+    config, train, log = trainer.config, trainer.config.train, trainer.log
+    per_rank_micro = train.batch_size * config.model.block_size
+    log.info(f"gptforge train | preset {config.preset} | run {trainer.run_dir}")
+    log.info(f"device {trainer.device} | dtype {trainer.precision.name} | compile {trainer.use_compile} | "
+             f"processes {trainer.world_size}")
+    log.info("model: " + " ".join(f"{k}={v}" for k, v in config.to_dict()["model"].items()))
+    log.info("train: " + " ".join(f"{k}={v}" for k, v in config.to_dict()["train"].items()))
+    log.info(parameter_table(trainer.model))
+    batches_per_epoch = trainer.sampler.batches_per_epoch
+    log.info(f"data: {train.data} | tokenizer {trainer.tokenizer.name} (vocab {trainer.tokenizer.vocab_size:,}, "
+             f"model vocab {config.model.vocab_size:,}) | {corpus_tokens:,} tokens: {train_tokens:,} train, "
+             f"{val_tokens:,} val")
+    log.info(f"tokens per step: {trainer.tokens_per_step:,} = batch {train.batch_size} x block "
+             f"{config.model.block_size} x accumulation {train.grad_accum} x processes {trainer.world_size} | "
+             f"{per_rank_micro * trainer.world_size:,} tokens per micro-batch | "
+             f"{batches_per_epoch:,} micro-batches per epoch | sampler {train.sampler}")
+
+
+def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> TrainOutcome:
+    """Write summary.txt and curves.png, show a sample, and say where everything is."""
+    last = None
+    for name in ("last.pt", "last.pt.gz"):
+        if (trainer.checkpoint_dir / name).is_file():
+            last = trainer.checkpoint_dir / name
+    if trainer.rank == 0:
+        counts = count_parameters(trainer.model)
+        checkpoints = sorted(p.name for p in trainer.checkpoint_dir.glob("*.pt*")) if trainer.checkpoint_dir.is_dir() \
+            else []
+        summary = [
+            f"run: {trainer.run_dir}",
+            f"preset: {trainer.config.preset}",
+            f"stopped: {reason}",
+            f"steps: {trainer.step}",
+            f"tokens seen: {trainer.tokens_seen:,}",
+            f"training time: {trainer.elapsed_s:.1f}s (wall time of this session {time.time() - started:.1f}s)",
+            f"final training loss: {trainer.last_loss:.4f}",
+            f"best loss ({'val' if trainer.has_val and trainer.config.train.eval_interval else 'train'}): "
+            f"{trainer.best_loss:.4f}",
+            f"parameters: {counts.total:,}",
+            f"checkpoints: {', '.join(str(trainer.checkpoint_dir / c) for c in checkpoints) or 'none'}",
+        ]
+        atomic_write_text(trainer.run_dir / "summary.txt", "\n".join(summary) + "\n")
+        try:
+            from gptforge.plot import plot_run
+
+            curves = plot_run(trainer.run_dir)
+            log.info(f"curves: {curves}")
+        except UserError as exc:
+            log.warn(f"no curves: {exc}")
+        if trainer.stop_signal is None:
+            log.info(f"--- sample ---\n{trainer.sample(trainer.config.train.sample_tokens)}\n---")
+        log.info("\n".join(summary))
+        log.info(f"sample more with: gptforge sample --run {trainer.run_dir}")
+    log.close()
+    return TrainOutcome(run_dir=trainer.run_dir, reason=reason, signal=trainer.stop_signal, last_checkpoint=last)
+
+
+def train(config: RunConfig | None = None, *, resume: str | Path | None = None,
+          overrides: dict[str, Any] | None = None) -> TrainOutcome:
+    """Train a new run from `config`, or continue the run directory `resume`. The one call the CLI makes."""
+    started = time.time()
+    if resume is not None:
+        trainer, log = resume_run(resume, overrides or {})
+    else:
+        assert config is not None
+        trainer, log = start_run(config)
+    try:
+        reason = trainer.fit()
+    except BaseException:
+        log.close()
+        raise
+    return finish_run(trainer, reason, log, started)

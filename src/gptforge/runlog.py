@@ -1,0 +1,71 @@
+"""What the user sees and keeps of a run: console lines mirrored to train.log, metrics.jsonl, a progress bar.
+
+The bar lives on stderr and only when stderr is a terminal, so logs piped to a file or a notebook
+cell stay clean; console lines go through tqdm.write so they never cut through the bar.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+
+class RunLog:
+    def __init__(self, run_dir: Path | None, *, progress: bool = True, enabled: bool = True) -> None:
+        self.enabled = enabled  # False on non-zero ranks: they neither print nor write files
+        self._log: TextIO | None = None
+        self._metrics: TextIO | None = None
+        if enabled and run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._log = open(run_dir / "train.log", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+            self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        self._want_bar = enabled and progress and sys.stderr.isatty()
+        self._bar: tqdm | None = None
+
+    def info(self, message: str = "") -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            tqdm.write(message, file=sys.stdout)
+        else:
+            print(message, flush=True)
+        if self._log is not None:
+            self._log.write(message + "\n")
+            self._log.flush()
+
+    def warn(self, message: str) -> None:
+        self.info(f"warning: {message}")
+
+    def record(self, kind: str, **fields: Any) -> None:
+        """One JSON object per line; flushed at once so a crash loses at most the line being written."""
+        if self._metrics is None:
+            return
+        self._metrics.write(json.dumps({"kind": kind, **fields, "time": round(time.time(), 3)}) + "\n")
+        self._metrics.flush()
+
+    def start_progress(self, done: int, total: int) -> None:
+        if self._want_bar:
+            self._bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, leave=False, file=sys.stderr)
+
+    def advance(self, steps: int = 1, **postfix: Any) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+            if postfix:
+                self._bar.set_postfix(postfix, refresh=False)
+
+    def close_progress(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def close(self) -> None:
+        self.close_progress()
+        for handle in (self._log, self._metrics):
+            if handle is not None:
+                handle.close()
+        self._log = self._metrics = None

@@ -1,0 +1,287 @@
+"""Tokenizers: GPT-2's byte-pair encoding (exactly tiktoken's ``gpt2``, usable offline) and characters.
+
+Both share one small interface so the data pipeline, the trainer and sampling never care which
+one a run uses; ``tokenizer.json`` in a run directory holds what is needed to rebuild it.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import os
+import re
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tiktoken
+from tqdm import tqdm
+
+from gptforge.data import cache_dir, data_dir
+from gptforge.errors import UserError
+
+GPT2_BPE_FILENAME = "gpt2.tiktoken"
+GPT2_BPE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+GPT2_VOCAB_SIZE = 50257
+GPT2_EOT_ID = 50256
+# GPT-2's own pre-tokenizer regex (openai/gpt-2 encoder.py); tiktoken's r50k pattern is an
+# equivalent, faster spelling that old tiktoken versions lack, so the original is used here.
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+# A chunk may end only after a "\n" with non-whitespace on both sides. The pre-tokenizer then ends a
+# piece at that "\n" whether or not more text follows, so chunks encode exactly like the whole text.
+# After "\n\n" it would not: "a\n\n" alone is [64, 628] but "a\n\nb" is [64, 198, 198, 65].
+_SAFE_SPLIT = re.compile(r"(?<=\S\n)(?=\S)")
+
+
+def smallest_uint_dtype(vocab_size: int) -> np.dtype:
+    """Halve the token cache and memory traffic whenever the ids fit in 16 bits."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+class Tokenizer(ABC):
+    """Text <-> token ids. ``vocab_size`` is exact; padding it for speed is the model's business."""
+
+    name: str
+    vocab_size: int
+    eot_id: int | None
+
+    @abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Ids of ordinary text: special-token strings in it are just text."""
+
+    @abstractmethod
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of ids; ids outside the vocabulary are a UserError."""
+
+    @abstractmethod
+    def encode_corpus(self, text: str, progress: bool = False) -> np.ndarray:
+        """The same ids as ``encode``, fast and compact, for whole training corpora."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able description that ``tokenizer_from_dict`` rebuilds this tokenizer from."""
+
+    @abstractmethod
+    def start_ids(self) -> list[int]:
+        """What generation starts from when the prompt is empty."""
+
+    def _check_ids(self, ids: Sequence[int]) -> list[int]:
+        ids = [int(i) for i in ids]
+        bad = next((i for i in ids if not 0 <= i < self.vocab_size), None)
+        if bad is not None:
+            raise UserError(
+                f"token id {bad} is outside the {self.name} vocabulary (0..{self.vocab_size - 1}); "
+                "check that the model and tokenizer come from the same run"
+            )
+        return ids
+
+
+class GPT2Tokenizer(Tokenizer):
+    """GPT-2's BPE, built from a local ranks file so that it works with no network."""
+
+    name = "gpt2"
+    vocab_size = GPT2_VOCAB_SIZE
+    eot_id = GPT2_EOT_ID
+    chunk_chars = 1 << 20  # encode_corpus works on pieces of about this many characters
+
+    def __init__(self, bpe_file: str | Path | None = None) -> None:
+        self._encoding = _gpt2_encoding(bpe_file)
+
+    def encode(self, text: str) -> list[int]:
+        return self._encoding.encode_ordinary(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._encoding.decode(self._check_ids(ids))
+
+    def encode_corpus(self, text: str, progress: bool = False) -> np.ndarray:
+        chunks = split_for_encoding(text, self.chunk_chars)
+        dtype = smallest_uint_dtype(self.vocab_size)
+        if len(chunks) <= 1:
+            return np.array(self.encode(text), dtype=dtype)
+        # Batches of 8 chunks keep tiktoken's 8 threads busy while the bar still moves.
+        parts: list[np.ndarray] = []
+        with tqdm(total=len(text), unit="char", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
+            for start in range(0, len(chunks), 8):
+                batch = chunks[start:start + 8]
+                parts.extend(np.array(ids, dtype=dtype) for ids in self._encoding.encode_ordinary_batch(batch))
+                bar.update(sum(len(chunk) for chunk in batch))
+        return np.concatenate(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "vocab_size": self.vocab_size}
+
+    def start_ids(self) -> list[int]:
+        return [GPT2_EOT_ID]
+
+
+def split_for_encoding(text: str, chunk_chars: int) -> list[str]:
+    """Cut text into pieces of about ``chunk_chars`` that GPT-2 encodes exactly like the whole.
+
+    A piece can be much longer when the text has no safe place to cut (e.g. no single newlines).
+    """
+    chunks = []
+    start = 0
+    while len(text) - start > chunk_chars:
+        cut = _SAFE_SPLIT.search(text, start + chunk_chars)
+        if cut is None:
+            break
+        chunks.append(text[start:cut.start()])
+        start = cut.start()
+    chunks.append(text[start:])
+    return chunks
+
+
+def _gpt2_encoding(bpe_file: str | Path | None) -> tiktoken.Encoding:
+    """Prefer local files (explicit, data dir, cache) so that offline machines never reach the network."""
+    if bpe_file is not None:
+        path = Path(bpe_file).expanduser()
+        if not path.is_file():
+            raise UserError(f"GPT-2 tokenizer file not found: {path}; pass the path of a gpt2.tiktoken file")
+        return _encoding_from_file(path)
+    folders = [folder for folder in (data_dir(), cache_dir()) if folder is not None]
+    for folder in folders:
+        path = folder / GPT2_BPE_FILENAME
+        if path.is_file():
+            return _encoding_from_file(path)
+    try:
+        return tiktoken.get_encoding("gpt2")
+    except Exception as exc:  # tiktoken's download fails in many ways (no network, proxy, bad hash)
+        searched = ", ".join(str(folder / GPT2_BPE_FILENAME) for folder in folders)
+        raise UserError(
+            f"cannot load the GPT-2 tokenizer: no {GPT2_BPE_FILENAME} found (looked for {searched}) and "
+            f"tiktoken could not download it ({type(exc).__name__}); set GPTFORGE_DATA_DIR to a folder "
+            f"containing {GPT2_BPE_FILENAME}, or pass --tokenizer-file PATH"
+        ) from None
+
+
+def _encoding_from_file(path: Path) -> tiktoken.Encoding:
+    """Check the file is GPT-2's ranks so that a wrong or truncated file fails clearly, not subtly."""
+    try:
+        contents = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read the GPT-2 tokenizer file {path}: {exc.strerror}") from None
+    if hashlib.sha256(contents).hexdigest() != GPT2_BPE_SHA256:
+        raise UserError(
+            f"{path} is not GPT-2's BPE ranks file (sha256 mismatch: wrong or corrupt file); "
+            f"replace it with a good copy of {GPT2_BPE_FILENAME} (sha256 {GPT2_BPE_SHA256})"
+        )
+    return _build_gpt2_encoding(contents)
+
+
+@functools.lru_cache(maxsize=1)
+def _build_gpt2_encoding(contents: bytes) -> tiktoken.Encoding:
+    # Parsed here rather than with tiktoken.load.load_tiktoken_bpe, which copies local files into
+    # a cache under the system temp dir; the format is "<base64 token> <rank>" per line.
+    ranks = {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in contents.splitlines())}
+    return tiktoken.Encoding(
+        name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": GPT2_EOT_ID}
+    )
+
+
+class CharTokenizer(Tokenizer):
+    """One token per character of the training corpus (nanoGPT's shakespeare_char)."""
+
+    name = "char"
+    eot_id = None
+
+    def __init__(self, chars: str) -> None:
+        if not chars or len(set(chars)) != len(chars):
+            raise UserError("a char tokenizer needs a non-empty string of distinct characters; "
+                            "rebuild tokenizer.json from the corpus")
+        self.chars = chars
+        self.vocab_size = len(chars)
+        self._ids = {char: index for index, char in enumerate(chars)}
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        return cls("".join(sorted(set(text))))
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self._ids[char] for char in text]
+        except KeyError as exc:
+            raise self._unknown_char(exc.args[0]) from None
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return "".join(self.chars[i] for i in self._check_ids(ids))
+
+    def encode_corpus(self, text: str, progress: bool = False) -> np.ndarray:
+        """Vectorised lookup of code points; a million characters take milliseconds, so no bar."""
+        code_points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+        vocab_points = np.array([ord(char) for char in self.chars], dtype=np.uint32)
+        order = np.argsort(vocab_points)
+        positions = np.searchsorted(vocab_points[order], code_points).clip(max=len(order) - 1)
+        ids = order[positions]
+        unknown = np.flatnonzero(vocab_points[ids] != code_points)
+        if unknown.size:
+            raise self._unknown_char(text[unknown[0]])
+        return ids.astype(smallest_uint_dtype(self.vocab_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "chars": self.chars}
+
+    def start_ids(self) -> list[int]:
+        return [self._ids.get("\n", 0)]
+
+    def _unknown_char(self, char: str) -> UserError:
+        return UserError(
+            f"character {char!r} is not in this char tokenizer's vocabulary: the model only knows the "
+            f"{self.vocab_size} characters of its training corpus; remove it from the text"
+        )
+
+
+def build_tokenizer(name: str, text: str | None = None, bpe_file: str | Path | None = None) -> Tokenizer:
+    """The tokenizer a new run uses; a char tokenizer is built from the corpus ``text``."""
+    if name == "gpt2":
+        return GPT2Tokenizer(bpe_file)
+    if name == "char":
+        if text is None:
+            raise ValueError("a char tokenizer is built from the corpus: pass text")
+        return CharTokenizer.from_text(text)
+    raise UserError(f"unknown tokenizer {name!r}; choose gpt2 or char")
+
+
+def tokenizer_from_dict(data: dict[str, Any], bpe_file: str | Path | None = None) -> Tokenizer:
+    """Rebuild a tokenizer from ``to_dict`` output; ``bpe_file`` helps a gpt2 one load offline."""
+    name = data.get("name") if isinstance(data, dict) else None
+    if name == "gpt2":
+        return GPT2Tokenizer(bpe_file)
+    if name == "char":
+        chars = data.get("chars")
+        if not isinstance(chars, str):
+            raise UserError("the char tokenizer description has no 'chars' string; rebuild it from the corpus")
+        return CharTokenizer(chars)
+    raise UserError(f"unknown tokenizer {name!r} in tokenizer description; expected gpt2 or char")
+
+
+def _tokenizer_json(path: str | Path) -> Path:
+    path = Path(path)
+    return path / "tokenizer.json" if path.is_dir() else path
+
+
+def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> Path:
+    """Write tokenizer.json (``path`` is the file or its run directory) atomically."""
+    path = _tokenizer_json(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as file:
+        json.dump(tokenizer.to_dict(), file, ensure_ascii=False, indent=2)
+    os.replace(file.name, path)
+    return path
+
+
+def load_tokenizer(path: str | Path, bpe_file: str | Path | None = None) -> Tokenizer:
+    """Read tokenizer.json (``path`` is the file or its run directory)."""
+    path = _tokenizer_json(path)
+    if not path.is_file():
+        raise UserError(f"no tokenizer file at {path}; pass a run directory that contains tokenizer.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}; it is not a valid tokenizer.json") from None
+    return tokenizer_from_dict(data, bpe_file)

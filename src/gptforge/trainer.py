@@ -1,0 +1,326 @@
+"""The training loop: `Trainer.train_step` is one optimizer step, `Trainer.fit` runs steps until a stop rule.
+
+The trainer owns the model, optimizer, sampler and every piece of state a checkpoint needs, so a run
+stopped anywhere resumes to the same bits. `prepare_run` (run_setup.py) builds one from a config.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gptforge.checkpoint import capture_rng_state, prune_step_checkpoints, restore_rng_state, save_checkpoint
+from gptforge.config import RunConfig
+from gptforge.data import SequentialSampler, make_sampler
+from gptforge.device import Precision, configure_matmul_precision, memory_gb, resolve_device, resolve_dtype
+from gptforge.errors import UserError
+from gptforge.generate import SamplingSettings, generate_text
+from gptforge.model import GPT
+from gptforge.optim import build_optimizer, learning_rate_at
+from gptforge.runlog import RunLog
+from gptforge.tokenizer import Tokenizer
+
+
+class NonFiniteLoss(Exception):
+    """A NaN or inf appeared in the loss or the gradient norm; the optimizer step was not taken."""
+
+
+@dataclass
+class StepStats:
+    step: int  # 0-based index of the optimizer step just taken
+    loss: float  # mean training loss over the step's micro-batches
+    grad_norm: float
+    lr: float
+    tokens: int  # tokens processed by this step, all processes together
+    seconds: float
+
+
+def checkpoint_path(checkpoint_dir: Path, name: str, compress: bool) -> Path:
+    return checkpoint_dir / (f"{name}.pt.gz" if compress else f"{name}.pt")
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, run_dir: Path, tokenizer: Tokenizer, train_tokens: np.ndarray,
+                 val_tokens: np.ndarray, log: RunLog, *, rank: int = 0, world_size: int = 1) -> None:
+        self.config = config
+        self.run_dir = run_dir
+        self.checkpoint_dir = run_dir / "checkpoints"
+        self.tokenizer = tokenizer
+        self.log = log
+        self.rank, self.world_size = rank, world_size
+        train = config.train
+        self.device = resolve_device(train.device)
+        self.precision = Precision(self.device, resolve_dtype(train.dtype, self.device))
+        configure_matmul_precision(self.device)
+        self.use_compile = train.compile if train.compile is not None else self.device.type == "cuda"
+
+        torch.manual_seed(train.seed)
+        self.model = GPT(config.model).to(self.device)
+        self.forward_model = torch.compile(self.model) if self.use_compile else self.model
+        self.optimizer = build_optimizer(
+            self.model, learning_rate=train.learning_rate, weight_decay=train.weight_decay,
+            betas=(train.beta1, train.beta2), device_type=self.device.type,
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_loss_scaling)
+        self.sampler = make_sampler(train.sampler, train_tokens, train.batch_size, config.model.block_size,
+                                    train.seed, rank, world_size)
+        self.val_tokens = val_tokens
+        self.tokens_per_step = train.batch_size * config.model.block_size * train.grad_accum * world_size
+
+        self.step = 0  # optimizer steps completed
+        self.tokens_seen = 0
+        self.elapsed_s = 0.0  # training time over all sessions of this run
+        self.best_loss = math.inf
+        self.last_loss = math.nan
+        self.stop_signal: int | None = None
+
+    # --- one step ------------------------------------------------------------------------------
+
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return batch.pin_memory().to(self.device, non_blocking=True)
+        return batch.to(self.device)
+
+    def train_step(self) -> StepStats:
+        """One optimizer step over grad_accum micro-batches; raises NonFiniteLoss before a bad update."""
+        train = self.config.train
+        started = time.perf_counter()
+        self.model.train()
+        lr = self.learning_rate(self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for _ in range(train.grad_accum):
+            x, y = self.sampler.next_batch()
+            x, y = self._to_device(x), self._to_device(y)
+            with self.precision.autocast():
+                _, loss = self.forward_model(x, y)
+            loss = loss / train.grad_accum
+            loss_sum += loss.detach()
+            self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = train.grad_clip if train.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        # the one host sync of the step: the stop rules and the NaN check need the numbers now
+        loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()
+        loss_value = self._mean_over_ranks(loss_value)
+        # with fp16 an inf gradient is the loss scaler's business: it skips the step and lowers the scale
+        bad_norm = not math.isfinite(norm_value) and not self.precision.needs_loss_scaling
+        if not math.isfinite(loss_value) or bad_norm:
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLoss(f"loss {loss_value}, grad norm {norm_value}")
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = StepStats(step=self.step, loss=loss_value, grad_norm=norm_value, lr=lr,
+                          tokens=self.tokens_per_step, seconds=time.perf_counter() - started)
+        self.step += 1
+        self.tokens_seen += stats.tokens
+        self.elapsed_s += stats.seconds
+        self.last_loss = loss_value
+        return stats
+
+    def _mean_over_ranks(self, value: float) -> float:
+        if self.world_size == 1:
+            return value
+        tensor = torch.tensor([value], device=self.device)
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.AVG)
+        return tensor.item()
+
+    def learning_rate(self, step: int) -> float:
+        train = self.config.train
+        return learning_rate_at(
+            step, max_lr=train.learning_rate, min_lr=train.learning_rate * train.min_lr_ratio,
+            warmup_steps=train.warmup_steps, total_steps=train.decay_steps or train.max_steps,
+            schedule=train.schedule,
+        )
+
+    # --- evaluation and samples ------------------------------------------------------------------
+
+    @property
+    def has_val(self) -> bool:
+        return len(self.val_tokens) > self.config.model.block_size
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean loss over the first eval_batches windows of the val split (the same ones every time)."""
+        self.model.eval()
+        sampler = SequentialSampler(self.val_tokens, self.config.train.batch_size, self.config.model.block_size,
+                                    self.rank, self.world_size)
+        total = torch.zeros((), device=self.device)
+        for _ in range(self.config.train.eval_batches):
+            x, y = sampler.next_batch()
+            with self.precision.autocast():
+                _, loss = self.forward_model(self._to_device(x), self._to_device(y))
+            total += loss.float()
+        self.model.train()
+        return self._mean_over_ranks(total.item() / self.config.train.eval_batches)
+
+    def sample(self, max_new_tokens: int, prompt: str = "") -> str:
+        settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.8, top_k=200,
+                                    seed=self.config.train.seed)
+        with self.precision.autocast():
+            return generate_text(self.model, self.tokenizer, prompt, settings)[0]
+
+    # --- checkpoints -------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue to the same bits: weights (unwrapped, uncompiled), optimizer,
+        loss scaler, counters, the sampler's position and every RNG."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "elapsed_s": self.elapsed_s,
+            "best_loss": self.best_loss,
+            "last_loss": self.last_loss,
+            "sampler": self.sampler.state_dict(),
+            "rng": capture_rng_state(),
+            "world_size": self.world_size,
+            "config": self.config.to_dict(),
+            "tokenizer": self.tokenizer.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved_model = state["config"]["model"]
+        ours = self.config.to_dict()["model"]
+        changed = {k: (saved_model.get(k), v) for k, v in ours.items() if saved_model.get(k) != v}
+        if changed:
+            detail = ", ".join(f"{k}: checkpoint {a} vs now {b}" for k, (a, b) in changed.items())
+            raise UserError(f"the checkpoint's model differs from this run's ({detail})")
+        if state.get("world_size", 1) != self.world_size:
+            raise UserError(f"the checkpoint was written by {state.get('world_size', 1)} processes, this run has "
+                            f"{self.world_size}; resume with the same number of processes")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.step = state["step"]
+        self.tokens_seen = state["tokens_seen"]
+        self.elapsed_s = state["elapsed_s"]
+        self.best_loss = state["best_loss"]
+        self.last_loss = state["last_loss"]
+        restore_rng_state(state["rng"])
+
+    def save(self, best: bool = False) -> Path:
+        """Write last.pt (and best.pt / step-N.pt as links to the same bytes) atomically."""
+        compress = self.config.train.compress_checkpoints
+        last = save_checkpoint(self.state_dict(), checkpoint_path(self.checkpoint_dir, "last", compress), compress)
+        if best:
+            link_atomically(last, checkpoint_path(self.checkpoint_dir, "best", compress))
+        keep = self.config.train.keep_checkpoints
+        if keep > 0:
+            link_atomically(last, checkpoint_path(self.checkpoint_dir, f"step-{self.step}", compress))
+            prune_step_checkpoints(self.checkpoint_dir, keep)
+        return last
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.stop_signal is not None:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now (checkpoints on disk are still whole)
+        self.stop_signal = signum
+        self.log.info(f"\n{signal.Signals(signum).name}: finishing this step, then saving "
+                      "(press Ctrl-C again to stop at once)")
+
+    def stop_reason(self, stats: StepStats) -> str | None:
+        train = self.config.train
+        if train.target_loss is not None and stats.loss < train.target_loss:
+            return (f"Reached target loss {stats.loss:.4f} < {train.target_loss} at step {stats.step} "
+                    f"after {self.elapsed_s:.1f}s of training")
+        if self.step >= train.max_steps:
+            return f"reached max_steps {train.max_steps}"
+        if train.max_epochs is not None and self.sampler.epoch >= train.max_epochs:
+            return f"reached max_epochs {train.max_epochs} (epoch {self.sampler.epoch:.2f})"
+        if train.time_budget is not None and self.elapsed_s >= train.time_budget:
+            return f"used the time budget of {train.time_budget:.0f}s"
+        if self.stop_signal is not None:
+            return f"stopped by {signal.Signals(self.stop_signal).name}"
+        return None
+
+    def fit(self) -> str:
+        """Train until a stop rule fires; return why it stopped. Saves last.pt on every way out but a crash."""
+        train = self.config.train
+        handlers = {}
+        if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
+            handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.log.start_progress(self.step, train.max_steps)
+        reason: str | None = None if self.step < train.max_steps else f"already at max_steps {train.max_steps}"
+        try:
+            while reason is None:
+                try:
+                    stats = self.train_step()
+                except NonFiniteLoss as exc:
+                    raise UserError(
+                        f"non-finite values at step {self.step} ({exc}); the optimizer step was not taken and "
+                        f"the last good checkpoint in {self.checkpoint_dir} is kept. Try a lower --learning-rate "
+                        "or --dtype bfloat16/float32"
+                    ) from None
+                reason = self.stop_reason(stats)
+                self._after_step(stats, final=reason is not None)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            self.log.close_progress()
+        self.log.info(reason)
+        return reason
+
+    def _after_step(self, stats: StepStats, final: bool) -> None:
+        train = self.config.train
+        self.log.advance(loss=f"{stats.loss:.4f}")
+        if stats.step % train.log_interval == 0 or final:
+            self._log_step(stats)
+        improved = False
+        if self.has_val and train.eval_interval and (self.step % train.eval_interval == 0 or final):
+            val_loss = self.evaluate()
+            self.log.info(f"step {stats.step} | val loss {val_loss:.4f}")
+            self.log.record("eval", step=stats.step, val_loss=val_loss, elapsed_s=round(self.elapsed_s, 3))
+            improved = val_loss < self.best_loss
+            self.best_loss = min(self.best_loss, val_loss)
+        if train.sample_interval and self.step % train.sample_interval == 0 and not final:
+            text = self.sample(train.sample_tokens)
+            self.log.info(f"--- sample at step {stats.step} ---\n{text}\n---")
+            self.log.record("sample", step=stats.step, text=text)
+        if self.step % train.checkpoint_interval == 0 or final or improved:
+            if not self.has_val or not train.eval_interval:
+                improved = stats.loss < self.best_loss
+                self.best_loss = min(self.best_loss, stats.loss)
+            if self.rank == 0:
+                self.save(best=improved)
+
+    def _log_step(self, stats: StepStats) -> None:
+        tokens_per_sec = stats.tokens / stats.seconds
+        memory = memory_gb(self.device)
+        line = (f"step {stats.step} | epoch {self.sampler.epoch:.2f} | loss {stats.loss:.4f} | "
+                f"dt {stats.seconds * 1000:.1f}ms | tok/s {tokens_per_sec:,.0f} | norm {stats.grad_norm:.2f} | "
+                f"lr {stats.lr:.2e}")
+        if memory is not None:
+            line += f" | mem {memory:.1f}GB"
+        self.log.info(line)
+        self.log.record("train", step=stats.step, epoch=round(self.sampler.epoch, 4), loss=stats.loss,
+                        lr=stats.lr, grad_norm=stats.grad_norm, dt_ms=round(stats.seconds * 1000, 3),
+                        tokens_per_sec=round(tokens_per_sec, 1), tokens_seen=self.tokens_seen,
+                        elapsed_s=round(self.elapsed_s, 3), **({"mem_gb": round(memory, 3)} if memory else {}))
+
+
+def link_atomically(source: Path, target: Path) -> None:
+    """Make `target` hold the same bytes as `source` without writing them again (copy where links fail)."""
+    temporary = target.with_name(f".{target.name}.link.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+    os.replace(temporary, target)
