@@ -169,6 +169,48 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from gptforge.evaluate import evaluate_text
+    from gptforge.trained import load_trained
+
+    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file)
+    result = evaluate_text(trained, args.data, split=args.split, val_fraction=args.val_fraction,
+                           batch_size=args.batch_size, max_batches=args.max_batches)
+    print(f"{args.data} ({args.split} split, {result.tokens:,} tokens in {result.windows:,} windows of "
+          f"{trained.config.model.block_size}): loss {result.loss:.4f} | perplexity {result.perplexity:,.2f}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gptforge.app import DemoLimits, serve
+    from gptforge.trained import load_trained
+
+    limits = DemoLimits(max_new_tokens=args.max_new_tokens_cap, concurrency=args.concurrency,
+                        queue_size=args.queue_size)
+    limits.validate()
+    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file)
+    serve(trained, host=args.host, port=args.port, share=args.share, limits=limits)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from gptforge.space import export_space
+    from gptforge.trained import load_trained
+
+    trained = load_trained(args.run, args.checkpoint, device="cpu", tokenizer_file=args.tokenizer_file)
+    print(f"wrote {export_space(trained, Path(args.out))}")
+    return 0
+
+
+def add_model_source(parser: argparse.ArgumentParser, device: bool = True) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", metavar="DIR", help="run directory (its newest good checkpoint)")
+    source.add_argument("--checkpoint", metavar="FILE", help="a checkpoint file")
+    if device:
+        parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
+    parser.add_argument("--tokenizer-file", metavar="PATH", help="gpt2.tiktoken, for offline use")
+
+
 # --- the parser ------------------------------------------------------------------------------------
 
 
@@ -209,9 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     plot.set_defaults(func=cmd_plot)
 
     sample = commands.add_parser("sample", help="generate text from a trained model, streamed to the terminal")
-    source = sample.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", metavar="DIR", help="run directory (its newest good checkpoint)")
-    source.add_argument("--checkpoint", metavar="FILE", help="a checkpoint file")
+    add_model_source(sample)
     sample.add_argument("--prompt", help="text to continue (default: start from the end-of-text token)")
     sample.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 file")
     sample.add_argument("--max-new-tokens", type=int, default=500, metavar="N", help="(default: 500)")
@@ -221,9 +261,35 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--num-samples", type=int, default=1, metavar="S", help="(default: 1)")
     sample.add_argument("--seed", type=int, default=None, help="for repeatable samples")
     sample.add_argument("--stop", metavar="TEXT", help="stop when this text is generated")
-    sample.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
-    sample.add_argument("--tokenizer-file", metavar="PATH", help="gpt2.tiktoken, for offline use")
     sample.set_defaults(func=cmd_sample)
+
+    evaluate = commands.add_parser("eval", help="loss and perplexity of a trained model on any text")
+    add_model_source(evaluate)
+    evaluate.add_argument("--data", default="shakespeare", help="named dataset, text file or folder")
+    evaluate.add_argument("--split", choices=["val", "train", "all"], default="val",
+                          help="which part of the text (default: val, the last --val-fraction of it)")
+    evaluate.add_argument("--val-fraction", type=float, default=0.1, help="(default: 0.1, as in training)")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="(default: 8)")
+    evaluate.add_argument("--max-batches", type=int, default=None, help="stop after N batches (default: all)")
+    evaluate.set_defaults(func=cmd_eval)
+
+    serve = commands.add_parser("serve", help="web demo of a trained model (Gradio; pip install 'gptforge[app]')")
+    add_model_source(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="interface to bind (default: 127.0.0.1, this machine)")
+    serve.add_argument("--port", type=int, default=7860, help="(default: 7860)")
+    serve.add_argument("--share", action="store_true", help="ask Gradio for a public share link (default: off)")
+    serve.add_argument("--max-new-tokens-cap", type=int, default=1000, metavar="N",
+                       help="most tokens one request may generate (default: 1000)")
+    serve.add_argument("--concurrency", type=int, default=2, help="requests generated at once (default: 2)")
+    serve.add_argument("--queue-size", type=int, default=64, help="requests that may wait (default: 64)")
+    serve.set_defaults(func=cmd_serve)
+
+    export = commands.add_parser("export", help="write a trained model in another format")
+    add_model_source(export, device=False)
+    export.add_argument("--format", choices=["space"], required=True,
+                        help="space: a folder ready to push as a Hugging Face Space")
+    export.add_argument("--out", required=True, metavar="DIR", help="folder to write (must be new or empty)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 

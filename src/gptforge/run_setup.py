@@ -21,6 +21,7 @@ from gptforge.errors import UserError
 from gptforge.model import count_parameters, parameter_table
 from gptforge.runlog import RunLog
 from gptforge.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_dict
+from gptforge.trackers import Trackers, check_trackers
 from gptforge.trainer import Trainer
 
 
@@ -57,11 +58,20 @@ def load_data(config: RunConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[np.
     return tokens, train_tokens, val_tokens
 
 
+def open_log(run_dir: Path, config: RunConfig, rank: int) -> RunLog:
+    train = config.train
+    trackers = None
+    if rank == 0 and (train.tensorboard or train.wandb):
+        trackers = Trackers(run_dir, config.to_dict(), tensorboard=train.tensorboard, wandb=train.wandb)
+    return RunLog(run_dir, progress=train.progress, enabled=rank == 0, trackers=trackers)
+
+
 def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple[Trainer, RunLog]:
     """A new run: build the tokenizer and data, size the vocabulary, then create the run directory."""
     config.validate()
     resolve_accumulation(config, world_size)
     train = config.train
+    check_trackers(train.tensorboard, train.wandb)
     text = read_corpus(train.data)[0] if train.tokenizer == "char" else None
     tokenizer = build_tokenizer(train.tokenizer, text=text, bpe_file=train.tokenizer_file)
     config.model.vocab_size = padded_vocab_size(tokenizer.vocab_size, train.pad_vocab_to)
@@ -75,7 +85,7 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
         save_tokenizer(tokenizer, run_dir / "tokenizer.json")
     else:
         run_dir = Path(train.out or "")
-    log = RunLog(run_dir, progress=train.progress, enabled=rank == 0)
+    log = open_log(run_dir, config, rank)
     trainer = Trainer(config, run_dir, tokenizer, train_tokens, val_tokens, log, rank=rank, world_size=world_size)
     describe(trainer, len(tokens), len(train_tokens), len(val_tokens))
     return trainer, log
@@ -101,7 +111,8 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
         tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=config.train.tokenizer_file)
     console = RunLog(None, enabled=rank == 0)
     tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
-    log = RunLog(run_dir, progress=config.train.progress, enabled=rank == 0)
+    check_trackers(config.train.tensorboard, config.train.wandb)
+    log = open_log(run_dir, config, rank)
     for warning in warnings:
         log.warn(warning)
     trainer = Trainer(config, run_dir, tokenizer, train_tokens, val_tokens, log, rank=rank, world_size=world_size)

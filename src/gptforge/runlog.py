@@ -14,10 +14,14 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from gptforge.trackers import Trackers
+
 
 class RunLog:
-    def __init__(self, run_dir: Path | None, *, progress: bool = True, enabled: bool = True) -> None:
+    def __init__(self, run_dir: Path | None, *, progress: bool = True, enabled: bool = True,
+                 trackers: Trackers | None = None) -> None:
         self.enabled = enabled  # False on non-zero ranks: they neither print nor write files
+        self.trackers = trackers
         self._log: TextIO | None = None
         self._metrics: TextIO | None = None
         if enabled and run_dir is not None:
@@ -47,6 +51,8 @@ class RunLog:
             return
         self._metrics.write(json.dumps({"kind": kind, **fields, "time": round(time.time(), 3)}) + "\n")
         self._metrics.flush()
+        if self.trackers is not None and "step" in fields:
+            self.trackers.log(kind, fields["step"], fields)
 
     def start_progress(self, done: int, total: int) -> None:
         if self._want_bar:
@@ -69,3 +75,6 @@ class RunLog:
             if handle is not None:
                 handle.close()
         self._log = self._metrics = None
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None

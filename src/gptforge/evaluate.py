@@ -1,0 +1,77 @@
+"""Loss and perplexity of a trained model on any text: every token of the chosen split is scored once.
+
+Only the tokenizer's real tokens take part in the softmax (padded vocabulary rows are dropped), so the
+figure equals what the same weights give in transformers after `gptforge export`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from gptforge.data import check_corpus_size, load_tokens, split_tokens
+from gptforge.errors import UserError
+from gptforge.trained import TrainedModel, autocast_for
+
+
+@dataclass
+class EvalResult:
+    loss: float  # mean cross-entropy per predicted token, in nats
+    perplexity: float
+    tokens: int  # predicted tokens scored
+    windows: int
+
+
+def choose_split(tokens: np.ndarray, split: str, val_fraction: float) -> np.ndarray:
+    if split == "all":
+        return tokens
+    train_tokens, val_tokens = split_tokens(tokens, val_fraction)
+    return val_tokens if split == "val" else train_tokens
+
+
+@torch.no_grad()
+def evaluate_text(trained: TrainedModel, data: str, split: str = "val", val_fraction: float = 0.1,
+                  batch_size: int = 8, max_batches: int | None = None, progress: bool = True) -> EvalResult:
+    """Score consecutive, non-overlapping windows of block_size tokens (the last partial one too)."""
+    if batch_size <= 0:
+        raise UserError(f"--batch-size must be positive, got {batch_size}")
+    if max_batches is not None and max_batches <= 0:
+        raise UserError(f"--max-batches must be positive, got {max_batches}")
+    if split == "val" and not 0 < val_fraction < 1:
+        raise UserError(f"--split val needs --val-fraction in (0, 1), got {val_fraction}")
+    tokens, _ = load_tokens(data, trained.tokenizer, progress=progress)
+    tokens = choose_split(tokens, split, val_fraction)
+    check_corpus_size(tokens, 1, what=f"{split} split")
+    block_size = trained.config.model.block_size
+    full_windows = (len(tokens) - 1) // block_size
+    batches = [(start, min(batch_size, full_windows - start // block_size), block_size)
+               for start in range(0, full_windows * block_size, batch_size * block_size)]
+    tail = len(tokens) - 1 - full_windows * block_size
+    if tail:
+        batches.append((full_windows * block_size, 1, tail))  # the last, shorter window
+    batches = batches[:max_batches]
+    model = trained.model
+    device = model.lm_head.weight.device
+    vocab_size = trained.tokenizer.vocab_size
+    total_loss, total_tokens = 0.0, 0
+    bar = tqdm(batches, unit="batch", disable=not (progress and sys.stderr.isatty()), leave=False)
+    for start, count, length in bar:
+        rows = np.asarray(tokens[start : start + count * length + 1], dtype=np.int64)
+        x = torch.from_numpy(rows[:-1].reshape(count, length)).to(device)  # (B, T)
+        y = torch.from_numpy(rows[1:].reshape(count, length)).to(device)  # (B, T)
+        with autocast_for(model) or contextlib.nullcontext():
+            logits, _ = model(x)
+        logits = logits[..., :vocab_size].float()  # padded vocabulary rows are not tokens
+        total_loss += F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1), reduction="sum").item()
+        total_tokens += y.numel()
+        bar.set_postfix(loss=f"{total_loss / total_tokens:.4f}", refresh=False)
+    mean = total_loss / total_tokens
+    return EvalResult(loss=mean, perplexity=math.exp(mean), tokens=total_tokens,
+                      windows=sum(count for _, count, _ in batches))

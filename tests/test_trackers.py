@@ -1,0 +1,56 @@
+import pytest
+
+from gptforge.config import from_preset
+from gptforge.errors import UserError
+from gptforge.run_setup import train
+from gptforge.trackers import check_trackers
+
+
+def tiny_config(tmp_path, **train_settings):
+    config = from_preset("tiny")
+    config.train.tokenizer = "char"
+    config.train.device = "cpu"
+    config.train.progress = False
+    config.train.max_steps = 4
+    config.train.log_interval = 1
+    config.train.eval_interval = 2
+    config.train.eval_batches = 2
+    config.train.batch_size = 2
+    config.train.sample_tokens = 8
+    config.train.out = str(tmp_path / "run")
+    for key, value in train_settings.items():
+        setattr(config.train, key, value)
+    return config
+
+
+def test_tensorboard_receives_the_logged_scalars(tmp_path) -> None:
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    outcome = train(tiny_config(tmp_path, tensorboard=True))
+    events = event_accumulator.EventAccumulator(str(outcome.run_dir / "tensorboard"))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "train/grad_norm", "eval/val_loss"} <= set(tags)
+    assert [e.step for e in events.Scalars("train/loss")] == [0, 1, 2, 3]
+
+
+def test_wandb_offline_run_is_written(tmp_path, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    outcome = train(tiny_config(tmp_path, wandb=True))
+    runs = list((outcome.run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    assert any(runs[0].rglob("*.wandb"))
+
+
+def test_missing_tracker_is_a_clear_error_before_the_run_exists(tmp_path, monkeypatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real_find_spec(name, *a))
+    with pytest.raises(UserError, match="pip install tensorboard"):
+        check_trackers(tensorboard=True, wandb=False)
+    with pytest.raises(UserError, match="pip install tensorboard"):
+        train(tiny_config(tmp_path, tensorboard=True))
+    assert not (tmp_path / "run").exists()
