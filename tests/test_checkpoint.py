@@ -12,8 +12,6 @@ import torch
 from gptforge import checkpoint
 from gptforge.checkpoint import (
     CHECKPOINT_FORMAT,
-    atomic_write_bytes,
-    atomic_write_text,
     capture_rng_state,
     checkpoint_candidates,
     find_checkpoint,
@@ -25,6 +23,7 @@ from gptforge.checkpoint import (
     save_checkpoint,
 )
 from gptforge.errors import UserError
+from gptforge.fileio import atomic_write_bytes, atomic_write_text
 
 
 def make_state(step: int = 7) -> dict:

@@ -14,14 +14,11 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import pickle
 import random
 import re
-import secrets
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -29,6 +26,7 @@ import numpy as np
 import torch
 
 from gptforge.errors import UserError
+from gptforge.fileio import atomic_write
 
 CHECKPOINT_FORMAT = 1  # stored under state["format"]; bump when the layout of the state changes
 
@@ -39,51 +37,6 @@ _REASON_CHARS = 160
 
 class _BadCheckpoint(Exception):
     """Why one file is not a usable checkpoint; callers add the file name."""
-
-
-# --- atomic writes -----------------------------------------------------------------------------
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers and crashes see the old or the new file, whole."""
-    _atomic_write(Path(path), lambda file: file.write(data))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """``atomic_write_bytes`` for UTF-8 text (config.json, summary.txt)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
-    # The temporary file lives in the target's directory so os.replace is a rename on one
-    # filesystem (atomic), and starts with "." so listings and globs skip it.
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    descriptor = os.open(temporary, flags, 0o666)  # 0o666 minus the umask, like a normal open()
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename itself durable; without this a power cut can undo it on some filesystems."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return  # Windows cannot open directories; its renames are durable without this
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass  # some filesystems (network mounts) refuse directory fsync; the file itself is safe
-    finally:
-        os.close(descriptor)
 
 
 # --- save and load -----------------------------------------------------------------------------
@@ -110,7 +63,7 @@ def save_checkpoint(state: dict, path: Path, compress: bool = False) -> Path:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, write)
+        atomic_write(path, write)
     except (OSError, RuntimeError) as exc:
         cause = _os_error_in(exc)
         if cause is None:

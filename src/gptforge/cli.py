@@ -38,6 +38,10 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+# Flags whose name says more than the config key they set.
+FLAG_NAMES = {"init": "--init-from"}
+
+
 def add_config_flags(parser: argparse.ArgumentParser, classes: Sequence[type], skip: set[str] = frozenset()) -> None:
     """One `--flag` per config field (the key with dashes); absent flags leave the preset's value."""
     for cls in classes:
@@ -45,7 +49,7 @@ def add_config_flags(parser: argparse.ArgumentParser, classes: Sequence[type], s
         for name, annotation in field_types(cls).items():
             if name in skip:
                 continue
-            flag = "--" + name.replace("_", "-")
+            flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
             default = getattr(cls(), name)
             help_text = f"{FIELD_HELP.get(name, '')} (default: {default})".strip()
             args = typing.get_args(annotation)
@@ -152,7 +156,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_k=args.top_k or None, top_p=args.top_p, seed=args.seed, stop=args.stop)
     settings.validate()
-    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file)
+    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
+                           hf=args.hf)
     if prompt:
         trained.tokenizer.encode(prompt)  # an unknown character is a clear error before anything prints
     with autocast_for(trained.model) or contextlib.nullcontext():
@@ -173,7 +178,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from gptforge.evaluate import evaluate_text
     from gptforge.trained import load_trained
 
-    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file)
+    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
+                           hf=args.hf)
     result = evaluate_text(trained, args.data, split=args.split, val_fraction=args.val_fraction,
                            batch_size=args.batch_size, max_batches=args.max_batches)
     print(f"{args.data} ({args.split} split, {result.tokens:,} tokens in {result.windows:,} windows of "
@@ -188,16 +194,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     limits = DemoLimits(max_new_tokens=args.max_new_tokens_cap, concurrency=args.concurrency,
                         queue_size=args.queue_size)
     limits.validate()
-    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file)
+    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
+                           hf=args.hf)
     serve(trained, host=args.host, port=args.port, share=args.share, limits=limits)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from gptforge.space import export_space
     from gptforge.trained import load_trained
 
-    trained = load_trained(args.run, args.checkpoint, device="cpu", tokenizer_file=args.tokenizer_file)
+    trained = load_trained(args.run, args.checkpoint, device="cpu", tokenizer_file=args.tokenizer_file, hf=args.hf)
+    if args.format == "hf":
+        from gptforge.hf import export_hf
+
+        for note in export_hf(trained, Path(args.out)):
+            print(f"note: {note}")
+        print(f"wrote {args.out} (load it with transformers.GPT2LMHeadModel.from_pretrained)")
+        return 0
+    from gptforge.space import export_space
+
     print(f"wrote {export_space(trained, Path(args.out))}")
     return 0
 
@@ -206,6 +221,8 @@ def add_model_source(parser: argparse.ArgumentParser, device: bool = True) -> No
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", metavar="DIR", help="run directory (its newest good checkpoint)")
     source.add_argument("--checkpoint", metavar="FILE", help="a checkpoint file")
+    source.add_argument("--hf", metavar="DIR", help="a transformers GPT-2 folder (config.json and model.safetensors "
+                        "or pytorch_model.bin)")
     if device:
         parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
     parser.add_argument("--tokenizer-file", metavar="PATH", help="gpt2.tiktoken, for offline use")
@@ -286,8 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = commands.add_parser("export", help="write a trained model in another format")
     add_model_source(export, device=False)
-    export.add_argument("--format", choices=["space"], required=True,
-                        help="space: a folder ready to push as a Hugging Face Space")
+    export.add_argument("--format", choices=["space", "hf"], required=True,
+                        help="space: a folder ready to push as a Hugging Face Space; hf: a transformers "
+                        "GPT2LMHeadModel folder (with the GPT-2 tokenizer's files)")
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write (must be new or empty)")
     export.set_defaults(func=cmd_export)
     return parser

@@ -154,12 +154,17 @@ class TrainConfig:
         device_kind = self.device.split(":")[0]
         if device_kind not in ("auto", "cpu", "cuda", "mps"):
             raise UserError(f"unknown device {self.device!r}; choose auto, cpu, cuda, cuda:N or mps")
-        if self.init != "scratch":
-            raise UserError(f"unknown init {self.init!r}; only 'scratch' is available")
+        if self.init != "scratch" and not self.init.startswith("hf:"):
+            raise UserError(f"unknown init {self.init!r}; choose scratch or hf:DIR (a transformers GPT-2 folder)")
+        if self.init.startswith("hf:") and not self.init[3:].strip():
+            raise UserError("init names no folder: pass --init-from hf:DIR with DIR a transformers GPT-2 folder "
+                            "(e.g. from `huggingface-cli download gpt2 --local-dir gpt2` on a machine with internet)")
         for name in ("max_epochs", "time_budget", "target_loss"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UserError(f"{name} must be positive, got {value}")
+        if self.seed < 0:
+            raise UserError(f"seed must be zero or more, got {self.seed}")
         if self.grad_clip < 0:
             raise UserError(f"grad_clip must be zero or more, got {self.grad_clip}")
 
@@ -187,7 +192,8 @@ FIELD_HELP: dict[str, str] = {
     "device": "auto (cuda > mps > cpu), cuda, cuda:N, mps, cpu",
     "dtype": "auto (bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPU), float32, bfloat16, float16",
     "compile": "None: on for CUDA, off elsewhere",
-    "init": "scratch (GPT-2 initialisation)",
+    "init": "scratch (GPT-2 initialisation) or hf:DIR (fine-tune a transformers GPT-2 folder; its config.json "
+            "sets the model's shape)",
     "out": "run directory; default runs/<timestamp>-<preset>",
     "progress": "progress bar when the output is a terminal",
     "block_size": "context length in tokens",
@@ -251,6 +257,13 @@ RECIPES: dict[str, dict[str, Any]] = {
         "pad_vocab_to": 1, "sampler": "random", "learning_rate": 1e-3, "warmup_steps": 100,
         "max_steps": 2000, "beta2": 0.99, "eval_interval": 250, "eval_batches": 20,
         "checkpoint_interval": 500, "log_interval": 50,
+    },
+    # Fine-tune a downloaded GPT-2 (its shape replaces the preset's): needs --init-from hf:DIR.
+    "shakespeare-finetune": {
+        "model": "gpt2", "init": "hf:",
+        "data": "shakespeare", "tokenizer": "gpt2", "batch_size": 8, "block_size": 512,
+        "learning_rate": 1e-4, "warmup_steps": 20, "max_steps": 200, "eval_interval": 50, "eval_batches": 20,
+        "checkpoint_interval": 100, "log_interval": 10,
     },
 }
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from gptforge.errors import UserError
+from gptforge.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:
     from gptforge.tokenizer import Tokenizer
@@ -91,9 +91,7 @@ def _download(url: str, destination: Path, sha256: str) -> Path:
 
 def _write_atomic(path: Path, contents: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as file:
-        file.write(contents)
-    os.replace(file.name, path)
+    atomic_write_bytes(path, contents)
 
 
 def read_corpus(data: str) -> tuple[str, str]:

@@ -53,7 +53,7 @@ def plot_run(run_dir: str | Path, out: Path | None = None) -> Path:
 
     from matplotlib.figure import Figure
 
-    from gptforge.checkpoint import atomic_write_bytes  # imports torch: paid only when plotting
+    from gptforge.fileio import atomic_write_bytes
 
     figure = Figure(figsize=(12, 8), layout="constrained")
     figure.suptitle(f"gptforge run: {run_dir.resolve().name}")

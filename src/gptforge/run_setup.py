@@ -14,15 +14,18 @@ from typing import Any
 
 import numpy as np
 
-from gptforge.checkpoint import atomic_write_text, load_latest, new_run_dir
+from gptforge.checkpoint import load_latest, new_run_dir
 from gptforge.config import MODEL_KEYS, RunConfig, apply_overrides, padded_vocab_size
 from gptforge.data import check_corpus_size, load_tokens, read_corpus, split_tokens
+from gptforge.device import resolve_device, resolve_dtype
 from gptforge.errors import UserError
+from gptforge.fileio import atomic_write_text
+from gptforge.hf import prepare_init
 from gptforge.model import count_parameters, parameter_table
 from gptforge.runlog import RunLog
 from gptforge.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_dict
 from gptforge.trackers import Trackers, check_trackers
-from gptforge.trainer import Trainer
+from gptforge.trainer import Trainer, checkpoint_path
 
 
 @dataclass
@@ -69,11 +72,15 @@ def open_log(run_dir: Path, config: RunConfig, rank: int) -> RunLog:
 def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple[Trainer, RunLog]:
     """A new run: build the tokenizer and data, size the vocabulary, then create the run directory."""
     config.validate()
+    init = prepare_init(config)  # --init-from hf:DIR: read DIR now and take the model's shape from it
     resolve_accumulation(config, world_size)
     train = config.train
     check_trackers(train.tensorboard, train.wandb)
+    resolve_dtype(train.dtype, resolve_device(train.device))  # a missing GPU is an error before any file exists
     text = read_corpus(train.data)[0] if train.tokenizer == "char" else None
     tokenizer = build_tokenizer(train.tokenizer, text=text, bpe_file=train.tokenizer_file)
+    if init is not None:
+        init.check_tokenizer(tokenizer)
     config.model.vocab_size = padded_vocab_size(tokenizer.vocab_size, train.pad_vocab_to)
     config.validate()
     console = RunLog(None, enabled=rank == 0)
@@ -87,6 +94,10 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
         run_dir = Path(train.out or "")
     log = open_log(run_dir, config, rank)
     trainer = Trainer(config, run_dir, tokenizer, train_tokens, val_tokens, log, rank=rank, world_size=world_size)
+    if init is not None:
+        init.checkpoint.load_into(trainer.model)
+        for note in init.notes:
+            log.info(note)
     describe(trainer, len(tokens), len(train_tokens), len(val_tokens))
     return trainer, log
 
@@ -97,6 +108,8 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     run_dir = Path(run_dir)
     state, path, warnings = load_latest(run_dir)
     config = RunConfig.from_dict(state["config"])
+    if "init" in overrides:
+        raise UserError("--init-from starts a new run; a resumed run continues from its own checkpoint")
     for key in overrides:
         if key.replace("-", "_") in MODEL_KEYS:
             raise UserError(f"--{key.replace('_', '-')} changes the model's shape, which a resumed run cannot do")
@@ -147,10 +160,7 @@ def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens
 
 def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> TrainOutcome:
     """Write summary.txt and curves.png, show a sample, and say where everything is."""
-    last = None
-    for name in ("last.pt", "last.pt.gz"):
-        if (trainer.checkpoint_dir / name).is_file():
-            last = trainer.checkpoint_dir / name
+    last = checkpoint_path(trainer.checkpoint_dir, "last", trainer.config.train.compress_checkpoints)
     if trainer.rank == 0:
         counts = count_parameters(trainer.model)
         checkpoints = sorted(p.name for p in trainer.checkpoint_dir.glob("*.pt*")) if trainer.checkpoint_dir.is_dir() \
@@ -181,7 +191,8 @@ def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> Tr
         log.info("\n".join(summary))
         log.info(f"sample more with: gptforge sample --run {trainer.run_dir}")
     log.close()
-    return TrainOutcome(run_dir=trainer.run_dir, reason=reason, signal=trainer.stop_signal, last_checkpoint=last)
+    return TrainOutcome(run_dir=trainer.run_dir, reason=reason, signal=trainer.stop_signal,
+                        last_checkpoint=last if last.is_file() else None)
 
 
 def train(config: RunConfig | None = None, *, resume: str | Path | None = None,

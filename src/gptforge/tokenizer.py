@@ -10,9 +10,7 @@ import base64
 import functools
 import hashlib
 import json
-import os
 import re
-import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +22,7 @@ from tqdm import tqdm
 
 from gptforge.data import cache_dir, data_dir
 from gptforge.errors import UserError
+from gptforge.fileio import atomic_write_text
 
 GPT2_BPE_FILENAME = "gpt2.tiktoken"
 GPT2_BPE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -269,9 +268,7 @@ def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> Path:
     """Write tokenizer.json (``path`` is the file or its run directory) atomically."""
     path = _tokenizer_json(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as file:
-        json.dump(tokenizer.to_dict(), file, ensure_ascii=False, indent=2)
-    os.replace(file.name, path)
+    atomic_write_text(path, json.dumps(tokenizer.to_dict(), ensure_ascii=False, indent=2) + "\n")
     return path
 
 

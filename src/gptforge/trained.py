@@ -26,10 +26,15 @@ class TrainedModel:
 
 
 def load_trained(run: str | Path | None = None, checkpoint: str | Path | None = None, device: str = "auto",
-                 tokenizer_file: str | None = None) -> TrainedModel:
-    """Load the newest good checkpoint of `run`, or the file `checkpoint`, ready for inference on `device`."""
-    if (run is None) == (checkpoint is None):
-        raise UserError("pass exactly one of --run DIR or --checkpoint FILE")
+                 tokenizer_file: str | None = None, hf: str | Path | None = None) -> TrainedModel:
+    """Load the newest good checkpoint of `run`, the file `checkpoint`, or the transformers GPT-2 folder `hf`,
+    ready for inference on `device`."""
+    if sum(source is not None for source in (run, checkpoint, hf)) != 1:
+        raise UserError("pass exactly one of --run DIR, --checkpoint FILE or --hf DIR")
+    if hf is not None:
+        from gptforge.hf import load_hf_folder  # gptforge.hf imports this module
+
+        return load_hf_folder(hf, device=device, tokenizer_file=tokenizer_file)
     if run is not None:
         state, path, _ = load_latest(run)
     else:

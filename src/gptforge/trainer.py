@@ -229,11 +229,10 @@ class Trainer:
     # --- the loop --------------------------------------------------------------------------------
 
     def _on_signal(self, signum: int, frame: object) -> None:
+        # Only record it: printing here could re-enter a write to stdout that the signal interrupted.
         if self.stop_signal is not None:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now (checkpoints on disk are still whole)
         self.stop_signal = signum
-        self.log.info(f"\n{signal.Signals(signum).name}: finishing this step, then saving "
-                      "(press Ctrl-C again to stop at once)")
 
     def stop_reason(self, stats: StepStats) -> str | None:
         train = self.config.train
@@ -247,7 +246,7 @@ class Trainer:
         if train.time_budget is not None and self.elapsed_s >= train.time_budget:
             return f"used the time budget of {train.time_budget:.0f}s"
         if self.stop_signal is not None:
-            return f"stopped by {signal.Signals(self.stop_signal).name}"
+            return f"stopped by {signal.Signals(self.stop_signal).name} after step {stats.step}"
         return None
 
     def fit(self) -> str:
@@ -269,6 +268,9 @@ class Trainer:
                         "or --dtype bfloat16/float32"
                     ) from None
                 reason = self.stop_reason(stats)
+                if self.stop_signal is not None:
+                    self.log.info(f"{signal.Signals(self.stop_signal).name}: saving {self.checkpoint_dir} after "
+                                  f"step {stats.step} (press Ctrl-C again to stop at once)")
                 self._after_step(stats, final=reason is not None)
         finally:
             for sig, handler in handlers.items():

@@ -1,0 +1,195 @@
+"""Export a trained model as a Hugging Face Space, and load it back inside that Space.
+
+The folder holds plain files (safetensors weights, JSON config and tokenizer) and a three-line
+``app.py`` that depends on the gptforge package, so the Space runs the same demo as ``gptforge serve``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from gptforge.config import RunConfig
+from gptforge.data import cache_dir, data_dir
+from gptforge.device import resolve_device
+from gptforge.errors import UserError
+from gptforge.model import GPT
+from gptforge.tokenizer import GPT2_BPE_FILENAME, GPT2_BPE_SHA256, tokenizer_from_dict
+from gptforge.trained import TrainedModel
+
+WEIGHTS_FILE = "model.safetensors"
+TIED_WEIGHT = "lm_head.weight"  # the same tensor as transformer.wte.weight, so stored once
+EMBEDDING_WEIGHT = "transformer.wte.weight"
+
+SPACE_APP = '''"""A gptforge demo as a Hugging Face Space; locally: pip install -r requirements.txt && python app.py"""
+
+from pathlib import Path
+
+from gptforge.app import build_demo
+from gptforge.space import load_space
+
+if __name__ == "__main__":
+    build_demo(load_space(Path(__file__).resolve().parent)).launch()
+'''
+
+
+def _safetensors() -> Any:
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise UserError("exporting or loading a Space needs safetensors: pip install safetensors") from None
+    return safetensors.torch
+
+
+def _installed_version(package: str, hint: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        raise UserError(f"{package} is not installed: {hint}") from None
+
+
+def _check_target(out: Path) -> None:
+    """Never write over anything: the folder must be new or empty."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder; pass a new or empty folder to --out")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty; pass a new or empty folder to --out (nothing was overwritten)")
+
+
+def _gpt2_ranks_file(trained: TrainedModel) -> Path | None:
+    """A good local gpt2.tiktoken (where the tokenizer looks for it), so the Space tokenizes offline."""
+    named = trained.config.train.tokenizer_file
+    candidates = [Path(named).expanduser()] if named else []
+    candidates += [folder / GPT2_BPE_FILENAME for folder in (data_dir(), cache_dir()) if folder is not None]
+    return next((path for path in candidates
+                 if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == GPT2_BPE_SHA256), None)
+
+
+def _fact(value: Any, spec: str = ",") -> str:
+    return format(value, spec) if isinstance(value, (int, float)) else "n/a"
+
+
+def space_readme(trained: TrainedModel, gradio_version: str, offline_tokenizer: bool) -> str:
+    """README.md: the Spaces front matter, then what the model is."""
+    facts = trained.facts
+    preset = facts.get("preset", "custom")
+    front_matter = {
+        "title": f"gptforge {preset}", "emoji": "🎭", "colorFrom": "indigo", "colorTo": "pink",
+        "sdk": "gradio", "sdk_version": gradio_version, "app_file": "app.py", "pinned": False,
+    }
+    # JSON scalars are valid YAML, and quoting keeps odd preset names from breaking the header.
+    header = "\n".join(f"{key}: {json.dumps(value, ensure_ascii=False)}" for key, value in front_matter.items())
+    tokenizer_note = ""
+    if trained.tokenizer.name == "gpt2":
+        tokenizer_note = (f"\nThe GPT-2 tokenizer's ranks are in `{GPT2_BPE_FILENAME}`, so nothing is downloaded.\n"
+                          if offline_tokenizer else
+                          "\nThe GPT-2 tokenizer's ranks are downloaded by tiktoken when the Space starts.\n")
+    return f"""---
+{header}
+---
+
+# gptforge: {preset}
+
+A GPT-2-style language model trained from scratch with [gptforge](https://pypi.org/project/gptforge/).
+Type the start of a text and it writes the rest.
+
+| fact | value |
+|---|---|
+| preset | `{preset}` |
+| parameters | {_fact(facts.get("parameters"))} |
+| steps trained | {_fact(facts.get("steps"))} |
+| tokens seen | {_fact(facts.get("tokens_seen"))} |
+| final training loss | {_fact(facts.get("final_loss"), ".4f")} |
+| best loss | {_fact(facts.get("best_loss"), ".4f")} |
+| tokenizer | {trained.tokenizer.name} ({trained.tokenizer.vocab_size:,} tokens) |
+| context length | {trained.config.model.block_size:,} tokens |
+
+Files: `{WEIGHTS_FILE}` (weights; `lm_head` is tied to `transformer.wte` and stored once), `config.json`
+(the training run's config), `tokenizer.json`, `facts.json` (the table above) and `app.py`.
+{tokenizer_note}
+Run it locally: `pip install -r requirements.txt && python app.py`.
+"""
+
+
+def _write_space(trained: TrainedModel, folder: Path) -> None:
+    safetensors_torch = _safetensors()
+    gradio_version = _installed_version("gradio", "pip install 'gptforge[app]' so the Space can name its version")
+    gptforge_version = _installed_version("gptforge", "install gptforge with pip")
+    weights = {name: tensor.detach().to("cpu").contiguous()
+               for name, tensor in trained.model.state_dict().items() if name != TIED_WEIGHT}
+    safetensors_torch.save_file(weights, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    facts = {key: value for key, value in trained.facts.items() if key != "checkpoint"}  # a path on this machine
+    for name, data in (("config.json", trained.config.to_dict()), ("tokenizer.json", trained.tokenizer.to_dict()),
+                       ("facts.json", facts)):
+        (folder / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    ranks = _gpt2_ranks_file(trained) if trained.tokenizer.name == "gpt2" else None
+    if ranks is not None:
+        shutil.copyfile(ranks, folder / GPT2_BPE_FILENAME)
+    (folder / "app.py").write_text(SPACE_APP, encoding="utf-8")
+    (folder / "requirements.txt").write_text(f"gptforge[app]=={gptforge_version}\ntorch\nsafetensors>=0.4\n",
+                                             encoding="utf-8")
+    (folder / "README.md").write_text(space_readme(trained, gradio_version, ranks is not None), encoding="utf-8")
+
+
+def export_space(trained: TrainedModel, out: Path) -> Path:
+    """Write a folder ready to push as a Hugging Face Space; `out` must be new or empty.
+
+    Files are written to a hidden folder beside `out` and moved into place at the end, so a
+    failed export leaves neither a half-written Space nor anything changed.
+    """
+    out = Path(out)
+    _check_target(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_space(trained, staging)
+        staging.chmod(0o755)
+        if out.is_dir():
+            out.rmdir()  # empty, checked above; rmdir refuses if anything appeared since
+        os.replace(staging, out)
+    except OSError as exc:
+        raise UserError(f"cannot write the Space to {out}: {exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise UserError(f"{path} is missing; is {path.parent} a folder written by `gptforge export --format space`?")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def load_space(folder: str | Path, device: str = "auto") -> TrainedModel:
+    """The TrainedModel of an exported Space folder (what its app.py serves), with lm_head re-tied."""
+    folder = Path(folder)
+    config = RunConfig.from_dict(_read_json(folder / "config.json"))
+    ranks = folder / GPT2_BPE_FILENAME
+    tokenizer = tokenizer_from_dict(_read_json(folder / "tokenizer.json"),
+                                    bpe_file=ranks if ranks.is_file() else None)
+    facts = _read_json(folder / "facts.json")
+    weights_path = folder / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise UserError(f"{weights_path} is missing; export the Space again")
+    weights = _safetensors().load_file(str(weights_path))
+    if EMBEDDING_WEIGHT not in weights:
+        raise UserError(f"{weights_path} has no {EMBEDDING_WEIGHT}; it is not a gptforge Space")
+    weights[TIED_WEIGHT] = weights[EMBEDDING_WEIGHT]
+    model = GPT(config.model)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[0]
+        raise UserError(f"the weights in {weights_path} do not fit config.json: {first_line}") from None
+    model.to(resolve_device(device)).eval()
+    facts["checkpoint"] = str(weights_path)
+    return TrainedModel(model=model, tokenizer=tokenizer, config=config, source=weights_path, facts=facts)

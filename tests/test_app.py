@@ -1,0 +1,138 @@
+"""The web demo's handler and page, on a tiny char model trained once for this module (no server, no browser)."""
+
+import socket
+from itertools import pairwise
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+
+from gptforge.app import DemoLimits, ReplicaPool, build_demo, example_prompts, facts_markdown, generate_stream, serve
+from gptforge.config import from_preset
+from gptforge.errors import UserError
+from gptforge.run_setup import train
+from gptforge.trained import TrainedModel, load_trained
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> TrainedModel:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GPTFORGE_DATA_DIR", str(data_dir))
+        env.setenv("GPTFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        config = from_preset("tiny")
+        config.train.tokenizer = "char"
+        config.train.device = "cpu"
+        config.train.progress = False
+        config.train.max_steps = 20
+        config.train.batch_size = 4
+        config.train.eval_interval = 0
+        config.train.sample_tokens = 8
+        config.train.out = str(tmp_path_factory.mktemp("app") / "run")
+        run_dir = train(config).run_dir
+    return load_trained(run=run_dir, device="cpu")
+
+
+LIMITS = DemoLimits(max_new_tokens=50, max_prompt_chars=100)
+GOOD = {"max_new_tokens": 30, "temperature": 0.8, "top_k": 0, "top_p": 0.9, "seed": 7}
+
+
+def run(trained: TrainedModel, prompt: str = "ROMEO:", **changes) -> list[str]:
+    return list(generate_stream(trained, LIMITS, prompt, **{**GOOD, **changes}))
+
+
+def test_build_demo_returns_blocks_with_a_generate_api(trained) -> None:
+    demo = build_demo(trained, LIMITS)
+    assert isinstance(demo, gr.Blocks)
+    assert "generate" in {dependency.api_name for dependency in demo.fns.values()}
+
+
+def test_handler_streams_growing_text_from_the_prompt(trained) -> None:
+    outputs = run(trained)
+    assert len(outputs) > 5
+    assert all(text.startswith("ROMEO:") for text in outputs)
+    assert all(len(later) > len(earlier) for earlier, later in pairwise(outputs))
+    assert len(outputs[-1]) == len("ROMEO:") + 30  # a char model: one character per token
+
+
+def test_seed_repeats_and_different_seeds_differ(trained) -> None:
+    assert run(trained, seed=3)[-1] == run(trained, seed=3)[-1]
+    assert run(trained, seed=3)[-1] != run(trained, seed=4)[-1]
+
+
+def test_greedy_ignores_the_seed(trained) -> None:
+    assert run(trained, temperature=0, seed=1)[-1] == run(trained, temperature=0, seed=2)[-1]
+
+
+@pytest.mark.parametrize(("prompt", "changes", "message"), [
+    ("ROMEO:", {"max_new_tokens": 51}, "max new tokens"),
+    ("ROMEO:", {"max_new_tokens": 0}, "max new tokens"),
+    ("ROMEO:", {"max_new_tokens": 2.5}, "whole number"),
+    ("ROMEO:", {"temperature": 5}, "temperature"),
+    ("ROMEO:", {"temperature": float("nan")}, "finite"),
+    ("ROMEO:", {"top_p": 0}, "top-p"),
+    ("ROMEO:", {"top_p": 1.5}, "top-p"),
+    ("ROMEO:", {"top_k": -1}, "top-k"),
+    ("ROMEO:", {"seed": "abc"}, "seed"),
+    ("x" * 101, {}, "at most 100"),
+    ("ROMEO: \u00e9t\u00e9 \U0001f600", {}, "not in this char tokenizer"),
+])
+def test_out_of_range_requests_are_refused_before_generating(trained, prompt, changes, message) -> None:
+    with pytest.raises(gr.Error, match=message):
+        run(trained, prompt, **changes)
+
+
+def test_blank_or_negative_seed_samples_afresh(trained) -> None:
+    assert len(run(trained, seed=None)[-1]) == len(run(trained, seed=-1)[-1]) == len("ROMEO:") + 30
+
+
+def test_replicas_share_weights_but_not_kv_caches(trained) -> None:
+    pool = ReplicaPool(trained.model)
+    with pool.borrow() as first, pool.borrow() as second:
+        assert first is not second
+        assert first.transformer.h[0].attn is not second.transformer.h[0].attn  # where the KV cache lives
+        assert first.transformer.wte.weight.data_ptr() == second.transformer.wte.weight.data_ptr()
+        tokens = torch.randint(0, trained.tokenizer.vocab_size, (2, 16))
+        torch.testing.assert_close(first(tokens)[0], second(tokens)[0], rtol=0, atol=0)
+    with pool.borrow() as again:
+        assert again in (first, second)  # returned replicas are reused
+
+
+def test_interleaved_requests_match_one_at_a_time(trained) -> None:
+    pool = ReplicaPool(trained.model)
+    alone = [run(trained, prompt, seed=seed, temperature=0.5)[-1] for prompt, seed in (("ROMEO:", 1), ("KING:", 2))]
+    first = generate_stream(trained, LIMITS, "ROMEO:", **{**GOOD, "seed": 1, "temperature": 0.5}, replicas=pool)
+    second = generate_stream(trained, LIMITS, "KING:", **{**GOOD, "seed": 2, "temperature": 0.5}, replicas=pool)
+    *_, (first_text, second_text) = zip(first, second, strict=True)  # one step of each in turn
+    assert [first_text, second_text] == alone
+
+
+def test_facts_panel_shows_parameters_steps_and_context(trained) -> None:
+    text = facts_markdown(trained)
+    assert f"{trained.facts['parameters']:,}" in text
+    assert "," in f"{trained.facts['parameters']:,}"  # formatted with thousands separators
+    assert "**steps trained**: 20" in text
+    assert "**context length**: 32 tokens" in text
+    assert "char (65 tokens)" in text
+
+
+def test_examples_are_only_prompts_the_tokenizer_can_encode(trained) -> None:
+    examples = example_prompts(trained.tokenizer)
+    assert "ROMEO:" in examples
+    for prompt in examples:
+        trained.tokenizer.encode(prompt)
+
+
+@pytest.mark.parametrize("field", ["max_new_tokens", "concurrency", "queue_size", "max_prompt_chars"])
+def test_limits_must_be_positive(field) -> None:
+    with pytest.raises(UserError, match=field):
+        DemoLimits(**{field: 0}).validate()
+
+
+def test_serve_on_a_busy_port_is_a_user_error(trained) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(UserError, match=f"cannot serve on 127.0.0.1:{port}"):
+            serve(trained, port=port, limits=LIMITS)

@@ -1,0 +1,180 @@
+"""`gptforge export --format space`: the folder, loading it back, never overwriting, and its app.py serving."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptforge.cli import main
+from gptforge.config import from_preset
+from gptforge.errors import UserError
+from gptforge.run_setup import train
+from gptforge.space import export_space, load_space
+from gptforge.trained import TrainedModel, load_trained
+
+SPACE_FILES = {"app.py", "requirements.txt", "README.md", "model.safetensors", "config.json", "tokenizer.json",
+               "facts.json"}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GPTFORGE_DATA_DIR", str(data_dir))
+        env.setenv("GPTFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        config = from_preset("tiny")
+        config.train.tokenizer = "char"
+        config.train.device = "cpu"
+        config.train.progress = False
+        config.train.max_steps = 20
+        config.train.batch_size = 4
+        config.train.eval_interval = 0
+        config.train.sample_tokens = 8
+        config.train.out = str(tmp_path_factory.mktemp("space") / "run")
+        return train(config).run_dir
+
+
+@pytest.fixture(scope="module")
+def trained(run_dir: Path) -> TrainedModel:
+    return load_trained(run=run_dir, device="cpu")
+
+
+def front_matter(readme: str) -> dict:
+    """The YAML header of a Spaces README, parsed with PyYAML when it is installed."""
+    assert readme.startswith("---\n")
+    header = readme.split("---\n", 2)[1]
+    try:
+        import yaml
+    except ImportError:
+        return {key: json.loads(value) for key, value in (line.split(": ", 1) for line in header.splitlines())}
+    return yaml.safe_load(header)
+
+
+def test_export_writes_a_space_folder(trained, tmp_path) -> None:
+    out = export_space(trained, tmp_path / "space")
+    assert out == tmp_path / "space"
+    assert {path.name for path in out.iterdir()} == SPACE_FILES  # char model: no gpt2.tiktoken
+    assert json.loads((out / "config.json").read_text()) == trained.config.to_dict()
+    assert json.loads((out / "tokenizer.json").read_text()) == trained.tokenizer.to_dict()
+    assert "gptforge[app]" in (out / "requirements.txt").read_text()
+    assert "build_demo(load_space(" in (out / "app.py").read_text()
+    assert not list(tmp_path.glob(".space.*"))  # no staging folder left behind
+
+
+def test_readme_front_matter_describes_a_gradio_space(trained, tmp_path) -> None:
+    from importlib.metadata import version
+
+    readme = (export_space(trained, tmp_path / "space") / "README.md").read_text(encoding="utf-8")
+    meta = front_matter(readme)
+    assert meta["sdk"] == "gradio"
+    assert meta["sdk_version"] == version("gradio")
+    assert meta["app_file"] == "app.py"
+    assert meta["pinned"] is False
+    assert {"title", "emoji", "colorFrom", "colorTo"} <= set(meta)
+    assert f"{trained.facts['parameters']:,}" in readme
+
+
+def test_weights_are_stored_once_and_load_back_to_the_same_logits(trained, tmp_path) -> None:
+    from safetensors import safe_open
+
+    out = export_space(trained, tmp_path / "space")
+    with safe_open(str(out / "model.safetensors"), "pt") as weights:
+        names = set(weights.keys())
+    assert "transformer.wte.weight" in names
+    assert "lm_head.weight" not in names  # tied to wte: written once
+    loaded = load_space(out, device="cpu")
+    assert loaded.model.lm_head.weight is loaded.model.transformer.wte.weight
+    tokens = torch.randint(0, trained.tokenizer.vocab_size, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(tokens)[0], trained.model(tokens)[0], rtol=0, atol=0)
+    assert loaded.tokenizer.to_dict() == trained.tokenizer.to_dict()
+    assert loaded.facts["parameters"] == trained.facts["parameters"]
+    assert loaded.source == out / "model.safetensors"
+
+
+def test_gpt2_space_carries_the_tokenizer_ranks(trained, tmp_path, data_dir) -> None:
+    from gptforge.tokenizer import GPT2Tokenizer
+
+    gpt2 = TrainedModel(model=trained.model, tokenizer=GPT2Tokenizer(), config=trained.config,
+                        source=trained.source, facts=trained.facts)
+    out = export_space(gpt2, tmp_path / "space")
+    assert (out / "gpt2.tiktoken").read_bytes() == (data_dir / "gpt2.tiktoken").read_bytes()
+    assert "nothing is downloaded" in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_export_into_a_non_empty_folder_is_refused_and_touches_nothing(trained, tmp_path) -> None:
+    out = tmp_path / "space"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        export_space(trained, out)
+    assert [path.name for path in out.iterdir()] == ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "mine"
+    assert [path.name for path in tmp_path.iterdir()] == ["space"]
+
+
+def test_export_into_an_empty_folder_is_fine(trained, tmp_path) -> None:
+    (tmp_path / "space").mkdir()
+    assert {path.name for path in export_space(trained, tmp_path / "space").iterdir()} == SPACE_FILES
+
+
+def test_load_space_says_what_is_missing(trained, tmp_path) -> None:
+    out = export_space(trained, tmp_path / "space")
+    (out / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="model.safetensors is missing"):
+        load_space(out)
+
+
+def test_cli_export(run_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "space"
+    assert main(["export", "--run", str(run_dir), "--format", "space", "--out", str(out)]) == 0
+    assert {path.name for path in out.iterdir()} == SPACE_FILES
+    capsys.readouterr()
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    assert main(["export", "--run", str(run_dir), "--format", "space", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float) -> int:
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # a CI proxy must not see localhost
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"app.py exited with status {process.returncode}:\n{process.stdout.read()}")
+        try:
+            with direct.open(url, timeout=2) as response:
+                return response.status
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.3)
+    pytest.fail(f"app.py did not answer at {url} within {timeout_s}s")
+
+
+@pytest.mark.slow
+def test_exported_app_py_serves_the_demo(trained, tmp_path) -> None:
+    """Runs app.py with this project's Python, not a clean venv from requirements.txt (too slow for a test)."""
+    out = export_space(trained, tmp_path / "space")
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    process = subprocess.Popen([sys.executable, "app.py"], cwd=out, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for_http(f"http://127.0.0.1:{port}/", process, timeout_s=90) == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

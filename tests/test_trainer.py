@@ -1,0 +1,346 @@
+"""The training loop: gradient accumulation, clipping, stop rules, the LR schedule, checkpoints and exact resume.
+
+Every run here is a one- or two-layer char model on a 20k-character slice of tiny Shakespeare, on the CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gptforge.checkpoint import load_checkpoint
+from gptforge.config import RunConfig, apply_overrides, from_preset
+from gptforge.errors import UserError
+from gptforge.model import GPT
+from gptforge.optim import learning_rate_at
+from gptforge.run_setup import start_run, train
+from gptforge.trained import load_trained
+
+CORPUS_CHARS = 20_000
+
+
+@pytest.fixture
+def corpus(tmp_path: Path, data_dir: Path) -> Path:
+    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:CORPUS_CHARS]
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def tiny_config(out: Path, corpus: Path, **overrides: Any) -> RunConfig:
+    """A model of a few thousand parameters that takes milliseconds per step."""
+    config = from_preset("tiny")
+    settings: dict[str, Any] = {
+        "data": str(corpus), "tokenizer": "char", "device": "cpu", "progress": False, "compile": False,
+        "n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 16, "batch_size": 4, "max_steps": 8,
+        "learning_rate": 1e-3, "warmup_steps": 2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
+        "sample_tokens": 4, "checkpoint_interval": 4, "out": str(out),
+    }
+    settings.update(overrides)
+    apply_overrides(config, settings)
+    return config
+
+
+def fit_new_run(config: RunConfig) -> str:
+    """A new run trained to its stop rule, without the end-of-run plot and sample (`train` adds those)."""
+    trainer, log = start_run(config)
+    try:
+        return trainer.fit()
+    finally:
+        log.close()
+
+
+def read_metrics(run_dir: Path, kind: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [record for record in map(json.loads, lines) if record["kind"] == kind]
+
+
+def clone_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def assert_same_tensors(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    assert actual.keys() == expected.keys()
+    different = [name for name in expected if not torch.equal(actual[name], expected[name])]
+    assert not different, f"tensors differ: {different}"
+
+
+# --- gradient accumulation ---------------------------------------------------------------------------
+
+
+def test_grad_accumulation_matches_one_big_batch(tmp_path: Path, corpus: Path) -> None:
+    # bias=False: the key bias gets a gradient that is zero but for rounding, which AdamW blows up to
+    # +-lr in either run; grad_clip=0 so that clipping cannot hide a wrongly scaled gradient
+    common = {"sampler": "sequential", "dropout": 0.0, "max_steps": 3, "bias": False, "grad_clip": 0.0}
+    big, big_log = start_run(tiny_config(tmp_path / "big", corpus, batch_size=8, grad_accum=1, **common))
+    small, small_log = start_run(tiny_config(tmp_path / "small", corpus, batch_size=1, grad_accum=8, **common))
+    start = clone_state(big.model)
+    assert_same_tensors(clone_state(small.model), start)  # same seed, same start
+    try:
+        for _ in range(3):
+            big_stats, small_stats = big.train_step(), small.train_step()
+            assert small_stats.tokens == big_stats.tokens == 8 * 16
+            assert small_stats.loss == pytest.approx(big_stats.loss, abs=1e-5)
+            assert small_stats.grad_norm == pytest.approx(big_stats.grad_norm, rel=1e-4)
+    finally:
+        big_log.close()
+        small_log.close()
+    assert small.sampler.batches_served == 24 and big.sampler.batches_served == 3
+    small_params = dict(small.model.named_parameters())
+    for name, param in big.model.named_parameters():
+        torch.testing.assert_close(small_params[name], param, rtol=0, atol=1e-6, msg=f"{name} differs")
+        assert not torch.equal(param, start[name]), f"{name} did not move in three optimizer steps"
+
+
+def test_tokens_per_step_sets_grad_accum(tmp_path: Path, corpus: Path) -> None:
+    # batch 4 x block 16 = 64 tokens per micro-batch, so 256 tokens per step are 4 micro-batches
+    trainer, log = start_run(tiny_config(tmp_path / "run", corpus, tokens_per_step=256, grad_accum=1))
+    try:
+        assert trainer.config.train.grad_accum == 4
+        assert trainer.tokens_per_step == 256
+        stats = trainer.train_step()
+    finally:
+        log.close()
+    assert stats.tokens == 256
+    assert trainer.sampler.batches_served == 4
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["grad_accum"] == 4
+
+
+def test_tokens_per_step_must_be_a_multiple_of_the_micro_batch(tmp_path: Path, corpus: Path) -> None:
+    with pytest.raises(UserError, match=r"tokens_per_step 100 is not a multiple of .* = 64\b"):
+        start_run(tiny_config(tmp_path / "run", corpus, tokens_per_step=100))
+    assert not (tmp_path / "run").exists(), "a rejected config must not create its run directory"
+
+
+# --- clipping ----------------------------------------------------------------------------------------
+
+
+def capture_gradients(trainer: Any) -> dict[str, list[torch.Tensor]]:
+    """Record the gradients the optimizer is handed, right before its step."""
+    captured: dict[str, list[torch.Tensor]] = {}
+    original_step = trainer.optimizer.step
+
+    def step(*args: Any, **kwargs: Any) -> Any:
+        captured["grads"] = [p.grad.detach().clone() for p in trainer.model.parameters()]
+        return original_step(*args, **kwargs)
+
+    trainer.optimizer.step = step
+    return captured
+
+
+def total_norm(tensors: list[torch.Tensor]) -> float:
+    return math.sqrt(sum(float(t.double().pow(2).sum()) for t in tensors))
+
+
+def test_grad_clip_reports_the_raw_norm_and_steps_with_clipped_gradients(tmp_path: Path, corpus: Path) -> None:
+    clip = 1e-3
+    free, free_log = start_run(tiny_config(tmp_path / "free", corpus, grad_clip=0.0))
+    clipped, clipped_log = start_run(tiny_config(tmp_path / "clipped", corpus, grad_clip=clip))
+    free_grads, clipped_grads = capture_gradients(free), capture_gradients(clipped)
+    try:
+        free_stats, clipped_stats = free.train_step(), clipped.train_step()
+    finally:
+        free_log.close()
+        clipped_log.close()
+
+    raw_norm = total_norm(free_grads["grads"])
+    assert raw_norm > 100 * clip
+    # grad_clip=0: no clipping, the optimizer sees the raw gradient and the reported norm is its norm
+    assert free_stats.grad_norm == pytest.approx(raw_norm, rel=1e-5)
+    # grad_clip=c: the reported norm is still the pre-clip norm ...
+    assert clipped_stats.grad_norm == pytest.approx(raw_norm, rel=1e-5)
+    assert clipped_stats.grad_norm > clip
+    # ... while the optimizer steps with the same gradient scaled down to norm c
+    assert total_norm(clipped_grads["grads"]) == pytest.approx(clip, rel=1e-3)
+    scale = clip / raw_norm
+    for raw, used in zip(free_grads["grads"], clipped_grads["grads"], strict=True):
+        torch.testing.assert_close(used, raw * scale, rtol=1e-3, atol=1e-9)
+
+
+# --- stop rules ----------------------------------------------------------------------------------------
+
+
+def test_target_loss_stops_after_the_first_step(tmp_path: Path, corpus: Path) -> None:
+    run_dir = tmp_path / "run"
+    outcome = train(tiny_config(run_dir, corpus, target_loss=10.0, max_steps=50))
+    assert outcome.reason.startswith("Reached target loss"), outcome.reason
+    assert "at step 0" in outcome.reason
+    assert outcome.signal is None
+    assert [r["step"] for r in read_metrics(run_dir, "train")] == [0]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 1
+    summary = (run_dir / "summary.txt").read_text(encoding="utf-8")
+    assert "stopped: Reached target loss" in summary
+    assert "steps: 1\n" in summary
+
+
+def test_unreached_target_loss_does_not_stop(tmp_path: Path, corpus: Path) -> None:
+    assert fit_new_run(tiny_config(tmp_path / "run", corpus, target_loss=0.01, max_steps=3)) == "reached max_steps 3"
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
+
+
+# --- learning rate -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("schedule", "decay_steps"), [("cosine", None), ("onecycle", 6), ("constant", None)])
+def test_learning_rate_applied_each_step_follows_the_schedule(tmp_path: Path, corpus: Path, schedule: str,
+                                                              decay_steps: int | None) -> None:
+    max_steps, warmup, peak, ratio = 8, 3, 2e-3, 0.1
+    config = tiny_config(tmp_path / "run", corpus, schedule=schedule, decay_steps=decay_steps, max_steps=max_steps,
+                         warmup_steps=warmup, learning_rate=peak, min_lr_ratio=ratio)
+    trainer, log = start_run(config)
+    applied = []
+    try:
+        for step in range(max_steps):
+            stats = trainer.train_step()
+            assert stats.step == step
+            group_lrs = {group["lr"] for group in trainer.optimizer.param_groups}
+            assert len(group_lrs) == 1, group_lrs
+            applied.append(group_lrs.pop())
+            assert stats.lr == applied[-1]
+    finally:
+        log.close()
+    expected = [learning_rate_at(step, max_lr=peak, min_lr=peak * ratio, warmup_steps=warmup,
+                                 total_steps=decay_steps or max_steps, schedule=schedule)
+                for step in range(max_steps)]
+    assert applied == pytest.approx(expected, rel=1e-12, abs=0)
+    assert applied[0] > 0
+    assert applied[warmup - 1] == pytest.approx(peak)
+
+
+# --- checkpoints ----------------------------------------------------------------------------------------
+
+
+def test_last_checkpoint_holds_everything_and_loads_as_a_trained_model(tmp_path: Path, corpus: Path) -> None:
+    run_dir = tmp_path / "run"
+    trainer, log = start_run(tiny_config(run_dir, corpus, max_steps=5, checkpoint_interval=2, sampler="random"))
+    try:
+        assert trainer.fit() == "reached max_steps 5"
+    finally:
+        log.close()
+
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    for key in ("model", "optimizer", "step", "tokens_seen", "sampler", "rng", "config", "tokenizer"):
+        assert key in state, key
+    assert not [k for k in state["model"] if k.startswith(("_orig_mod.", "module.")) or "._orig_mod." in k]
+    assert set(state["model"]) == set(GPT(trainer.config.model).state_dict())
+    assert_same_tensors(state["model"], clone_state(trainer.model))
+    assert state["step"] == 5
+    assert state["tokens_seen"] == 5 * 4 * 16
+    assert state["sampler"] == trainer.sampler.state_dict()
+    assert state["sampler"]["batches_served"] == 5
+    assert {"torch", "python", "numpy"} <= set(state["rng"])
+    assert len(state["optimizer"]["state"]) == len(list(trainer.model.parameters()))
+    assert state["config"] == json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    assert state["tokenizer"] == json.loads((run_dir / "tokenizer.json").read_text(encoding="utf-8"))
+
+    trained = load_trained(run=run_dir, device="cpu")
+    assert trained.source == run_dir / "checkpoints" / "last.pt"
+    assert trained.facts["steps"] == 5
+    assert trained.tokenizer.to_dict() == trainer.tokenizer.to_dict()
+    x = torch.randint(0, trainer.config.model.vocab_size, (3, 16), generator=torch.Generator().manual_seed(0))
+    trainer.model.eval()
+    with torch.no_grad():
+        assert torch.equal(trained.model(x)[0], trainer.model(x)[0])
+
+
+def test_outcome_names_the_checkpoint_just_written_after_compression_is_switched_off(
+        tmp_path: Path, corpus: Path) -> None:
+    run_dir = tmp_path / "run"
+    first = train(tiny_config(run_dir, corpus, max_steps=2, compress_checkpoints=True))
+    assert first.last_checkpoint == run_dir / "checkpoints" / "last.pt.gz"
+    outcome = train(resume=run_dir, overrides={"max_steps": 4, "compress_checkpoints": False})
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 4
+    # the stale last.pt.gz from step 2 is still there; the outcome must point at the new file
+    assert outcome.last_checkpoint == run_dir / "checkpoints" / "last.pt"
+    assert load_checkpoint(outcome.last_checkpoint)["step"] == 4
+
+
+# --- exact resume -----------------------------------------------------------------------------------------
+
+
+def train_records(run_dir: Path) -> list[tuple]:
+    return [(r["step"], r["loss"], r["grad_norm"], r["lr"], r["tokens_seen"]) for r in read_metrics(run_dir, "train")]
+
+
+@pytest.mark.parametrize(("sampler", "dropout"), [("random", 0.0), ("sequential", 0.0), ("random", 0.2)])
+def test_resume_continues_to_the_same_bits(tmp_path: Path, corpus: Path, sampler: str, dropout: float) -> None:
+    # decay_steps pins the schedule: max_steps changes between the two sessions of the split run
+    common = {"sampler": sampler, "dropout": dropout, "decay_steps": 8, "checkpoint_interval": 4,
+              "eval_interval": 3, "log_interval": 1}
+    straight_dir, split_dir = tmp_path / "straight", tmp_path / "split"
+    assert fit_new_run(tiny_config(straight_dir, corpus, max_steps=8, **common)) == "reached max_steps 8"
+    assert fit_new_run(tiny_config(split_dir, corpus, max_steps=4, **common)) == "reached max_steps 4"
+    assert load_checkpoint(split_dir / "checkpoints" / "last.pt")["step"] == 4
+    resumed = train(resume=split_dir, overrides={"max_steps": 8})
+    assert resumed.reason == "reached max_steps 8"
+
+    expected = train_records(straight_dir)
+    assert [r[0] for r in expected] == list(range(8))
+    assert train_records(split_dir) == expected  # losses, norms, lrs: bit for bit
+    straight_evals = [(r["step"], r["val_loss"]) for r in read_metrics(straight_dir, "eval")]
+    split_evals = [(r["step"], r["val_loss"]) for r in read_metrics(split_dir, "eval")]
+    # the split run also evaluates at its first session's final step; every shared eval is identical
+    assert [e[0] for e in straight_evals] == [2, 5, 7]
+    assert set(straight_evals) <= set(split_evals)
+
+    straight_state = load_checkpoint(straight_dir / "checkpoints" / "last.pt")
+    split_state = load_checkpoint(split_dir / "checkpoints" / "last.pt")
+    assert split_state["step"] == straight_state["step"] == 8
+    assert split_state["tokens_seen"] == straight_state["tokens_seen"]
+    assert split_state["sampler"] == straight_state["sampler"]
+    assert_same_tensors(split_state["model"], straight_state["model"])
+    for index, saved in straight_state["optimizer"]["state"].items():
+        assert_same_tensors(split_state["optimizer"]["state"][index], saved)
+
+
+# --- non-finite loss ------------------------------------------------------------------------------------
+
+
+def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp_path: Path, corpus: Path) -> None:
+    run_dir = tmp_path / "run"
+    trainer, log = start_run(tiny_config(run_dir, corpus, max_steps=10, checkpoint_interval=1))
+    real_forward = trainer.forward_model
+    before: dict[str, Any] = {}
+
+    def poisoned(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, loss = real_forward(x, y)
+        if trainer.step != 3:
+            return logits, loss
+        if not before:  # the state just before the bad step
+            before["model"] = clone_state(trainer.model)
+            before["optimizer"] = copy.deepcopy(trainer.optimizer.state_dict())
+        return logits, loss * float("nan")
+
+    trainer.forward_model = poisoned
+    try:
+        with pytest.raises(UserError, match=r"non-finite values at step 3\b") as raised:
+            trainer.fit()
+    finally:
+        log.close()
+    assert "nan" in str(raised.value).lower()
+    assert before, "the poisoned step never ran"
+    assert trainer.step == 3
+    assert_same_tensors(clone_state(trainer.model), before["model"])
+    after_optimizer = trainer.optimizer.state_dict()
+    for index, saved in before["optimizer"]["state"].items():
+        assert_same_tensors(after_optimizer["state"][index], saved)
+    assert all(p.grad is None for p in trainer.model.parameters())
+
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["step"] == 3
+    assert_same_tensors(state["model"], before["model"])
+    assert all(math.isfinite(r["loss"]) for r in read_metrics(run_dir, "train"))
+
+    outcome = train(resume=run_dir, overrides={"max_steps": 5})
+    assert outcome.reason == "reached max_steps 5"
+    resumed = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert resumed["step"] == 5
+    assert all(torch.isfinite(t).all() for t in resumed["model"].values())
+    assert [r["step"] for r in read_metrics(run_dir, "train")] == [0, 1, 2, 3, 4]
