@@ -2,8 +2,12 @@
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from gptforge.config import RunConfig, from_preset
+from gptforge.run_setup import train
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +24,22 @@ def isolated_dirs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, monk
     """Point the package at the offline data (so nothing downloads) and at a fresh cache per test."""
     monkeypatch.setenv("GPTFORGE_DATA_DIR", str(data_dir))
     monkeypatch.setenv("GPTFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+def tiny_char_config(out: Path, **train_settings: Any) -> RunConfig:
+    """A 2-layer, 32-wide character model on tiny Shakespeare that trains in seconds on two CPU cores."""
+    config = from_preset("tiny")
+    settings = {"tokenizer": "char", "device": "cpu", "progress": False, "max_steps": 20, "batch_size": 4,
+                "eval_interval": 0, "sample_tokens": 8, "out": str(out), **train_settings}
+    for key, value in settings.items():
+        setattr(config.train, key, value)
+    return config
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """One tiny char run (vocabulary 65 padded to 128) trained once per session; tests only read it."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GPTFORGE_DATA_DIR", str(data_dir))
+        env.setenv("GPTFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("tiny-cache")))
+        return train(tiny_char_config(tmp_path_factory.mktemp("tiny") / "run")).run_dir

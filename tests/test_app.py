@@ -9,29 +9,13 @@ import pytest
 import torch
 
 from gptforge.app import DemoLimits, ReplicaPool, build_demo, example_prompts, facts_markdown, generate_stream, serve
-from gptforge.config import from_preset
 from gptforge.errors import UserError
-from gptforge.run_setup import train
 from gptforge.trained import TrainedModel, load_trained
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> TrainedModel:
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("GPTFORGE_DATA_DIR", str(data_dir))
-        env.setenv("GPTFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        config = from_preset("tiny")
-        config.train.tokenizer = "char"
-        config.train.device = "cpu"
-        config.train.progress = False
-        config.train.max_steps = 20
-        config.train.batch_size = 4
-        config.train.eval_interval = 0
-        config.train.sample_tokens = 8
-        config.train.out = str(tmp_path_factory.mktemp("app") / "run")
-        run_dir = train(config).run_dir
-    return load_trained(run=run_dir, device="cpu")
-
+def trained(tiny_run: Path) -> TrainedModel:
+    return load_trained(run=tiny_run, device="cpu")
 
 LIMITS = DemoLimits(max_new_tokens=50, max_prompt_chars=100)
 GOOD = {"max_new_tokens": 30, "temperature": 0.8, "top_k": 0, "top_p": 0.9, "seed": 7}

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_char_config
 from gptforge import app
-from gptforge.config import from_preset
 from gptforge.run_setup import train
 from gptforge.trained import TrainedModel, load_trained
 
@@ -35,16 +35,7 @@ def chromium_path() -> str:
 def trained_model(tmp_path: Path) -> TrainedModel:
     if run := os.environ.get("GPTFORGE_DEMO_RUN"):
         return load_trained(run=run, device="cpu")
-    config = from_preset("tiny")
-    config.train.tokenizer = "char"
-    config.train.device = "cpu"
-    config.train.progress = False
-    config.train.max_steps = 20
-    config.train.batch_size = 4
-    config.train.eval_interval = 0
-    config.train.sample_tokens = 8
-    config.train.out = str(tmp_path / "run")
-    return load_trained(run=train(config).run_dir, device="cpu")
+    return load_trained(run=train(tiny_char_config(tmp_path / "run")).run_dir, device="cpu")
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gptforge import checkpoint
+from gptforge import checkpoint, fileio
 from gptforge.checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
@@ -101,7 +101,7 @@ def test_atomic_write_uses_a_hidden_temporary_in_the_same_directory(tmp_path, mo
         seen.append(pathlib.Path(source))
         real_replace(source, target)
 
-    monkeypatch.setattr(checkpoint.os, "replace", spy)
+    monkeypatch.setattr(fileio.os, "replace", spy)
     atomic_write_bytes(tmp_path / "data.bin", b"abc")
     (temporary,) = seen
     assert temporary.parent == tmp_path and temporary.name.startswith(".") and temporary.name.endswith(".tmp")
@@ -117,7 +117,7 @@ def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch, fa
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     if failing == "os.replace":
-        monkeypatch.setattr(checkpoint.os, "replace", disk_full)
+        monkeypatch.setattr(fileio.os, "replace", disk_full)
     else:
         monkeypatch.setattr(checkpoint.torch, "save", disk_full)
     with pytest.raises(UserError) as raised:
@@ -155,7 +155,7 @@ def test_disk_full_inside_torch_save_is_reported_with_its_reason(tmp_path, monke
         def __exit__(self, *exc):
             self.file.close()
 
-    monkeypatch.setattr(checkpoint.os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
+    monkeypatch.setattr(fileio.os, "fdopen", lambda *a, **k: FullDisk(real_fdopen(*a, **k)))
     with pytest.raises(UserError, match="No space left on device") as raised:
         save_checkpoint(make_state(), tmp_path / "last.pt")
     assert isinstance(raised.value.__cause__, RuntimeError)  # the wrapped case really happened

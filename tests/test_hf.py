@@ -22,7 +22,7 @@ from gptforge.config import GPTConfig, RunConfig, from_preset
 from gptforge.errors import UserError
 from gptforge.hf import CONV1D_SUFFIXES, export_hf, read_hf_folder
 from gptforge.model import GPT
-from gptforge.run_setup import resume_run, start_run, train
+from gptforge.run_setup import resume_run, start_run
 from gptforge.tokenizer import GPT2Tokenizer
 from gptforge.trained import TrainedModel, load_trained
 
@@ -74,22 +74,9 @@ def write_corpus(folder: Path, data_dir: Path, chars: int = 20_000) -> Path:
 
 
 @pytest.fixture(scope="module")
-def char_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    """A tiny char model trained for 10 steps: vocabulary 65 padded to 128."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("GPTFORGE_DATA_DIR", str(data_dir))
-        patch.setenv("GPTFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        config = from_preset("tiny")
-        config.train.tokenizer = "char"
-        config.train.device = "cpu"
-        config.train.progress = False
-        config.train.max_steps = 10
-        config.train.batch_size = 8
-        config.train.eval_interval = 0
-        config.train.sample_tokens = 4
-        config.train.out = str(tmp_path_factory.mktemp("hf") / "run")
-        return train(config).run_dir
-
+def char_run(tiny_run: Path) -> Path:
+    """A tiny char model: vocabulary 65 padded to 128."""
+    return tiny_run
 
 @pytest.fixture(scope="module")
 def char_export(char_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -10,27 +10,13 @@ import pytest
 import torch
 
 from gptforge.cli import main
-from gptforge.config import from_preset
 from gptforge.evaluate import evaluate_text
-from gptforge.run_setup import train
 from gptforge.trained import load_trained
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_dir) -> Path:
-    os.environ.setdefault("GPTFORGE_DATA_DIR", str(data_dir))
-    config = from_preset("tiny")
-    config.train.tokenizer = "char"
-    config.train.device = "cpu"
-    config.train.progress = False
-    config.train.max_steps = 30
-    config.train.batch_size = 8
-    config.train.learning_rate = 3e-3
-    config.train.eval_interval = 0
-    config.train.sample_tokens = 8
-    config.train.out = str(tmp_path_factory.mktemp("sample") / "run")
-    return train(config).run_dir
-
+def run_dir(tiny_run: Path) -> Path:
+    return tiny_run
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "gptforge.cli", *args], capture_output=True, text=True,

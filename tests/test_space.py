@@ -14,9 +14,7 @@ import pytest
 import torch
 
 from gptforge.cli import main
-from gptforge.config import from_preset
 from gptforge.errors import UserError
-from gptforge.run_setup import train
 from gptforge.space import export_space, load_space
 from gptforge.trained import TrainedModel, load_trained
 
@@ -25,21 +23,8 @@ SPACE_FILES = {"app.py", "requirements.txt", "README.md", "model.safetensors", "
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("GPTFORGE_DATA_DIR", str(data_dir))
-        env.setenv("GPTFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-        config = from_preset("tiny")
-        config.train.tokenizer = "char"
-        config.train.device = "cpu"
-        config.train.progress = False
-        config.train.max_steps = 20
-        config.train.batch_size = 4
-        config.train.eval_interval = 0
-        config.train.sample_tokens = 8
-        config.train.out = str(tmp_path_factory.mktemp("space") / "run")
-        return train(config).run_dir
-
+def run_dir(tiny_run: Path) -> Path:
+    return tiny_run
 
 @pytest.fixture(scope="module")
 def trained(run_dir: Path) -> TrainedModel:

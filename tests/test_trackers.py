@@ -1,26 +1,14 @@
 import pytest
 
-from gptforge.config import from_preset
+from conftest import tiny_char_config
 from gptforge.errors import UserError
 from gptforge.run_setup import train
 from gptforge.trackers import check_trackers
 
 
 def tiny_config(tmp_path, **train_settings):
-    config = from_preset("tiny")
-    config.train.tokenizer = "char"
-    config.train.device = "cpu"
-    config.train.progress = False
-    config.train.max_steps = 4
-    config.train.log_interval = 1
-    config.train.eval_interval = 2
-    config.train.eval_batches = 2
-    config.train.batch_size = 2
-    config.train.sample_tokens = 8
-    config.train.out = str(tmp_path / "run")
-    for key, value in train_settings.items():
-        setattr(config.train, key, value)
-    return config
+    settings = {"max_steps": 4, "log_interval": 1, "eval_interval": 2, "eval_batches": 2, "batch_size": 2}
+    return tiny_char_config(tmp_path / "run", **{**settings, **train_settings})
 
 
 def test_tensorboard_receives_the_logged_scalars(tmp_path) -> None:

@@ -7,9 +7,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
+
+from gptforge.errors import UserError
+
+T = TypeVar("T")
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -52,3 +58,29 @@ def _fsync_directory(directory: Path) -> None:
         pass  # some filesystems (network mounts) refuse directory fsync; the file itself is safe
     finally:
         os.close(descriptor)
+
+
+def write_new_folder(out: Path, fill: Callable[[Path], T], what: str) -> T:
+    """Create folder `out` (new or empty) from `fill(staging)`, all at once; never write over anything.
+
+    `fill` writes into a hidden folder beside `out`, which is renamed into place only when complete, so
+    a failed export leaves neither a half-written folder nor anything changed. Returns what `fill` does.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is not a folder; pass a new or empty folder to --out")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty; pass a new or empty folder to --out (nothing was overwritten)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        result = fill(staging)
+        staging.chmod(0o755)
+        if out.is_dir():
+            out.rmdir()  # empty, checked above; rmdir refuses if anything appeared since
+        os.replace(staging, out)
+    except OSError as exc:
+        raise UserError(f"cannot write {what} to {out}: {exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return result

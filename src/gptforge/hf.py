@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +20,7 @@ import torch
 from gptforge.config import GPT2_VOCAB_SIZE, GPTConfig, RunConfig, TrainConfig
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
+from gptforge.fileio import write_new_folder
 from gptforge.model import GPT, count_parameters, meta_model
 from gptforge.tokenizer import GPT2_EOT_ID, GPT2Tokenizer, Tokenizer, save_tokenizer, tokenizer_from_dict
 from gptforge.trained import TrainedModel
@@ -396,32 +394,10 @@ def _write_hf(trained: TrainedModel, folder: Path) -> list[str]:
             f"gptforge's {TOKENIZER_FILE} beside it lets `gptforge sample --hf DIR` use it"]
 
 
-def _check_target(out: Path) -> None:
-    """Never write over anything: the folder must be new or empty."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder; pass a new or empty folder to --out")
-    if out.is_dir() and any(out.iterdir()):
-        raise UserError(f"{out} is not empty; pass a new or empty folder to --out (nothing was overwritten)")
-
-
 def export_hf(trained: TrainedModel, out: str | Path) -> list[str]:
     """Write `out` as a folder `GPT2LMHeadModel.from_pretrained` loads; returns notes for the user.
 
     Files are written to a hidden folder beside `out` and moved into place at the end, so a failed
     export leaves nothing half-written.
     """
-    out = Path(out)
-    _check_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        notes = _write_hf(trained, staging)
-        staging.chmod(0o755)
-        if out.is_dir():
-            out.rmdir()  # empty, checked above; rmdir refuses if anything appeared since
-        os.replace(staging, out)
-    except OSError as exc:
-        raise UserError(f"cannot write the model to {out}: {exc}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return notes
+    return write_new_folder(Path(out), lambda staging: _write_hf(trained, staging), "the model")

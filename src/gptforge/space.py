@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import tempfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -19,6 +17,7 @@ from gptforge.config import RunConfig
 from gptforge.data import cache_dir, data_dir
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
+from gptforge.fileio import write_new_folder
 from gptforge.model import GPT
 from gptforge.tokenizer import GPT2_BPE_FILENAME, GPT2_BPE_SHA256, tokenizer_from_dict
 from gptforge.trained import TrainedModel
@@ -52,14 +51,6 @@ def _installed_version(package: str, hint: str) -> str:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
         raise UserError(f"{package} is not installed: {hint}") from None
-
-
-def _check_target(out: Path) -> None:
-    """Never write over anything: the folder must be new or empty."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder; pass a new or empty folder to --out")
-    if out.is_dir() and any(out.iterdir()):
-        raise UserError(f"{out} is not empty; pass a new or empty folder to --out (nothing was overwritten)")
 
 
 def _gpt2_ranks_file(trained: TrainedModel) -> Path | None:
@@ -143,21 +134,8 @@ def export_space(trained: TrainedModel, out: Path) -> Path:
     Files are written to a hidden folder beside `out` and moved into place at the end, so a
     failed export leaves neither a half-written Space nor anything changed.
     """
-    out = Path(out)
-    _check_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        _write_space(trained, staging)
-        staging.chmod(0o755)
-        if out.is_dir():
-            out.rmdir()  # empty, checked above; rmdir refuses if anything appeared since
-        os.replace(staging, out)
-    except OSError as exc:
-        raise UserError(f"cannot write the Space to {out}: {exc}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return out
+    write_new_folder(Path(out), lambda staging: _write_space(trained, staging), "the Space")
+    return Path(out)
 
 
 def _read_json(path: Path) -> Any:
