@@ -1,7 +1,8 @@
 """Export a trained model as a Hugging Face Space, and load it back inside that Space.
 
-The folder holds plain files (safetensors weights, JSON config and tokenizer) and a three-line
-``app.py`` that depends on the gptforge package, so the Space runs the same demo as ``gptforge serve``.
+The folder holds plain files (safetensors weights, JSON config and tokenizer), a three-line ``app.py``
+and a copy of the gptforge package itself, so the Space runs the same demo as ``gptforge serve`` and
+needs only gptforge's dependencies from PyPI (requirements.txt), not a published gptforge.
 """
 
 from __future__ import annotations
@@ -53,6 +54,12 @@ def _installed_version(package: str, hint: str) -> str:
         raise UserError(f"{package} is not installed: {hint}") from None
 
 
+def space_requirements(gradio_version: str) -> list[str]:
+    """gptforge's own runtime dependencies (from its installed metadata), the demo's gradio and safetensors."""
+    requirements = metadata.requires("gptforge") or []
+    return [r for r in requirements if "extra ==" not in r] + [f"gradio=={gradio_version}", "safetensors>=0.4"]
+
+
 def _gpt2_ranks_file(trained: TrainedModel) -> Path | None:
     """A good local gpt2.tiktoken (where the tokenizer looks for it), so the Space tokenizes offline."""
     named = trained.config.train.tokenizer_file
@@ -87,7 +94,7 @@ def space_readme(trained: TrainedModel, gradio_version: str, offline_tokenizer: 
 
 # gptforge: {preset}
 
-A GPT-2-style language model trained from scratch with [gptforge](https://pypi.org/project/gptforge/).
+A GPT-2-style language model trained from scratch with gptforge.
 Type the start of a text and it writes the rest.
 
 | fact | value |
@@ -102,7 +109,8 @@ Type the start of a text and it writes the rest.
 | context length | {trained.config.model.block_size:,} tokens |
 
 Files: `{WEIGHTS_FILE}` (weights; `lm_head` is tied to `transformer.wte` and stored once), `config.json`
-(the training run's config), `tokenizer.json`, `facts.json` (the table above) and `app.py`.
+(the training run's config), `tokenizer.json`, `facts.json` (the table above), `app.py` and `gptforge/`
+(the gptforge package the demo runs on).
 {tokenizer_note}
 Run it locally: `pip install -r requirements.txt && python app.py`.
 """
@@ -111,7 +119,6 @@ Run it locally: `pip install -r requirements.txt && python app.py`.
 def _write_space(trained: TrainedModel, folder: Path) -> None:
     safetensors_torch = _safetensors()
     gradio_version = _installed_version("gradio", "pip install 'gptforge[app]' so the Space can name its version")
-    gptforge_version = _installed_version("gptforge", "install gptforge with pip")
     weights = {name: tensor.detach().to("cpu").contiguous()
                for name, tensor in trained.model.state_dict().items() if name != TIED_WEIGHT}
     safetensors_torch.save_file(weights, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -123,8 +130,9 @@ def _write_space(trained: TrainedModel, folder: Path) -> None:
     if ranks is not None:
         shutil.copyfile(ranks, folder / GPT2_BPE_FILENAME)
     (folder / "app.py").write_text(SPACE_APP, encoding="utf-8")
-    (folder / "requirements.txt").write_text(f"gptforge[app]=={gptforge_version}\ntorch\nsafetensors>=0.4\n",
-                                             encoding="utf-8")
+    shutil.copytree(Path(__file__).resolve().parent, folder / "gptforge",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (folder / "requirements.txt").write_text("\n".join(space_requirements(gradio_version)) + "\n", encoding="utf-8")
     (folder / "README.md").write_text(space_readme(trained, gradio_version, ranks is not None), encoding="utf-8")
 
 

@@ -1,0 +1,95 @@
+"""Stop rules not covered elsewhere (epochs, time budget), periodic samples, and the terminal output."""
+
+import fcntl
+import json
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
+
+from conftest import tiny_char_config
+from gptforge.run_setup import train
+
+
+def records(run_dir, kind: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def test_max_epochs_stops_after_one_pass(tmp_path) -> None:
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("To be, or not to be, that is the question.\n" * 40, encoding="utf-8")  # 1,720 chars
+    config = tiny_char_config(tmp_path / "run", data=str(corpus), val_fraction=0.0, max_steps=1000,
+                              max_epochs=1.0, log_interval=1, batch_size=4)
+    outcome = train(config)
+    steps = records(outcome.run_dir, "train")
+    assert outcome.reason.startswith("reached max_epochs 1.0")
+    assert steps[-1]["epoch"] >= 1.0 > steps[-2]["epoch"]  # stopped at the first step that completed the pass
+    assert len(steps) < 1000
+
+
+def test_time_budget_stops_the_run(tmp_path) -> None:
+    config = tiny_char_config(tmp_path / "run", max_steps=100_000, time_budget=2.0, log_interval=1)
+    started = time.monotonic()
+    outcome = train(config)
+    assert outcome.reason == "used the time budget of 2s"
+    assert records(outcome.run_dir, "train")[-1]["elapsed_s"] >= 2.0
+    assert time.monotonic() - started < 60
+    assert outcome.last_checkpoint is not None and outcome.last_checkpoint.is_file()
+
+
+def test_periodic_samples_are_logged(tmp_path) -> None:
+    config = tiny_char_config(tmp_path / "run", max_steps=6, sample_interval=3, sample_tokens=12)
+    outcome = train(config)
+    samples = records(outcome.run_dir, "sample")
+    assert [s["step"] for s in samples] == [2]  # after step index 2 (3 steps done); not again at the end
+    assert len(samples[0]["text"]) == 12
+    assert "--- sample at step 2 ---" in (outcome.run_dir / "train.log").read_text()
+
+
+def run_in_terminal(args: list[str], timeout_s: float = 120) -> str:
+    """Run a command with stdout and stderr on a pseudo-terminal, as a person's shell would."""
+    main_fd, child_fd = pty.openpty()
+    fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a 100 x 24 terminal
+    process = subprocess.Popen(args, stdin=child_fd, stdout=child_fd, stderr=child_fd, env=os.environ.copy())
+    os.close(child_fd)
+    chunks = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([main_fd], [], [], 1.0)
+        if ready:
+            try:
+                data = os.read(main_fd, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        elif process.poll() is not None:
+            break
+    process.wait(timeout=30)
+    os.close(main_fd)
+    assert process.returncode == 0
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_progress_bar_in_a_terminal_does_not_garble_the_log(tmp_path) -> None:
+    out = tmp_path / "run"
+    screen = run_in_terminal([sys.executable, "-m", "gptforge", "train", "--preset", "tiny", "--tokenizer", "char",
+                              "--device", "cpu", "--max-steps", "40", "--log-interval", "10", "--batch-size", "4",
+                              "--eval-interval", "0", "--sample-tokens", "8", "--out", str(out)])
+    assert "step/s" in screen or "s/step" in screen  # the bar was drawn
+    log_lines = (out / "train.log").read_text().splitlines()
+    step_lines = [line for line in log_lines if re.match(r"step \d+ \| epoch", line)]
+    assert [int(line.split()[1]) for line in step_lines] == [0, 10, 20, 30, 39]
+    # each step line reaches the terminal whole: on a line of its own after the bar is cleared
+    terminal_lines = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", part) for part in re.split(r"[\r\n]+", screen)]
+    for line in step_lines:
+        assert line in terminal_lines
+    log = (out / "train.log").read_text()
+    assert "\r" not in log and "step/s" not in log and "s/step" not in log  # no bar in the kept log
