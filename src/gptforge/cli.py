@@ -217,6 +217,31 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from gptforge.bench import format_table, run_bench
+
+    config = from_preset(args.preset)
+    model_overrides = given_overrides(args, {f.name for f in dataclasses.fields(GPTConfig)})
+    apply_overrides(config, model_overrides)
+    apply_overrides(config, {name: getattr(args, name) for name in BENCH_TRAIN_FLAGS if hasattr(args, name)})
+    if "vocab_size" not in model_overrides:
+        config.model.vocab_size = padded_vocab_size(config.model.vocab_size, config.train.pad_vocab_to)
+    result = run_bench(config, steps=args.steps, warmup=args.warmup, attention=args.attention,
+                       generate_tokens=args.generate_tokens, peak_tflops=args.peak_tflops)
+    print(format_table(result))
+    if args.json:
+        from gptforge.fileio import atomic_write_text
+
+        atomic_write_text(Path(args.json), json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+BENCH_TRAIN_FLAGS = ("batch_size", "grad_accum", "dtype", "compile", "device", "pad_vocab_to")
+
+
 def add_model_source(parser: argparse.ArgumentParser, device: bool = True) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--run", metavar="DIR", help="run directory (its newest good checkpoint)")
@@ -300,6 +325,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--concurrency", type=int, default=2, help="requests generated at once (default: 2)")
     serve.add_argument("--queue-size", type=int, default=64, help="requests that may wait (default: 64)")
     serve.set_defaults(func=cmd_serve)
+
+    bench = commands.add_parser("bench", help="measure training and generation speed (tokens/s, MFU, memory)",
+                                description="Times optimizer steps of the real training step on synthetic tokens "
+                                "(median after warm-up), then generation with and without the KV cache.")
+    bench.add_argument("--preset", choices=PRESETS, default="gpt2", help="model preset or recipe (default: gpt2)")
+    bench.add_argument("--steps", type=int, default=20, help="timed optimizer steps (default: 20; 0 skips training)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed steps first, compilation included (default: 5)")
+    bench.add_argument("--attention", default="auto", choices=["auto", "flash", "efficient", "cudnn", "math"],
+                       help="scaled_dot_product_attention kernel (default: auto, PyTorch's choice)")
+    bench.add_argument("--generate-tokens", type=int, default=256, metavar="N",
+                       help="new tokens for the generation timing (default: 256; 0 skips it)")
+    bench.add_argument("--peak-tflops", type=float, default=None, metavar="T",
+                       help="the device's peak TFLOP/s for MFU (default: known for H100/H200, A100, L4, T4)")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    add_config_flags(bench, [GPTConfig])
+    bench_train = bench.add_argument_group("training settings")
+    for name in BENCH_TRAIN_FLAGS:
+        if name == "compile":
+            bench_train.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction,
+                                     default=argparse.SUPPRESS, help=FIELD_HELP.get(name))
+        else:
+            bench_train.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                                     help=FIELD_HELP.get(name))
+    bench.set_defaults(func=cmd_bench)
 
     export = commands.add_parser("export", help="write a trained model in another format")
     add_model_source(export, device=False)

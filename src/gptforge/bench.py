@@ -1,0 +1,193 @@
+"""`gptforge bench`: how fast a configuration trains and generates on this machine, measured, not claimed.
+
+Training is timed through the real `Trainer.train_step` (data, autocast, loss scaling, clipping, the
+optimizer and its one host sync) on synthetic tokens, so the figure is what a run would see.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gptforge.config import GPTConfig, RunConfig
+from gptforge.device import memory_gb, synchronize
+from gptforge.errors import UserError
+from gptforge.generate import SamplingSettings, generate_ids
+from gptforge.model import count_parameters
+from gptforge.runlog import RunLog
+from gptforge.tokenizer import CharTokenizer
+from gptforge.trainer import Trainer
+
+# Dense bf16/fp16 tensor-core peaks (TFLOP/s, without sparsity) by a name fragment of the GPU.
+PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}
+ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+
+
+@dataclass
+class BenchResult:
+    preset: str
+    device: str
+    dtype: str
+    compile: bool
+    attention: str
+    batch_size: int
+    block_size: int
+    grad_accum: int
+    parameters: int
+    flops_per_token: float
+    step_ms: float | None
+    tokens_per_s: float | None
+    mfu: float | None  # fraction of the peak, None when the peak is unknown
+    peak_tflops: float | None
+    peak_memory_gb: float | None
+    generate_tokens: int
+    cached_tokens_per_s: float | None
+    uncached_tokens_per_s: float | None
+    torch: str
+    machine: str
+
+
+def flops_per_token(config: GPTConfig, parameters: int) -> float:
+    """6N + 12 * n_layer * n_embd * T (forward and backward), N excluding the position embeddings."""
+    non_position = parameters - config.block_size * config.n_embd
+    return 6 * non_position + 12 * config.n_layer * config.n_embd * config.block_size
+
+
+def known_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for fragment, peak in PEAK_TFLOPS.items() if fragment in name), None)
+
+
+def attention_backend(name: str) -> contextlib.AbstractContextManager:
+    """Force one scaled_dot_product_attention kernel, or let PyTorch choose ('auto')."""
+    if name == "auto":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}
+    return sdpa_kernel(backends[name])
+
+
+def peak_memory_gb(device: torch.device) -> float | None:
+    """GPU: peak allocated by torch. CPU: this process's peak resident memory (Linux reports KiB)."""
+    if device.type == "cuda":
+        return memory_gb(device)
+    if device.type == "cpu":
+        scale = 1 if sys.platform == "darwin" else 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e9
+    return None
+
+
+def time_training(trainer: Trainer, steps: int, warmup: int) -> float:
+    """Median seconds per optimizer step after `warmup` steps (compilation happens there)."""
+    times = []
+    for index in range(warmup + steps):
+        synchronize(trainer.device)
+        started = time.perf_counter()
+        trainer.train_step()
+        synchronize(trainer.device)
+        if index >= warmup:
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def time_generation(trainer: Trainer, new_tokens: int, use_cache: bool, vocab_size: int) -> float:
+    """Tokens per second for `new_tokens` after a 16-token prompt (sampling with top-k 200)."""
+    prompt = list(range(16))
+    settings = SamplingSettings(max_new_tokens=new_tokens, temperature=1.0, top_k=200, seed=0, use_cache=use_cache)
+    synchronize(trainer.device)
+    started = time.perf_counter()
+    with trainer.precision.autocast():
+        produced = sum(1 for _ in generate_ids(trainer.model, prompt, settings, vocab_size))
+    synchronize(trainer.device)
+    return produced / (time.perf_counter() - started)
+
+
+def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, generate_tokens: int,
+              peak_tflops: float | None) -> BenchResult:
+    """Build the run's trainer on synthetic tokens, time training steps, then generation."""
+    if attention not in ATTENTION_BACKENDS:
+        raise UserError(f"unknown attention backend {attention!r}; choose {', '.join(ATTENTION_BACKENDS)}")
+    if steps < 0 or warmup < 0 or generate_tokens < 0:
+        raise UserError("--steps, --warmup and --generate-tokens must be zero or more")
+    if steps == 0 and generate_tokens == 0:
+        raise UserError("nothing to measure: --steps and --generate-tokens are both 0")
+    config.validate()
+    model, train = config.model, config.train
+    vocab_size = model.vocab_size
+    tokens_needed = train.batch_size * model.block_size * train.grad_accum * (steps + warmup + 1) + 1
+    generator = np.random.default_rng(0)
+    tokens = generator.integers(0, vocab_size, size=tokens_needed, dtype=np.int64).astype(np.uint32)
+    log = RunLog(None, enabled=False)
+    with tempfile.TemporaryDirectory() as scratch, attention_backend(attention):
+        trainer = Trainer(config, Path(scratch), CharTokenizer("ab"), tokens, tokens[:0], log)
+        if trainer.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.device)
+        step_seconds = time_training(trainer, steps, warmup) if steps else None
+        memory = peak_memory_gb(trainer.device)
+        cached = uncached = None
+        if generate_tokens:
+            time_generation(trainer, 8, True, vocab_size)  # warm-up
+            cached = time_generation(trainer, generate_tokens, True, vocab_size)
+            uncached = time_generation(trainer, generate_tokens, False, vocab_size)
+    parameters = count_parameters(trainer.model).total
+    per_token = flops_per_token(model, parameters)
+    tokens_per_s = trainer.tokens_per_step / step_seconds if step_seconds else None
+    peak = peak_tflops or known_peak_tflops(trainer.device)
+    mfu = per_token * tokens_per_s / (peak * 1e12) if (peak and tokens_per_s) else None
+    return BenchResult(
+        preset=config.preset, device=str(trainer.device), dtype=trainer.precision.name,
+        compile=trainer.use_compile, attention=attention, batch_size=train.batch_size,
+        block_size=model.block_size, grad_accum=train.grad_accum, parameters=parameters,
+        flops_per_token=per_token, step_ms=step_seconds * 1000 if step_seconds else None,
+        tokens_per_s=tokens_per_s, mfu=mfu, peak_tflops=peak, peak_memory_gb=memory,
+        generate_tokens=generate_tokens, cached_tokens_per_s=cached, uncached_tokens_per_s=uncached,
+        torch=torch.__version__, machine=_machine_name(trainer.device),
+    )
+
+
+def _machine_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = " ".join(part for part in (platform.machine(), platform.processor()) if part)
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def format_table(result: BenchResult) -> str:
+    def show(value: Any, spec: str) -> str:
+        return "n/a" if value is None else format(value, spec)
+
+    rows = [
+        ("configuration", f"{result.preset}: {result.parameters:,} parameters, batch {result.batch_size} x block "
+                          f"{result.block_size} x accumulation {result.grad_accum}"),
+        ("device", f"{result.machine} | {result.device} | {result.dtype} | compile {result.compile} | "
+                   f"attention {result.attention} | torch {result.torch}"),
+        ("step time (median)", f"{show(result.step_ms, ',.1f')} ms"),
+        ("training throughput", f"{show(result.tokens_per_s, ',.0f')} tokens/s"),
+        ("FLOPs per token", f"{result.flops_per_token:,.0f}"),
+        ("MFU", "n/a (pass --peak-tflops)" if result.mfu is None
+         else f"{result.mfu:.1%} of {result.peak_tflops:g} TFLOP/s"),
+        ("peak memory", f"{show(result.peak_memory_gb, '.2f')} GB"),
+    ]
+    if result.generate_tokens:
+        speedup = (result.cached_tokens_per_s / result.uncached_tokens_per_s) if result.uncached_tokens_per_s else None
+        rows.append((f"generation, {result.generate_tokens} new tokens",
+                     f"{show(result.cached_tokens_per_s, ',.1f')} tokens/s with the KV cache, "
+                     f"{show(result.uncached_tokens_per_s, ',.1f')} without ({show(speedup, '.1f')}x)"))
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
