@@ -191,8 +191,11 @@ def shard(model: nn.Module, precision: Precision) -> None:
 
 def is_sharded(model: nn.Module) -> bool:
     """Whether `model` went through fully_shard (its parameters are DTensor shards)."""
-    return any(type(module).__name__.startswith("FSDP") and hasattr(module, "set_requires_gradient_sync")
-               for module in (model,))
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch < 2.6 has no FSDP2, so nothing is sharded
+        return False
+    return isinstance(model, FSDPModule)
 
 
 def gradient_sync(parallel: nn.Module, enabled: bool) -> contextlib.AbstractContextManager:
@@ -209,14 +212,14 @@ def gradient_sync(parallel: nn.Module, enabled: bool) -> contextlib.AbstractCont
     return contextlib.nullcontext()
 
 
-def clip_grad_norm(parameters: Sequence[nn.Parameter], max_norm: float) -> torch.Tensor:
+def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     """Clip by the norm of the whole model's gradient and return that norm, the same on every rank.
 
     With FSDP2 each rank holds gradient shards (DTensors), and so is the norm: full_tensor() makes it
     the global value before anything reads it.
     """
-    norm = torch.nn.utils.clip_grad_norm_(parameters, max_norm)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return norm.full_tensor() if is_sharded(model) else norm
 
 
 # --- checkpoints of a sharded model ------------------------------------------------------------------
