@@ -117,6 +117,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "auto"
     compile: bool | None = None
+    parallel: str = "auto"
     seed: int = 1337
     init: str = "scratch"
 
@@ -149,6 +150,8 @@ class TrainConfig:
             raise UserError(f"unknown sampler {self.sampler!r}; choose sequential or random")
         if self.tokenizer not in ("gpt2", "char"):
             raise UserError(f"unknown tokenizer {self.tokenizer!r}; choose gpt2 or char")
+        if self.parallel not in ("auto", "ddp", "fsdp"):
+            raise UserError(f"unknown parallel {self.parallel!r}; choose auto, ddp or fsdp")
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise UserError(f"unknown dtype {self.dtype!r}; choose auto, float32, bfloat16 or float16")
         device_kind = self.device.split(":")[0]
@@ -192,6 +195,8 @@ FIELD_HELP: dict[str, str] = {
     "device": "auto (cuda > mps > cpu), cuda, cuda:N, mps, cpu",
     "dtype": "auto (bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPU), float32, bfloat16, float16",
     "compile": "None: on for CUDA, off elsewhere",
+    "parallel": "with several processes (torchrun, --nproc): auto or ddp (a model copy per process) or fsdp "
+                "(sharded with FSDP2); one process ignores it",
     "init": "scratch (GPT-2 initialisation) or hf:DIR (fine-tune a transformers GPT-2 folder; its config.json "
             "sets the model's shape)",
     "out": "run directory; default runs/<timestamp>-<preset>",

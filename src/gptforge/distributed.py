@@ -23,8 +23,6 @@ from torch import nn
 from gptforge.device import Precision
 from gptforge.errors import UserError
 
-PARALLEL_CHOICES = ("auto", "ddp", "fsdp")
-
 T = TypeVar("T")
 
 
@@ -128,8 +126,6 @@ def resolve_parallel(parallel: str, world_size: int, dtype: torch.dtype) -> str:
 
     FSDP is limited to bf16 and fp32: fp16's loss scaler would have to see gradients from every shard.
     """
-    if parallel not in PARALLEL_CHOICES:
-        raise UserError(f"unknown parallel {parallel!r}; choose {', '.join(PARALLEL_CHOICES)}")
     if world_size == 1:
         return "none"
     if parallel != "fsdp":

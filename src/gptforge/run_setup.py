@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from gptforge import distributed
 from gptforge.checkpoint import load_latest, new_run_dir
 from gptforge.config import MODEL_KEYS, RunConfig, apply_overrides, padded_vocab_size
 from gptforge.data import check_corpus_size, load_tokens, read_corpus, split_tokens
@@ -76,7 +77,11 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     resolve_accumulation(config, world_size)
     train = config.train
     check_trackers(train.tensorboard, train.wandb)
-    resolve_dtype(train.dtype, resolve_device(train.device))  # a missing GPU is an error before any file exists
+    # a missing GPU or an impossible parallel setting is an error before any file exists
+    device = distributed.process_device(resolve_device(train.device), world_size)
+    strategy = distributed.resolve_parallel(train.parallel, world_size, resolve_dtype(train.dtype, device))
+    if init is not None and strategy == "fsdp":
+        raise UserError("--init-from cannot start a sharded run yet; use --parallel ddp (or one process)")
     text = read_corpus(train.data)[0] if train.tokenizer == "char" else None
     tokenizer = build_tokenizer(train.tokenizer, text=text, bpe_file=train.tokenizer_file)
     if init is not None:
@@ -85,13 +90,16 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     config.validate()
     console = RunLog(None, enabled=rank == 0)
     tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
-    if rank == 0:
+
+    def create_run_dir() -> Path:
         run_dir = new_run_dir(train.out, config.preset)
         config.train.out = str(run_dir)
         atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         save_tokenizer(tokenizer, run_dir / "tokenizer.json")
-    else:
-        run_dir = Path(train.out or "")
+        return run_dir
+
+    run_dir = distributed.run_on_rank0(create_run_dir, rank, world_size)  # the other ranks learn its name
+    config.train.out = str(run_dir)
     log = open_log(run_dir, config, rank)
     trainer = Trainer(config, run_dir, tokenizer, train_tokens, val_tokens, log, rank=rank, world_size=world_size)
     if init is not None:
@@ -144,7 +152,10 @@ def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens
     per_rank_micro = train.batch_size * config.model.block_size
     log.info(f"gptforge train | preset {config.preset} | run {trainer.run_dir}")
     log.info(f"device {trainer.device} | dtype {trainer.precision.name} | compile {trainer.use_compile} | "
-             f"processes {trainer.world_size}")
+             f"processes {trainer.world_size}" + (f" ({trainer.strategy})" if trainer.world_size > 1 else ""))
+    if trainer.strategy == "fsdp":
+        log.info("no samples while training: a sharded model needs every process to generate; "
+                 f"sample afterwards with: gptforge sample --run {trainer.run_dir}")
     log.info("model: " + " ".join(f"{k}={v}" for k, v in config.to_dict()["model"].items()))
     log.info("train: " + " ".join(f"{k}={v}" for k, v in config.to_dict()["train"].items()))
     log.info(parameter_table(trainer.model))
@@ -186,7 +197,7 @@ def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> Tr
             log.info(f"curves: {curves}")
         except UserError as exc:
             log.warn(f"no curves: {exc}")
-        if trainer.stop_signal is None:
+        if trainer.stop_signal is None and trainer.can_sample:
             log.info(f"--- sample ---\n{trainer.sample(trainer.config.train.sample_tokens)}\n---")
         log.info("\n".join(summary))
         log.info(f"sample more with: gptforge sample --run {trainer.run_dir}")
@@ -199,14 +210,18 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None,
           overrides: dict[str, Any] | None = None) -> TrainOutcome:
     """Train a new run from `config`, or continue the run directory `resume`. The one call the CLI makes."""
     started = time.time()
-    if resume is not None:
-        trainer, log = resume_run(resume, overrides or {})
-    else:
-        assert config is not None
-        trainer, log = start_run(config)
+    world = distributed.setup()  # under torchrun: join the other processes; alone: nothing to do
     try:
-        reason = trainer.fit()
-    except BaseException:
-        log.close()
-        raise
-    return finish_run(trainer, reason, log, started)
+        if resume is not None:
+            trainer, log = resume_run(resume, overrides or {}, rank=world.rank, world_size=world.world_size)
+        else:
+            assert config is not None
+            trainer, log = start_run(config, rank=world.rank, world_size=world.world_size)
+        try:
+            reason = trainer.fit()
+        except BaseException:
+            log.close()
+            raise
+        return finish_run(trainer, reason, log, started)
+    finally:
+        distributed.teardown()

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gptforge import distributed
 from gptforge.checkpoint import capture_rng_state, prune_step_checkpoints, restore_rng_state, save_checkpoint
 from gptforge.config import RunConfig
 from gptforge.data import SequentialSampler, make_sampler
@@ -59,14 +60,18 @@ class Trainer:
         self.log = log
         self.rank, self.world_size = rank, world_size
         train = config.train
-        self.device = resolve_device(train.device)
+        self.device = distributed.process_device(resolve_device(train.device), world_size)
         self.precision = Precision(self.device, resolve_dtype(train.dtype, self.device))
         configure_matmul_precision(self.device)
         self.use_compile = train.compile if train.compile is not None else self.device.type == "cuda"
+        self.strategy = distributed.resolve_parallel(train.parallel, world_size, self.precision.dtype)
 
         torch.manual_seed(train.seed)
+        # `model` stays the plain GPT (sharded in place under FSDP) for checkpoints and samples; the
+        # training step calls `forward_model`, wrapped for the other ranks and maybe compiled
         self.model = GPT(config.model).to(self.device)
-        self.forward_model = torch.compile(self.model) if self.use_compile else self.model
+        wrapped = distributed.wrap_model(self.model, self.strategy, self.precision, compile=self.use_compile)
+        self.forward_model, self.parallel_model = wrapped.forward, wrapped.parallel
         self.optimizer = build_optimizer(
             self.model, learning_rate=train.learning_rate, weight_decay=train.weight_decay,
             betas=(train.beta1, train.beta2), device_type=self.device.type,
@@ -82,7 +87,8 @@ class Trainer:
         self.elapsed_s = 0.0  # training time over all sessions of this run
         self.best_loss = math.inf
         self.last_loss = math.nan
-        self.stop_signal: int | None = None
+        self.signal_received: int | None = None  # by this process
+        self.stop_signal: int | None = None  # by any process, as all of them agreed after the last step
 
     # --- one step ------------------------------------------------------------------------------
 
@@ -100,20 +106,21 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
-        for _ in range(train.grad_accum):
+        for micro_step in range(train.grad_accum):
             x, y = self.sampler.next_batch()
             x, y = self._to_device(x), self._to_device(y)
-            with self.precision.autocast():
-                _, loss = self.forward_model(x, y)
-            loss = loss / train.grad_accum
-            loss_sum += loss.detach()
-            self.scaler.scale(loss).backward()
+            with distributed.gradient_sync(self.parallel_model, enabled=micro_step == train.grad_accum - 1):
+                with self.precision.autocast():
+                    _, loss = self.forward_model(x, y)
+                loss = loss / train.grad_accum
+                loss_sum += loss.detach()
+                self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
         max_norm = train.grad_clip if train.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        # the one host sync of the step: the stop rules and the NaN check need the numbers now
-        loss_value, norm_value = torch.stack([loss_sum, grad_norm.float()]).tolist()
-        loss_value = self._mean_over_ranks(loss_value)
+        grad_norm = distributed.clip_grad_norm(self.model, max_norm)
+        # the one host sync of the step: the stop rules and the NaN check need the numbers now. Averaged
+        # over ranks, a NaN on one rank is a NaN on all, so every rank takes the same branch below.
+        loss_value, norm_value = self._mean_over_ranks(torch.stack([loss_sum, grad_norm.float()]))
         # with fp16 an inf gradient is the loss scaler's business: it skips the step and lowers the scale
         bad_norm = not math.isfinite(norm_value) and not self.precision.needs_loss_scaling
         if not math.isfinite(loss_value) or bad_norm:
@@ -130,12 +137,10 @@ class Trainer:
         self.last_loss = loss_value
         return stats
 
-    def _mean_over_ranks(self, value: float) -> float:
-        if self.world_size == 1:
-            return value
-        tensor = torch.tensor([value], device=self.device)
-        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.AVG)
-        return tensor.item()
+    def _mean_over_ranks(self, values: torch.Tensor) -> list[float]:
+        if self.world_size > 1:
+            torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.AVG)
+        return values.tolist()
 
     def learning_rate(self, step: int) -> float:
         train = self.config.train
@@ -164,7 +169,12 @@ class Trainer:
                 _, loss = self.forward_model(self._to_device(x), self._to_device(y))
             total += loss.float()
         self.model.train()
-        return self._mean_over_ranks(total.item() / self.config.train.eval_batches)
+        return self._mean_over_ranks(torch.stack([total]))[0] / self.config.train.eval_batches
+
+    @property
+    def can_sample(self) -> bool:
+        """Rank 0 samples alone from the plain model; a sharded (FSDP) model's forward needs every rank."""
+        return self.rank == 0 and self.strategy != "fsdp"
 
     def sample(self, max_new_tokens: int, prompt: str = "") -> str:
         settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.8, top_k=200,
@@ -177,9 +187,10 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue to the same bits: weights (unwrapped, uncompiled), optimizer,
         loss scaler, counters, the sampler's position and every RNG."""
+        weights, optimizer_state = distributed.full_state_dicts(self.model, self.optimizer)
         return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "model": weights,
+            "optimizer": optimizer_state,
             "scaler": self.scaler.state_dict(),
             "step": self.step,
             "tokens_seen": self.tokens_seen,
@@ -203,8 +214,7 @@ class Trainer:
         if state.get("world_size", 1) != self.world_size:
             raise UserError(f"the checkpoint was written by {state.get('world_size', 1)} processes, this run has "
                             f"{self.world_size}; resume with the same number of processes")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        distributed.load_full_state_dicts(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         self.step = state["step"]
@@ -215,9 +225,16 @@ class Trainer:
         restore_rng_state(state["rng"])
 
     def save(self, best: bool = False) -> Path:
-        """Write last.pt (and best.pt / step-N.pt as links to the same bytes) atomically."""
+        """Write last.pt (and best.pt / step-N.pt as links to the same bytes) atomically.
+
+        Every rank calls it (FSDP gathers the weights from all of them); rank 0 alone writes.
+        """
+        state = self.state_dict()
+        return distributed.run_on_rank0(lambda: self._write(state, best), self.rank, self.world_size)
+
+    def _write(self, state: dict[str, Any], best: bool) -> Path:
         compress = self.config.train.compress_checkpoints
-        last = save_checkpoint(self.state_dict(), checkpoint_path(self.checkpoint_dir, "last", compress), compress)
+        last = save_checkpoint(state, checkpoint_path(self.checkpoint_dir, "last", compress), compress)
         if best:
             link_atomically(last, checkpoint_path(self.checkpoint_dir, "best", compress))
         keep = self.config.train.keep_checkpoints
@@ -230,9 +247,19 @@ class Trainer:
 
     def _on_signal(self, signum: int, frame: object) -> None:
         # Only record it: printing here could re-enter a write to stdout that the signal interrupted.
-        if self.stop_signal is not None:
+        if self.signal_received is not None:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now (checkpoints on disk are still whole)
-        self.stop_signal = signum
+        self.signal_received = signum
+
+    def _agree_on_stopping(self) -> None:
+        """Every rank must stop after the same step, or the others would wait forever in the next
+        collective: share the signal any rank got and the slowest rank's clock."""
+        if self.world_size == 1:
+            self.stop_signal = self.signal_received
+            return
+        signum, self.elapsed_s = distributed.max_over_ranks([self.signal_received or 0, self.elapsed_s],
+                                                            self.device)
+        self.stop_signal = int(signum) or None
 
     def stop_reason(self, stats: StepStats) -> str | None:
         train = self.config.train
@@ -267,6 +294,7 @@ class Trainer:
                         f"the last good checkpoint in {self.checkpoint_dir} is kept. Try a lower --learning-rate "
                         "or --dtype bfloat16/float32"
                     ) from None
+                self._agree_on_stopping()
                 reason = self.stop_reason(stats)
                 if self.stop_signal is not None:
                     self.log.info(f"{signal.Signals(self.stop_signal).name}: saving {self.checkpoint_dir} after "
@@ -291,7 +319,7 @@ class Trainer:
             self.log.record("eval", step=stats.step, val_loss=val_loss, elapsed_s=round(self.elapsed_s, 3))
             improved = val_loss < self.best_loss
             self.best_loss = min(self.best_loss, val_loss)
-        if train.sample_interval and self.step % train.sample_interval == 0 and not final:
+        if train.sample_interval and self.can_sample and self.step % train.sample_interval == 0 and not final:
             text = self.sample(train.sample_tokens)
             self.log.info(f"--- sample at step {stats.step} ---\n{text}\n---")
             self.log.record("sample", step=stats.step, text=text)
@@ -299,8 +327,7 @@ class Trainer:
             if not self.has_val or not train.eval_interval:
                 improved = stats.loss < self.best_loss
                 self.best_loss = min(self.best_loss, stats.loss)
-            if self.rank == 0:
-                self.save(best=improved)
+            self.save(best=improved)
 
     def _log_step(self, stats: StepStats) -> None:
         tokens_per_sec = stats.tokens / stats.seconds
