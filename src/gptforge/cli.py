@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,13 @@ class Parser(argparse.ArgumentParser):
 FLAG_NAMES = {"init": "--init-from"}
 
 
-def add_config_flags(parser: argparse.ArgumentParser, classes: Sequence[type], skip: set[str] = frozenset()) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, classes: Sequence[type], skip: Collection[str] = (),
+                     only: Collection[str] | None = None) -> None:
     """One `--flag` per config field (the key with dashes); absent flags leave the preset's value."""
     for cls in classes:
         group = parser.add_argument_group(f"{'model' if cls is GPTConfig else 'training'} settings")
         for name, annotation in field_types(cls).items():
-            if name in skip:
+            if name in skip or (only is not None and name not in only):
                 continue
             flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
             default = getattr(cls(), name)
@@ -78,24 +79,31 @@ CONFIG_NAMES = {f.name for f in dataclasses.fields(GPTConfig)} | {f.name for f i
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from gptforge.distributed import is_main_process, launch_local, without_flag
     from gptforge.run_setup import train
 
     overrides = given_overrides(args, CONFIG_NAMES)
     if args.resume:
         if args.preset or args.config:
             raise UserError("--resume continues a run with its own config; drop --preset/--config")
+        if args.nproc is not None:
+            return launch_local(args.nproc, without_flag(args.argv, "--nproc"))
         outcome = train(resume=args.resume, overrides=overrides)
     else:
         file_settings = load_toml(args.config) if args.config else {}
         preset = args.preset or file_settings.pop("preset", None)
         if preset is None:
             preset = default_preset(overrides.get("device", file_settings.get("device")))
-            print(f"no --preset given: using {preset} "
-                  f"({'a CUDA GPU is available' if preset == 'shakespeare-gpt2' else 'no CUDA GPU in use'})")
+            if args.nproc is None and is_main_process():
+                print(f"no --preset given: using {preset} "
+                      f"({'a CUDA GPU is available' if preset == 'shakespeare-gpt2' else 'no CUDA GPU in use'})")
         file_settings.pop("preset", None)
         config = from_preset(preset)
         apply_overrides(config, file_settings)
         apply_overrides(config, overrides)
+        if args.nproc is not None:
+            config.validate()  # a bad flag is one error line here rather than a failure report from torchrun
+            return launch_local(args.nproc, without_flag(args.argv, "--nproc"))
         outcome = train(config)
     return 128 + outcome.signal if outcome.signal else 0
 
@@ -270,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", metavar="FILE.toml", help="TOML file with settings (flat keys or [model]/[train])")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its newest good "
                        "checkpoint; training flags (e.g. --max-steps) may change")
+    train.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine, one per GPU "
+                       "(or N on the CPU): starts torchrun; for several machines run torchrun yourself (README)")
     add_config_flags(train, [GPTConfig, TrainConfig], skip={"vocab_size"})
     train.set_defaults(func=cmd_train)
 
@@ -340,14 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the device's peak TFLOP/s for MFU (default: known for H100/H200, A100, L4, T4)")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     add_config_flags(bench, [GPTConfig])
-    bench_train = bench.add_argument_group("training settings")
-    for name in BENCH_TRAIN_FLAGS:
-        if name == "compile":
-            bench_train.add_argument("--compile", dest="compile", action=argparse.BooleanOptionalAction,
-                                     default=argparse.SUPPRESS, help=FIELD_HELP.get(name))
-        else:
-            bench_train.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                                     help=FIELD_HELP.get(name))
+    add_config_flags(bench, [TrainConfig], only=BENCH_TRAIN_FLAGS)
     bench.set_defaults(func=cmd_bench)
 
     export = commands.add_parser("export", help="write a trained model in another format")
@@ -366,10 +369,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` hands them on to torchrun
     try:
         return args.func(args)
     except UserError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        from gptforge.distributed import is_main_process
+
+        if is_main_process():  # every process of a multi-process run stops with the same error; say it once
+            sys.stderr.write(f"error: {exc}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
