@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -245,9 +246,22 @@ def build_demo(trained: TrainedModel, limits: DemoLimits = DEFAULT_LIMITS) -> gr
     return demo
 
 
+def check_address(host: str, port: int) -> None:
+    """Refuse a port or host that cannot be served before anything binds: Gradio reports these with a
+    traceback from its server thread, or a misleading "no empty port" message."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise UserError(f"--port must be between 1 and 65535, got {port!r}")
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:  # socket.gaierror is an OSError
+        raise UserError(f"cannot serve on {host}:{port}: {host!r} is not an address of this machine "
+                        f"({exc}); pass --host 127.0.0.1 or another interface's address") from None
+
+
 def serve(trained: TrainedModel, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
           limits: DemoLimits = DEFAULT_LIMITS) -> None:
     """Serve the demo until Ctrl+C; only this machine can reach it unless `host` or `share` say otherwise."""
+    check_address(host, port)
     demo = build_demo(trained, limits)
     try:
         # quiet: the URL is printed below; Gradio still prints the public link (or why it failed) when sharing
@@ -255,8 +269,9 @@ def serve(trained: TrainedModel, host: str = "127.0.0.1", port: int = 7860, shar
                                       quiet=True)
     except OSError as exc:
         raise UserError(f"cannot serve on {host}:{port} ({exc}); pass a free --port or another --host") from None
-    print(f"gptforge demo of {trained.source} at {local_url}")
+    # flushed: the URL must show at once when the output is a pipe (`gptforge serve | tee`, a job runner)
+    print(f"gptforge demo of {trained.source} at {local_url}", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"note: listening on {host}, so other machines can reach this demo")
-    print("press Ctrl+C to stop")
+        print(f"note: listening on {host}, so other machines can reach this demo", flush=True)
+    print("press Ctrl+C to stop", flush=True)
     demo.block_thread()

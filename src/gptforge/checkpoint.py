@@ -12,6 +12,7 @@ code on the machine that opens it.
 
 from __future__ import annotations
 
+import glob
 import gzip
 import io
 import pickle
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from gptforge.errors import UserError
-from gptforge.fileio import atomic_write
+from gptforge.fileio import atomic_write, describe_os_error
 
 CHECKPOINT_FORMAT = 1  # stored under state["format"]; bump when the layout of the state changes
 
@@ -63,23 +64,21 @@ def save_checkpoint(state: dict, path: Path, compress: bool = False) -> Path:
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, write)
-    except (OSError, RuntimeError) as exc:
-        cause = _os_error_in(exc)
-        if cause is None:
-            raise  # a RuntimeError that is not about the disk is a bug, not the user's problem
-        reason = cause.strerror or str(cause)
-        raise UserError(f"could not save checkpoint {path}: {reason}; the previous checkpoint is intact") from exc
+    except OSError as exc:
+        raise UserError(f"could not save checkpoint {path}: {describe_os_error(exc)}") from None
+    atomic_write(path, write, what="checkpoint")
+    _remove_leftover_temporaries(path)
     return path
 
 
-def _os_error_in(exc: BaseException) -> OSError | None:
-    """The OSError behind ``exc``: torch.save reports a failed write as a RuntimeError whose context is it."""
-    while exc is not None:
-        if isinstance(exc, OSError):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
+def _remove_leftover_temporaries(path: Path) -> None:
+    """Delete the temporary files of ``path`` that killed processes left behind, each as big as a checkpoint.
+
+    One process writes a run's checkpoints, so once its own save has been renamed into place every
+    other temporary file of that name is debris from a process killed mid-write.
+    """
+    for leftover in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
@@ -255,8 +254,9 @@ def new_run_dir(out: str | None, preset: str) -> Path:
 
 
 def _claim_named_run_dir(path: Path) -> Path:
-    checkpoint_dir = path / "checkpoints"
-    if checkpoint_dir.is_dir() and any(checkpoint_dir.iterdir()):
+    # Only real checkpoints count: a process killed while writing its first one leaves just a hidden
+    # temporary file, and the same command must then be able to start the run again.
+    if checkpoint_candidates(path):
         raise UserError(
             f"{path} already holds a run with checkpoints; continue it with --resume {path} "
             "or choose another --out"

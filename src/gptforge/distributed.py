@@ -9,6 +9,7 @@ train on one process.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import subprocess
@@ -68,9 +69,22 @@ def setup() -> World:
 
 
 def teardown() -> None:
-    """Leave the process group, so the process exits without NCCL's warnings about leaked communicators."""
+    """Leave the process group while Python is whole.
+
+    Whatever still holds the group (DDP's reducer, a sharded model) is freed first: left to the end of
+    the interpreter, gloo's threads meet a half-finalized Python and the process aborts ("terminate called
+    without an active exception") after a run that went well.
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gc.collect()
         torch.distributed.destroy_process_group()
+
+
+def wait_for_all_ranks(world_size: int) -> None:
+    """Hold every process until all get here. torchrun stops the others as soon as one exits with an error
+    status (143 after SIGTERM, say), which would cut rank 0 off while it writes the run's summary."""
+    if world_size > 1:
+        torch.distributed.barrier()
 
 
 def process_device(device: torch.device, world_size: int) -> torch.device:
@@ -138,28 +152,30 @@ def resolve_parallel(parallel: str, world_size: int, dtype: torch.dtype) -> str:
 
 @dataclass
 class WrappedModel:
+    """The training step needs two handles on one model: what to call, and where to switch gradient sync."""
+
     forward: nn.Module  # what the training step calls: the model, maybe wrapped, maybe compiled
     parallel: nn.Module  # where gradient sync is switched: the DDP wrapper, the sharded model, or the model
 
 
-def wrap_model(model: nn.Module, strategy: str, precision: Precision, compile: bool) -> WrappedModel:
+def wrap_model(model: nn.Module, strategy: str, precision: Precision, use_compile: bool) -> WrappedModel:
     """Wrap the single-device model for `strategy` (none, ddp or fsdp) and compile it if asked.
 
-    DDP wraps the compiled model (nanoGPT's order, which compiles the model alone and lets DDP
-    overlap its all-reduces with the backward). FSDP2 shards `model` in place, every Block and then
-    the root (embeddings, final norm and the tied head), so the optimizer must be built afterwards.
+    DDP wraps the compiled model, the order nanoGPT trains with: DDP's own forward (and no_sync) stays
+    outside the compiled code. FSDP2 shards `model` in place, every Block and then the root (embeddings,
+    final norm and the tied head), so the optimizer must be built afterwards.
     """
     if strategy == "none":
-        return WrappedModel(forward=torch.compile(model) if compile else model, parallel=model)
+        return WrappedModel(forward=torch.compile(model) if use_compile else model, parallel=model)
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [precision.device.index] if precision.device.type == "cuda" else None
-        ddp = DistributedDataParallel(torch.compile(model) if compile else model, device_ids=device_ids)
+        ddp = DistributedDataParallel(torch.compile(model) if use_compile else model, device_ids=device_ids)
         return WrappedModel(forward=ddp, parallel=ddp)
     if strategy == "fsdp":
         shard(model, precision)
-        return WrappedModel(forward=torch.compile(model) if compile else model, parallel=model)
+        return WrappedModel(forward=torch.compile(model) if use_compile else model, parallel=model)
     raise ValueError(f"unknown strategy {strategy!r}")
 
 

@@ -5,6 +5,7 @@ The temporary file lives beside its target so the final os.replace is a rename w
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -18,20 +19,38 @@ from gptforge.errors import UserError
 T = TypeVar("T")
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes, what: str = "file") -> None:
     """Replace ``path`` with ``data`` so that readers and crashes see the old or the new file, whole."""
-    atomic_write(Path(path), lambda file: file.write(data))
+    atomic_write(Path(path), lambda file: file.write(data), what)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, what: str = "file") -> None:
     """``atomic_write_bytes`` for UTF-8 text (config.json, summary.txt)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"), what)
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], object], what: str = "file") -> None:
+    """Write ``path`` through ``write(file)`` all at once, or not at all.
+
+    A write the system refuses (a full disk, no permission, a read-only filesystem) is the user's to fix,
+    so it becomes a one-line UserError naming the file and saying that the previous one is untouched;
+    ``what`` names the kind of file in that message.
+    """
     # The temporary file lives in the target's directory so os.replace is a rename on one
     # filesystem (atomic), and starts with "." so listings and globs skip it.
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        _write_and_rename(temporary, path, write)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as a RuntimeError
+        cause = _os_error_in(exc)
+        if cause is None:
+            raise  # a RuntimeError that is not about the disk is a bug, not the user's problem
+        kept = f"the previous {what} is intact" if path.exists() else "nothing was written"
+        raise UserError(f"could not write {what} {path}: {describe_os_error(cause)}; {kept}") from exc
+    _fsync_directory(path.parent)
+
+
+def _write_and_rename(temporary: Path, path: Path, write: Callable[[IO[bytes]], object]) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     descriptor = os.open(temporary, flags, 0o666)  # 0o666 minus the umask, like a normal open()
     try:
@@ -43,7 +62,23 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+
+
+def _os_error_in(exc: BaseException | None) -> OSError | None:
+    """The OSError behind ``exc``: torch.save reports a failed write as a RuntimeError whose context is it."""
+    while exc is not None:
+        if isinstance(exc, OSError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def describe_os_error(exc: OSError) -> str:
+    """Why a write failed, in words a user can act on: a full disk says so, whatever the platform calls it."""
+    reason = exc.strerror or str(exc)
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"the disk is full ({reason})"
+    return reason
 
 
 def _fsync_directory(directory: Path) -> None:

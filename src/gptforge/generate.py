@@ -7,6 +7,7 @@ as it is produced without ever printing half of a multi-byte character.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,6 +16,8 @@ import torch
 from gptforge.errors import UserError
 from gptforge.model import GPT
 from gptforge.tokenizer import Tokenizer
+
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 
 
 @dataclass
@@ -31,12 +34,14 @@ class SamplingSettings:
     def validate(self) -> None:
         if self.max_new_tokens < 0:
             raise UserError(f"max_new_tokens must be zero or more, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise UserError(f"temperature must be zero or more, got {self.temperature}")
+        if not 0 <= self.temperature < math.inf:  # also refuses NaN, which every comparison fails
+            raise UserError(f"temperature must be a finite number, zero or more, got {self.temperature}")
         if self.top_k is not None and self.top_k <= 0:
             raise UserError(f"top_k must be positive, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise UserError(f"seed must be between {SEED_RANGE[0]} and {SEED_RANGE[1]}, got {self.seed}")
 
 
 def filter_top_k(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -61,7 +66,12 @@ def sample_next(logits: torch.Tensor, settings: SamplingSettings,
     """Next token ids (B, 1) from the last position's logits (B, V)."""
     if settings.temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
-    logits = logits.float() / settings.temperature
+    logits = logits.float()
+    # Softmax does not change when the row's maximum is subtracted, and afterwards no division overflows
+    # to +inf; a temperature below float32's range (1e-310) would be 0/0 = NaN, so it is clamped into it.
+    # Either way a tiny temperature samples like greedy instead of failing on NaN probabilities.
+    temperature = max(settings.temperature, torch.finfo(torch.float32).tiny)
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if settings.top_k is not None:
         logits = filter_top_k(logits, settings.top_k)
     if settings.top_p is not None and settings.top_p < 1.0:
@@ -74,6 +84,11 @@ def prefill(model: GPT, idx: torch.Tensor, use_cache: bool) -> torch.Tensor:
     if use_cache:
         model.setup_kv_cache(batch_size=idx.size(0))
     logits, _ = model(idx, last_only=True)
+    if not torch.isfinite(logits).all():
+        # weights that diverged in training (still finite numbers, e.g. after a far too high learning
+        # rate) give NaN here; sampling would fail obscurely, and greedy decoding would print garbage
+        raise UserError("the model's outputs are NaN or infinite: its weights have diverged; sample from an "
+                        "earlier checkpoint, or retrain with a lower --learning-rate")
     return logits[:, -1, :]
 
 

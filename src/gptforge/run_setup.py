@@ -115,6 +115,7 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     """Continue a run from its newest good checkpoint; training settings may change (e.g. max_steps)."""
     run_dir = Path(run_dir)
     state, path, warnings = load_latest(run_dir)
+    check_checkpoint_fits_run(run_dir, state, path)
     config = RunConfig.from_dict(state["config"])
     if "init" in overrides:
         raise UserError("--init-from starts a new run; a resumed run continues from its own checkpoint")
@@ -144,6 +145,24 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
              f"({trainer.tokens_seen:,} tokens seen, {trainer.elapsed_s:.1f}s trained)")
     describe(trainer, len(tokens), len(train_tokens), len(val_tokens))
     return trainer, log
+
+
+def check_checkpoint_fits_run(run_dir: Path, state: dict, path: Path) -> None:
+    """Refuse a checkpoint whose model is not the one the run's config.json describes.
+
+    A resumed run takes its config from the checkpoint, so a `last.pt` copied in from another run would
+    otherwise be trained on as if it belonged here and config.json rewritten to match it.
+    """
+    try:
+        run_model = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no readable config.json to compare with: the checkpoint's own config is all there is
+    checkpoint_model = state["config"].get("model", {}) if isinstance(state["config"], dict) else {}
+    differences = [f"{key} {run_model.get(key)} in config.json vs {checkpoint_model.get(key)} in the checkpoint"
+                   for key in sorted(MODEL_KEYS) if run_model.get(key) != checkpoint_model.get(key)]
+    if differences:
+        raise UserError(f"{path} holds another model than the run {run_dir} ({', '.join(differences)}); "
+                        "move it out of checkpoints/ or resume the run it came from")
 
 
 def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens: int) -> None:
@@ -209,19 +228,26 @@ def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> Tr
 def train(config: RunConfig | None = None, *, resume: str | Path | None = None,
           overrides: dict[str, Any] | None = None) -> TrainOutcome:
     """Train a new run from `config`, or continue the run directory `resume`. The one call the CLI makes."""
-    started = time.time()
     world = distributed.setup()  # under torchrun: join the other processes; alone: nothing to do
     try:
-        if resume is not None:
-            trainer, log = resume_run(resume, overrides or {}, rank=world.rank, world_size=world.world_size)
-        else:
-            assert config is not None
-            trainer, log = start_run(config, rank=world.rank, world_size=world.world_size)
-        try:
-            reason = trainer.fit()
-        except BaseException:
-            log.close()
-            raise
-        return finish_run(trainer, reason, log, started)
+        outcome = _train(config, resume, overrides or {}, world)
+        distributed.wait_for_all_ranks(world.world_size)
+        return outcome
     finally:
-        distributed.teardown()
+        distributed.teardown()  # _train has returned: its trainer, which holds the process group, is gone
+
+
+def _train(config: RunConfig | None, resume: str | Path | None, overrides: dict[str, Any],
+           world: distributed.World) -> TrainOutcome:
+    started = time.time()
+    if resume is not None:
+        trainer, log = resume_run(resume, overrides, rank=world.rank, world_size=world.world_size)
+    else:
+        assert config is not None
+        trainer, log = start_run(config, rank=world.rank, world_size=world.world_size)
+    try:
+        reason = trainer.fit()
+    except BaseException:
+        log.close()
+        raise
+    return finish_run(trainer, reason, log, started)

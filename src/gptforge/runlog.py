@@ -6,6 +6,7 @@ cell stay clean; console lines go through tqdm.write so they never cut through t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -14,6 +15,8 @@ from typing import Any, TextIO
 
 from tqdm import tqdm
 
+from gptforge.errors import UserError
+from gptforge.fileio import describe_os_error
 from gptforge.trackers import Trackers
 
 
@@ -39,8 +42,7 @@ class RunLog:
         else:
             print(message, flush=True)
         if self._log is not None:
-            self._log.write(message + "\n")
-            self._log.flush()
+            _append(self._log, message + "\n")
 
     def warn(self, message: str) -> None:
         self.info(f"warning: {message}")
@@ -49,8 +51,7 @@ class RunLog:
         """One JSON object per line; flushed at once so a crash loses at most the line being written."""
         if self._metrics is None:
             return
-        self._metrics.write(json.dumps({"kind": kind, **fields, "time": round(time.time(), 3)}) + "\n")
-        self._metrics.flush()
+        _append(self._metrics, json.dumps({"kind": kind, **fields, "time": round(time.time(), 3)}) + "\n")
         if self.trackers is not None and "step" in fields:
             self.trackers.log(kind, fields["step"], fields)
 
@@ -73,8 +74,23 @@ class RunLog:
         self.close_progress()
         for handle in (self._log, self._metrics):
             if handle is not None:
-                handle.close()
+                with contextlib.suppress(OSError):  # lines are flushed as written: a failure was already raised
+                    handle.close()
         self._log = self._metrics = None
         if self.trackers is not None:
             self.trackers.close()
             self.trackers = None
+
+
+def _append(handle: TextIO, text: str) -> None:
+    """Write and flush one line; a full disk stops the run with a UserError rather than a traceback.
+
+    Training on without its log would lose the record of the run, and the checkpoints already written
+    are complete files (fileio), so stopping here costs nothing that is saved.
+    """
+    try:
+        handle.write(text)
+        handle.flush()
+    except OSError as exc:
+        raise UserError(f"could not write {handle.name}: {describe_os_error(exc)}; training stopped and the "
+                        "checkpoints already written are intact") from None

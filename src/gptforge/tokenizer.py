@@ -93,6 +93,7 @@ class GPT2Tokenizer(Tokenizer):
         self._encoding = _gpt2_encoding(bpe_file)
 
     def encode(self, text: str) -> list[int]:
+        _check_unicode(text)
         return self._encoding.encode_ordinary(text)
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -117,6 +118,17 @@ class GPT2Tokenizer(Tokenizer):
 
     def start_ids(self) -> list[int]:
         return [GPT2_EOT_ID]
+
+
+def _check_unicode(text: str) -> None:
+    """Refuse lone surrogates, which tiktoken would silently turn into U+FFFD: the model would continue
+    other text than the user's. They come from undecodable bytes in a command-line argument or from
+    JSON escapes sent to the demo, never from a UTF-8 file."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UserError(f"the text is not valid Unicode: {text[exc.start]!r} at position {exc.start} is a lone "
+                        "surrogate (bytes that are not UTF-8?); pass UTF-8 text") from None
 
 
 def split_for_encoding(text: str, chunk_chars: int) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,9 @@ def load_trained(run: str | Path | None = None, checkpoint: str | Path | None = 
 
         return load_hf_folder(hf, device=device, tokenizer_file=tokenizer_file)
     if run is not None:
-        state, path, _ = load_latest(run)
+        state, path, skipped = load_latest(run)
+        for warning in skipped:  # an older checkpoint is used: say which file was passed over, and why
+            print(f"warning: {warning}", file=sys.stderr)
     else:
         path = Path(checkpoint)
         state = load_checkpoint(path)
@@ -48,9 +51,9 @@ def load_trained(run: str | Path | None = None, checkpoint: str | Path | None = 
     model = GPT(config.model)
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[0]
-        raise UserError(f"the weights in {path} do not fit its config: {first_line}") from None
+    except (RuntimeError, AttributeError):  # AttributeError: "model" is not a mapping of tensors
+        mismatch = weights_mismatch(model, state["model"])
+        raise UserError(f"the weights in {path} do not fit its config ({mismatch})") from None
     model.to(resolve_device(device)).eval()
     facts = {
         "preset": config.preset,
@@ -64,6 +67,22 @@ def load_trained(run: str | Path | None = None, checkpoint: str | Path | None = 
         "checkpoint": str(path),
     }
     return TrainedModel(model=model, tokenizer=tokenizer, config=config, source=path, facts=facts)
+
+
+def weights_mismatch(model: torch.nn.Module, weights: Any) -> str:
+    """The first difference between a model's tensors and a checkpoint's, named, for a one-line error
+    (torch's own message starts with a line that names nothing)."""
+    if not isinstance(weights, dict):
+        return f"the weights are a {type(weights).__name__}, not a dict of tensors"
+    expected = model.state_dict()
+    for name, tensor in expected.items():
+        found = weights.get(name)
+        if not isinstance(found, torch.Tensor):
+            return f"{name} is missing"
+        if found.shape != tensor.shape:
+            return f"{name} is {tuple(found.shape)} in the checkpoint but {tuple(tensor.shape)} for its config"
+    extra = sorted(set(weights) - set(expected))
+    return f"unexpected tensors {extra[:3]}" if extra else "the tensors do not load"
 
 
 def autocast_for(model: GPT) -> torch.autocast | None:

@@ -70,7 +70,7 @@ class Trainer:
         # `model` stays the plain GPT (sharded in place under FSDP) for checkpoints and samples; the
         # training step calls `forward_model`, wrapped for the other ranks and maybe compiled
         self.model = GPT(config.model).to(self.device)
-        wrapped = distributed.wrap_model(self.model, self.strategy, self.precision, compile=self.use_compile)
+        wrapped = distributed.wrap_model(self.model, self.strategy, self.precision, self.use_compile)
         self.forward_model, self.parallel_model = wrapped.forward, wrapped.parallel
         self.optimizer = build_optimizer(
             self.model, learning_rate=train.learning_rate, weight_decay=train.weight_decay,
@@ -211,9 +211,11 @@ class Trainer:
         if changed:
             detail = ", ".join(f"{k}: checkpoint {a} vs now {b}" for k, (a, b) in changed.items())
             raise UserError(f"the checkpoint's model differs from this run's ({detail})")
-        if state.get("world_size", 1) != self.world_size:
-            raise UserError(f"the checkpoint was written by {state.get('world_size', 1)} processes, this run has "
-                            f"{self.world_size}; resume with the same number of processes")
+        saved_world_size = state.get("world_size", 1)
+        if saved_world_size != self.world_size:
+            raise UserError(f"the checkpoint was written by {saved_world_size} process"
+                            f"{'es' if saved_world_size > 1 else ''}, this run has {self.world_size}; resume with "
+                            "the same number of processes (torchrun --nproc_per_node, or gptforge train --nproc)")
         distributed.load_full_state_dicts(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])

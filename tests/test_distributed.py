@@ -1,0 +1,277 @@
+"""Multi-process training under torchrun, on the CPU with gloo: two processes with half the batch each must
+train exactly like one process with all of it (DDP and FSDP, with and without accumulation), resume exactly,
+stop together, and leave checkpoints a single process can use.
+
+The sequential sampler gives rank r the r-th half of each global batch, so 2 x B/2 sees the very sequences
+1 x B sees, and with dropout 0 the runs differ only in floating-point summation order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from gptforge.checkpoint import load_checkpoint
+from gptforge.cli import main
+from gptforge.config import apply_overrides, from_preset
+from gptforge.distributed import resolve_parallel, without_flag
+from gptforge.errors import UserError
+from gptforge.run_setup import train
+
+CORPUS_CHARS = 20_000
+GLOBAL_BATCH = 4
+STEPS = 6
+TOLERANCE = 1e-5
+TIMEOUT_S = 180
+
+
+def settings(corpus: Path, out: Path, **overrides: Any) -> dict[str, Any]:
+    """A 2-layer, 32-wide char model; a constant learning rate so that a longer --max-steps changes nothing."""
+    return {"data": str(corpus), "tokenizer": "char", "device": "cpu", "progress": False, "compile": False,
+            "block_size": 16, "batch_size": GLOBAL_BATCH, "max_steps": STEPS, "learning_rate": 1e-2,
+            "warmup_steps": 0, "schedule": "constant", "log_interval": 1, "eval_interval": 3, "eval_batches": 2,
+            "sample_tokens": 4, "checkpoint_interval": 3, "out": str(out), **overrides}
+
+
+def as_flags(values: dict[str, Any]) -> list[str]:
+    flags = ["train", "--preset", "tiny"]
+    for key, value in values.items():
+        name = key.replace("_", "-")
+        flags += [f"--{name}" if value else f"--no-{name}"] if isinstance(value, bool) else [f"--{name}", str(value)]
+    return flags
+
+
+class Runs:
+    """Training runs shared by the tests of this module, each trained once (torchrun costs seconds a launch)."""
+
+    def __init__(self, root: Path, data_dir: Path) -> None:
+        self.root = root
+        self.corpus = root / "corpus.txt"
+        self.corpus.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:CORPUS_CHARS],
+                               encoding="utf-8")
+        # one thread per process: two of them share the two cores, and float sums depend on the split
+        self.env = {**os.environ, "OMP_NUM_THREADS": "1", "GPTFORGE_DATA_DIR": str(data_dir),
+                    "GPTFORGE_CACHE_DIR": str(root / "cache")}
+        self.done: dict[tuple, Path] = {}
+
+    def single(self, grad_accum: int) -> Path:
+        """One process, the whole batch, trained in this process."""
+        key = ("single", grad_accum)
+        if key not in self.done:
+            config = from_preset("tiny")
+            apply_overrides(config, settings(self.corpus, self.root / f"single-{grad_accum}", grad_accum=grad_accum))
+            with pytest.MonkeyPatch.context() as env:
+                env.setenv("GPTFORGE_CACHE_DIR", self.env["GPTFORGE_CACHE_DIR"])
+                self.done[key] = train(config).run_dir
+        return self.done[key]
+
+    def two_ranks(self, parallel: str, grad_accum: int) -> Path:
+        """Two processes with half the batch each; DDP without accumulation goes through `train --nproc 2`."""
+        key = (parallel, grad_accum)
+        if key not in self.done:
+            out = self.root / f"{parallel}-{grad_accum}"
+            flags = self.flags(out, parallel=parallel, grad_accum=grad_accum)
+            if key == ("ddp", 1):
+                self.check(subprocess.run([sys.executable, "-m", "gptforge", *flags[:1], "--nproc", "2", *flags[1:]],
+                                          env=self.env, capture_output=True, text=True, timeout=TIMEOUT_S))
+            else:
+                self.torchrun(flags)
+            self.done[key] = out
+        return self.done[key]
+
+    def flags(self, out: Path, **overrides: Any) -> list[str]:
+        return as_flags(settings(self.corpus, out, batch_size=GLOBAL_BATCH // 2, **overrides))
+
+    def torchrun(self, gptforge_args: list[str]) -> subprocess.CompletedProcess:
+        return self.check(subprocess.run(torchrun_command(gptforge_args), env=self.env, capture_output=True,
+                                         text=True, timeout=TIMEOUT_S))
+
+    @staticmethod
+    def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result
+
+
+def torchrun_command(gptforge_args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "gptforge", *gptforge_args]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Runs:
+    return Runs(tmp_path_factory.mktemp("distributed"), data_dir)
+
+
+def records(run_dir: Path, kind: str) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [record for record in map(json.loads, lines) if record["kind"] == kind]
+
+
+def losses(run_dir: Path, kind: str = "train") -> dict[int, float]:
+    return {r["step"]: r["loss" if kind == "train" else "val_loss"] for r in records(run_dir, kind)}
+
+
+def last_state(run_dir: Path) -> dict[str, Any]:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")
+
+
+# --- two processes train like one -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("parallel", "grad_accum"), [("ddp", 1), ("ddp", 2), ("fsdp", 1), ("fsdp", 2)])
+def test_two_processes_with_half_the_batch_train_like_one_with_all_of_it(runs: Runs, parallel: str,
+                                                                         grad_accum: int) -> None:
+    single, ranks = runs.single(grad_accum), runs.two_ranks(parallel, grad_accum)
+    expected, actual = losses(single), losses(ranks)
+    assert sorted(actual) == list(range(STEPS))
+    assert actual == pytest.approx(expected, abs=TOLERANCE, rel=0)
+    assert len(set(expected.values())) == STEPS  # the loss moves, so a step that went wrong would show
+    assert losses(ranks, "eval") == pytest.approx(losses(single, "eval"), abs=TOLERANCE, rel=0)
+    ours, theirs = last_state(ranks), last_state(single)
+    assert ours["world_size"] == 2 and ours["tokens_seen"] == theirs["tokens_seen"]
+    # Weights agree within 1e-6 but for the attention key bias: its true gradient is zero (softmax ignores a
+    # shift shared by all keys), so Adam turns float noise into steps of up to the learning rate there.
+    for name, tensor in theirs["model"].items():
+        torch.testing.assert_close(ours["model"][name], tensor, atol=10 * TOLERANCE, rtol=0)
+
+
+def test_a_sharded_run_saves_the_one_process_checkpoint_layout(runs: Runs) -> None:
+    sharded, single = last_state(runs.two_ranks("fsdp", 1)), last_state(runs.single(1))
+    assert list(sharded["model"]) == list(single["model"])
+    assert all(not hasattr(t, "full_tensor") and t.device.type == "cpu" for t in sharded["model"].values())
+    assert sharded["optimizer"]["state"].keys() == single["optimizer"]["state"].keys()
+    assert sharded["optimizer"]["param_groups"] == single["optimizer"]["param_groups"]
+
+
+def test_resume_under_two_processes_continues_exactly(runs: Runs) -> None:
+    straight = runs.two_ranks("fsdp", 1)
+    split = runs.root / "fsdp-split"
+    runs.torchrun(runs.flags(split, parallel="fsdp", max_steps=STEPS // 2))
+    result = runs.torchrun(["train", "--resume", str(split), "--max-steps", str(STEPS)])
+    assert f"resuming {split} from last.pt at step {STEPS // 2}" in result.stdout
+    assert losses(split) == losses(straight)  # bit for bit, not approximately
+    assert losses(split, "eval") == losses(straight, "eval")
+    resumed, uninterrupted = last_state(split), last_state(straight)
+    assert resumed["step"] == uninterrupted["step"] == STEPS
+    for name, tensor in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], tensor), name
+    for index, saved in uninterrupted["optimizer"]["state"].items():
+        assert all(torch.equal(resumed["optimizer"]["state"][index][k], v) for k, v in saved.items()), index
+
+
+# --- one process reads what two wrote --------------------------------------------------------------------
+
+
+def test_a_ddp_run_samples_on_one_process(runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(["sample", "--run", str(runs.two_ranks("ddp", 1)), "--max-new-tokens", "20", "--seed", "1",
+                   "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert status == 0 and len(out.strip()) >= 10
+
+
+def test_resuming_with_another_number_of_processes_is_one_clear_error(runs: Runs, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.two_ranks("ddp", 1), run_dir)
+    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    capsys.readouterr()
+    status = main(["train", "--resume", str(run_dir), "--max-steps", str(STEPS + 2)])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and err.startswith("error: ")
+    assert "written by 2 processes, this run has 1" in err
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_a_one_process_run_resumed_by_two_stops_both_with_the_error_said_once(runs: Runs, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.single(1), run_dir)
+    result = subprocess.run([sys.executable, "-m", "gptforge", "train", "--nproc", "2", "--resume", str(run_dir)],
+                            env=runs.env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert result.returncode != 0  # torchrun's status, passed on by --nproc
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "written by 1 process, this run has 2" in errors[0], result.stderr
+
+
+# --- stopping together -----------------------------------------------------------------------------------
+
+
+def worker_pid(torchrun_pid: int, rank: int) -> int:
+    """The process torchrun started for `rank` (Linux: found through /proc)."""
+    for children in Path(f"/proc/{torchrun_pid}/task").glob("*/children"):
+        for pid in children.read_text().split():
+            if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                return int(pid)
+    raise AssertionError(f"no rank {rank} among the children of {torchrun_pid}")
+
+
+@pytest.mark.parametrize("target", ["torchrun", "rank 1"])
+def test_sigterm_stops_every_process_after_the_same_step_and_saves_once(runs: Runs, tmp_path: Path,
+                                                                        target: str) -> None:
+    """To torchrun's process group (Ctrl-C in a shell, a scheduler), or to one training process alone."""
+    run_dir = tmp_path / "run"
+    command = torchrun_command(runs.flags(run_dir, max_steps=1_000_000, eval_interval=0, checkpoint_interval=1000))
+    with (tmp_path / "out.txt").open("w") as stdout, (tmp_path / "err.txt").open("w") as stderr:
+        process = subprocess.Popen(command, env=runs.env, stdout=stdout, stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not (run_dir / "metrics.jsonl").is_file() or len(records(run_dir, "train")) < 4:
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "err.txt").read_text()
+            time.sleep(0.1)
+        if target == "torchrun":
+            os.killpg(process.pid, signal.SIGTERM)  # torchrun passes it on to each training process
+        else:
+            os.kill(worker_pid(process.pid, rank=1), signal.SIGTERM)
+        process.wait(timeout=TIMEOUT_S)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    log, stderr = (run_dir / "train.log").read_text(encoding="utf-8"), (tmp_path / "err.txt").read_text()
+    # a process left behind in a collective would end in a traceback once its peer left; the only ones
+    # allowed are torchrun's own reports of the signal it got or of its processes' exit status
+    assert stderr.count("Traceback") == stderr.count("SignalException: Process") + stderr.count(
+        "ChildFailedError:"), stderr
+    assert log.count("SIGTERM: saving") == 1  # with target "rank 1", rank 0 got no signal and still stopped
+    state = last_state(run_dir)
+    assert 4 <= state["step"] < 1_000_000
+    assert state["step"] == records(run_dir, "train")[-1]["step"] + 1
+    assert f"stopped by SIGTERM after step {state['step'] - 1}" in log
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert "stopped: stopped by SIGTERM" in (run_dir / "summary.txt").read_text(encoding="utf-8")
+
+
+# --- settings ------------------------------------------------------------------------------------------------
+
+
+def test_parallel_strategy_follows_the_number_of_processes() -> None:
+    assert resolve_parallel("fsdp", 1, torch.float32) == "none"
+    assert resolve_parallel("auto", 2, torch.bfloat16) == "ddp"
+    assert resolve_parallel("fsdp", 2, torch.bfloat16) == "fsdp"
+    with pytest.raises(UserError, match="bfloat16"):
+        resolve_parallel("fsdp", 2, torch.float16)
+
+
+def test_nproc_is_left_out_of_what_torchrun_runs() -> None:
+    assert without_flag(["train", "--nproc", "2", "--out", "r"], "--nproc") == ["train", "--out", "r"]
+    assert without_flag(["train", "--nproc=2", "--np", "4"], "--nproc") == ["train"]
+    assert without_flag(["train", "--n-layer", "2"], "--nproc") == ["train", "--n-layer", "2"]
+
+
+@pytest.mark.parametrize("flags", [["--nproc", "0"], ["--nproc", "2", "--parallel", "zero"]], ids=["nproc", "parallel"])
+def test_bad_multi_process_flags_are_one_error_line(flags: list[str], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    status = main(["train", "--preset", "tiny", "--out", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert not (tmp_path / "run").exists()
