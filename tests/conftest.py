@@ -5,9 +5,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from gptforge.config import RunConfig, from_preset
 from gptforge.run_setup import train
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked gpu need CUDA: without it they are skipped, with the reason shown (make test passes -rs)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m gpu` on a machine with one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from gptforge.cli import main
 from gptforge.config import apply_overrides, from_preset
 from gptforge.distributed import resolve_parallel, without_flag
 from gptforge.errors import UserError
-from gptforge.run_setup import train
+from gptforge.run_setup import resolve_accumulation, train
 
 CORPUS_CHARS = 20_000
 GLOBAL_BATCH = 4
@@ -92,9 +92,11 @@ class Runs:
     def flags(self, out: Path, **overrides: Any) -> list[str]:
         return as_flags(settings(self.corpus, out, batch_size=GLOBAL_BATCH // 2, **overrides))
 
-    def torchrun(self, gptforge_args: list[str]) -> subprocess.CompletedProcess:
-        return self.check(subprocess.run(torchrun_command(gptforge_args), env=self.env, capture_output=True,
-                                         text=True, timeout=TIMEOUT_S))
+    def torchrun(self, gptforge_args: list[str], probe: str | None = None,
+                 check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(torchrun_command(gptforge_args, probe), env=self.env, capture_output=True,
+                                text=True, timeout=TIMEOUT_S)
+        return self.check(result) if check else result
 
     @staticmethod
     def check(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -102,9 +104,11 @@ class Runs:
         return result
 
 
-def torchrun_command(gptforge_args: list[str]) -> list[str]:
+def torchrun_command(gptforge_args: list[str], probe: str | None = None) -> list[str]:
+    """Two processes of `gptforge ARGS`, or of tests/distributed_probe.py PROBE ARGS."""
+    program = ["-m", "gptforge"] if probe is None else [str(Path(__file__).with_name("distributed_probe.py")), probe]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "gptforge", *gptforge_args]
+            *program, *gptforge_args]
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +137,7 @@ def test_two_processes_with_half_the_batch_train_like_one_with_all_of_it(runs: R
                                                                          grad_accum: int) -> None:
     single, ranks = runs.single(grad_accum), runs.two_ranks(parallel, grad_accum)
     expected, actual = losses(single), losses(ranks)
-    assert sorted(actual) == list(range(STEPS))
+    assert [r["step"] for r in records(ranks, "train")] == list(range(STEPS))  # once each: rank 0 alone writes
     assert actual == pytest.approx(expected, abs=TOLERANCE, rel=0)
     assert len(set(expected.values())) == STEPS  # the loss moves, so a step that went wrong would show
     assert losses(ranks, "eval") == pytest.approx(losses(single, "eval"), abs=TOLERANCE, rel=0)
@@ -153,10 +157,11 @@ def test_a_sharded_run_saves_the_one_process_checkpoint_layout(runs: Runs) -> No
     assert sharded["optimizer"]["param_groups"] == single["optimizer"]["param_groups"]
 
 
-def test_resume_under_two_processes_continues_exactly(runs: Runs) -> None:
-    straight = runs.two_ranks("fsdp", 1)
-    split = runs.root / "fsdp-split"
-    runs.torchrun(runs.flags(split, parallel="fsdp", max_steps=STEPS // 2))
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_resume_under_two_processes_continues_exactly(runs: Runs, parallel: str) -> None:
+    straight = runs.two_ranks(parallel, 1)
+    split = runs.root / f"{parallel}-split"
+    runs.torchrun(runs.flags(split, parallel=parallel, max_steps=STEPS // 2))
     result = runs.torchrun(["train", "--resume", str(split), "--max-steps", str(STEPS)])
     assert f"resuming {split} from last.pt at step {STEPS // 2}" in result.stdout
     assert losses(split) == losses(straight)  # bit for bit, not approximately
@@ -167,6 +172,46 @@ def test_resume_under_two_processes_continues_exactly(runs: Runs) -> None:
         assert torch.equal(resumed["model"][name], tensor), name
     for index, saved in uninterrupted["optimizer"]["state"].items():
         assert all(torch.equal(resumed["optimizer"]["state"][index][k], v) for k, v in saved.items()), index
+
+
+# --- gradients cross processes once per optimizer step ----------------------------------------------------
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_gradients_are_exchanged_only_on_the_last_micro_step(runs: Runs, parallel: str) -> None:
+    # DDP: one bucket holds this model's gradients, so one all-reduce a step, not one per micro-step.
+    # FSDP2: reduce-scatter is switched off for the first two of three micro-steps and on for the last.
+    result = runs.torchrun(runs.flags(runs.root / f"sync-{parallel}", parallel=parallel, grad_accum=3, max_steps=2,
+                                      eval_interval=0), probe="sync")
+    steps = [json.loads(line.removeprefix("SYNC ")) for line in result.stdout.splitlines()
+             if line.startswith("SYNC ")]
+    assert [step["step"] for step in steps] == [0, 1]
+    for step in steps:
+        if parallel == "ddp":
+            assert step["ddp_buckets"] == 1 and step["fsdp_sync"] == [], step
+        else:
+            assert step["ddp_buckets"] == 0 and step["fsdp_sync"] == [False, False, True], step
+
+
+def test_global_tokens_per_step_is_shared_out_over_the_processes(runs: Runs) -> None:
+    config = from_preset("tiny")
+    apply_overrides(config, settings(runs.corpus, runs.root / "unused", batch_size=2, tokens_per_step=256))
+    for world_size, grad_accum in [(1, 8), (2, 4), (4, 2)]:
+        resolve_accumulation(config, world_size)
+        assert config.train.grad_accum == grad_accum
+    with pytest.raises(UserError, match="batch_size x block_size x processes = 96"):
+        resolve_accumulation(config, 3)
+
+
+def test_a_nan_on_one_process_stops_both_before_the_update(runs: Runs) -> None:
+    run_dir = runs.root / "nan"
+    result = runs.torchrun(runs.flags(run_dir, checkpoint_interval=1, eval_interval=0), probe="nan-on-rank-1",
+                           check=False)
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "non-finite values at step 2" in errors[0], result.stderr[-3000:]
+    assert [r["step"] for r in records(run_dir, "train")] == [0, 1]
+    assert last_state(run_dir)["step"] == 2  # the last good checkpoint, from before the bad step
 
 
 # --- one process reads what two wrote --------------------------------------------------------------------

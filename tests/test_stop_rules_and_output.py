@@ -43,6 +43,20 @@ def test_time_budget_stops_the_run(tmp_path) -> None:
     assert outcome.last_checkpoint is not None and outcome.last_checkpoint.is_file()
 
 
+def test_time_budget_counts_evaluations_too(tmp_path) -> None:
+    # each step takes milliseconds and each evaluation about a second: a budget that counted only the
+    # steps would run for minutes
+    config = tiny_char_config(tmp_path / "run", max_steps=100_000, time_budget=2.0, log_interval=1, eval_interval=1,
+                              eval_batches=300, batch_size=16, val_fraction=0.5, checkpoint_interval=100_000)
+    started = time.monotonic()
+    outcome = train(config)
+    assert outcome.reason == "used the time budget of 2s"
+    assert time.monotonic() - started < 30
+    evals = records(outcome.run_dir, "eval")
+    assert evals[-1]["elapsed_s"] >= 2.0
+    assert len(evals) < 40
+
+
 def test_periodic_samples_are_logged(tmp_path) -> None:
     config = tiny_char_config(tmp_path / "run", max_steps=6, sample_interval=3, sample_tokens=12)
     outcome = train(config)

@@ -10,6 +10,7 @@ import fcntl
 import gzip
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -350,8 +351,37 @@ def test_finished_run_has_metrics_log_summary_and_curves(finished_run: Path) -> 
     summary = (finished_run / "summary.txt").read_text(encoding="utf-8")
     assert "stopped: reached max_steps 6" in summary
     assert "steps: 6\n" in summary
+    best_val = min(r["val_loss"] for r in read_records(finished_run, "eval"))
+    last_train = read_records(finished_run, "train")[-1]
+    assert f"tokens seen: {6 * 64:,}" in summary
+    assert f"final training loss: {last_train['loss']:.4f}" in summary
+    assert f"best loss (val): {best_val:.4f}" in summary
+    assert re.search(r"training time: \d+\.\ds \(wall time of this session \d+\.\ds\)", summary)
+    assert str(finished_run / "checkpoints" / "best.pt") in summary
     assert (finished_run / "curves.png").read_bytes().startswith(PNG_MAGIC)
     assert (finished_run / "tokenizer.json").is_file()
+
+
+def test_the_log_opens_with_the_setup_and_ends_with_a_sample(finished_run: Path) -> None:
+    log = (finished_run / "train.log").read_text(encoding="utf-8")
+    text = (finished_run.parent / "corpus.txt").read_text(encoding="utf-8")
+    start = log.split("step 0 | epoch")[0]
+    assert "device cpu | dtype float32 | compile False | processes 1" in start
+    assert "Total parameters:" in start and "transformer.h.0" in start  # the parameter table
+    assert f"{len(text):,} tokens:" in start  # the whole corpus, then the train / val split
+    assert "tokens per step: 64 = batch 2 x block 16 x accumulation 2 x processes 1" in start
+    assert "micro-batches per epoch" in start
+    sample = re.search(r"--- sample ---\n(.*)\n---", log, re.DOTALL)
+    assert sample is not None and sample.group(1), "no sample at the end of the run"
+    assert set(sample.group(1)) <= set(text)  # a char model writes the corpus's characters
+
+
+def test_best_checkpoint_holds_the_step_with_the_lowest_val_loss(finished_run: Path) -> None:
+    evals = read_records(finished_run, "eval")
+    best = min(evals, key=lambda r: r["val_loss"])
+    state = load_checkpoint(finished_run / "checkpoints" / "best.pt")
+    assert state["step"] == best["step"] + 1  # saved after that step's update
+    assert state["best_loss"] == pytest.approx(best["val_loss"])
 
 
 def test_keep_checkpoints_leaves_the_two_newest_step_files(finished_run: Path) -> None:

@@ -213,6 +213,18 @@ def test_learning_rate_applied_each_step_follows_the_schedule(tmp_path: Path, co
     assert applied[warmup - 1] == pytest.approx(peak)
 
 
+def test_resume_past_the_end_keeps_the_schedule_and_says_so(tmp_path: Path, corpus: Path) -> None:
+    run_dir, peak, ratio = tmp_path / "run", 2e-3, 0.1
+    train(tiny_config(run_dir, corpus, max_steps=6, warmup_steps=2, learning_rate=peak, min_lr_ratio=ratio))
+    assert json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["train"]["decay_steps"] == 6
+    train(resume=run_dir, overrides={"max_steps": 9})
+    lrs = [record["lr"] for record in read_metrics(run_dir, "train")]
+    assert len(lrs) == 9
+    assert lrs[5] > peak * ratio  # still decaying in the first session
+    assert lrs[6:] == pytest.approx([peak * ratio] * 3)  # not a second warm restart up to the peak
+    assert "the learning rate schedule ends at step 6" in (run_dir / "train.log").read_text(encoding="utf-8")
+
+
 # --- checkpoints ----------------------------------------------------------------------------------------
 
 

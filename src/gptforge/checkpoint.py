@@ -271,31 +271,31 @@ def _claim_named_run_dir(path: Path) -> Path:
 # --- random number generators ------------------------------------------------------------------
 
 
-def capture_rng_state() -> dict[str, torch.Tensor | list]:
+def capture_rng_state(device: torch.device | None = None) -> dict[str, torch.Tensor | list]:
     """Every RNG a training step draws from, as tensors, lists and numbers that weights_only accepts.
 
     Restoring these makes a resumed run draw the same dropout masks and random batches as an
-    uninterrupted one.
+    uninterrupted one. Of the GPUs, only `device`'s generator is kept: it is the one this process
+    draws from (under torchrun every process drives its own GPU, seeded and drawn alike).
     """
     version, internal, gauss_next = random.getstate()
     _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(device)] if device is not None and device.type == "cuda" else [],
         "python": [version, list(internal), gauss_next],
         # MT19937 keys are uint32; int64 holds them exactly and every torch version can load it.
         "numpy": [torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian)],
     }
 
 
-def restore_rng_state(state: dict) -> None:
-    """Undo ``capture_rng_state``; entries that are absent (or GPUs this machine lacks) are skipped."""
+def restore_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Undo ``capture_rng_state`` on `device`; entries that are absent (a GPU state on a CPU run) are skipped."""
     if "torch" in state:
         torch.set_rng_state(state["torch"].cpu())
     cuda_states = state.get("cuda") or []
-    if cuda_states and torch.cuda.is_available():
-        for device, cuda_state in enumerate(cuda_states[: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state.cpu(), device)
+    if cuda_states and device is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda_states[0].cpu(), device)
     if "python" in state:
         version, internal, gauss_next = state["python"]
         random.setstate((version, tuple(internal), gauss_next))

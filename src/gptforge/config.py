@@ -185,9 +185,10 @@ FIELD_HELP: dict[str, str] = {
     "tokens_per_step": "global tokens per optimizer step; sets grad_accum",
     "min_lr_ratio": "cosine decays to learning_rate * min_lr_ratio",
     "schedule": "cosine, constant, or onecycle",
-    "decay_steps": "length of the schedule; defaults to max_steps",
+    "decay_steps": "length of the schedule; defaults to max_steps, fixed when the run starts (a resume with "
+                   "more steps continues at the lowest rate unless this is raised too)",
     "grad_clip": "0 disables clipping",
-    "time_budget": "seconds of training before stopping",
+    "time_budget": "wall-clock seconds in the training loop (steps, evals, samples, saves) before stopping",
     "target_loss": "stop once an optimizer step's mean training loss is below this",
     "sample_interval": "0 disables periodic samples during training",
     "keep_checkpoints": "also keep the last K step-N.pt files (0: only last.pt and best.pt)",

@@ -40,12 +40,23 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """`auto`: bf16 on GPUs that have it, fp16 (with loss scaling) on older GPUs, fp32 elsewhere."""
     if name != "auto":
         dtype = DTYPES[name]
-        if dtype == torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        if dtype == torch.bfloat16 and device.type == "cuda" and not gpu_has_bf16(device):
             raise UserError("this GPU has no bfloat16 support; use --dtype float16 (loss scaling is automatic)")
         return dtype
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if gpu_has_bf16(device) else torch.float16
     return torch.float32
+
+
+def gpu_has_bf16(device: torch.device) -> bool:
+    """Whether the GPU computes in bf16 natively: NVIDIA from Ampere (compute capability 8.0) on.
+
+    torch.cuda.is_bf16_supported() also says yes for older NVIDIA GPUs (T4, V100), where bf16 is
+    emulated and slow; those train faster in fp16 with loss scaling.
+    """
+    if torch.version.hip:  # ROCm reports its own capability numbering; trust torch there
+        return torch.cuda.is_bf16_supported()
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 @dataclass

@@ -87,6 +87,8 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     if init is not None:
         init.check_tokenizer(tokenizer)
     config.model.vocab_size = padded_vocab_size(tokenizer.vocab_size, train.pad_vocab_to)
+    if train.decay_steps is None:  # fixed now, so a resume that raises max_steps does not stretch the schedule
+        train.decay_steps = train.max_steps
     config.validate()
     console = RunLog(None, enabled=rank == 0)
     tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
@@ -125,6 +127,11 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     apply_overrides(config, overrides)
     config.train.out = str(run_dir)
     config.validate()
+    saved_world_size = state.get("world_size", 1)
+    if saved_world_size != world_size:  # before anything derived from the number of processes
+        raise UserError(f"the checkpoint was written by {saved_world_size} process"
+                        f"{'es' if saved_world_size > 1 else ''}, this run has {world_size}; resume with "
+                        "the same number of processes (torchrun --nproc_per_node, or gptforge train --nproc)")
     resolve_accumulation(config, world_size)
     tokenizer_file = run_dir / "tokenizer.json"
     if tokenizer_file.is_file():
@@ -137,8 +144,18 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     log = open_log(run_dir, config, rank)
     for warning in warnings:
         log.warn(warning)
+    train = config.train
+    if train.schedule != "constant" and train.decay_steps is not None and train.max_steps > train.decay_steps:
+        log.info(f"the learning rate schedule ends at step {train.decay_steps}: later steps train at the lowest "
+                 f"rate ({train.learning_rate * train.min_lr_ratio:.2e}); pass --decay-steps to stretch it")
     trainer = Trainer(config, run_dir, tokenizer, train_tokens, val_tokens, log, rank=rank, world_size=world_size)
     trainer.load_state_dict(state)
+    if world_size > 1:  # each process picked the newest checkpoint it could read: they must have found the same
+        newest, minus_oldest = distributed.max_over_ranks([trainer.step, -trainer.step], trainer.device)
+        if newest != -minus_oldest:
+            raise UserError(f"the processes found different newest checkpoints in {run_dir} (steps {-minus_oldest:.0f} "
+                            f"to {newest:.0f}); every process must see the same files: put --out on a filesystem "
+                            "they all share")
     if rank == 0:
         atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
     log.info(f"resuming {run_dir} from {path.name} at step {trainer.step} "

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import json
 import re
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,7 +107,9 @@ class GPT2Tokenizer(Tokenizer):
             return np.array(self.encode(text), dtype=dtype)
         # Batches of 8 chunks keep tiktoken's 8 threads busy while the bar still moves.
         parts: list[np.ndarray] = []
-        with tqdm(total=len(text), unit="char", unit_scale=True, desc="tokenizing", disable=not progress) as bar:
+        # like every bar here, only on a terminal: in a log file its carriage returns would be garbage
+        bar_on = progress and sys.stderr.isatty()
+        with tqdm(total=len(text), unit="char", unit_scale=True, desc="tokenizing", disable=not bar_on) as bar:
             for start in range(0, len(chunks), 8):
                 batch = chunks[start:start + 8]
                 parts.extend(np.array(ids, dtype=dtype) for ids in self._encoding.encode_ordinary_batch(batch))

@@ -11,7 +11,7 @@ import torch
 
 from gptforge.checkpoint import load_checkpoint, load_latest
 from gptforge.config import RunConfig
-from gptforge.device import resolve_device
+from gptforge.device import gpu_has_bf16, resolve_device
 from gptforge.errors import UserError
 from gptforge.model import GPT, count_parameters
 from gptforge.tokenizer import Tokenizer, tokenizer_from_dict
@@ -88,6 +88,6 @@ def weights_mismatch(model: torch.nn.Module, weights: Any) -> str:
 def autocast_for(model: GPT) -> torch.autocast | None:
     """bf16 autocast for inference on GPUs that have it; None means plain fp32."""
     device = model.lm_head.weight.device
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and gpu_has_bf16(device):
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return None

@@ -84,7 +84,7 @@ class Trainer:
 
         self.step = 0  # optimizer steps completed
         self.tokens_seen = 0
-        self.elapsed_s = 0.0  # training time over all sessions of this run
+        self.elapsed_s = 0.0  # wall time in fit() over all sessions of this run: steps, evals, samples, saves
         self.best_loss = math.inf
         self.last_loss = math.nan
         self.signal_received: int | None = None  # by this process
@@ -133,7 +133,6 @@ class Trainer:
                           tokens=self.tokens_per_step, seconds=time.perf_counter() - started)
         self.step += 1
         self.tokens_seen += stats.tokens
-        self.elapsed_s += stats.seconds
         self.last_loss = loss_value
         return stats
 
@@ -198,7 +197,7 @@ class Trainer:
             "best_loss": self.best_loss,
             "last_loss": self.last_loss,
             "sampler": self.sampler.state_dict(),
-            "rng": capture_rng_state(),
+            "rng": capture_rng_state(self.device),
             "world_size": self.world_size,
             "config": self.config.to_dict(),
             "tokenizer": self.tokenizer.to_dict(),
@@ -211,11 +210,6 @@ class Trainer:
         if changed:
             detail = ", ".join(f"{k}: checkpoint {a} vs now {b}" for k, (a, b) in changed.items())
             raise UserError(f"the checkpoint's model differs from this run's ({detail})")
-        saved_world_size = state.get("world_size", 1)
-        if saved_world_size != self.world_size:
-            raise UserError(f"the checkpoint was written by {saved_world_size} process"
-                            f"{'es' if saved_world_size > 1 else ''}, this run has {self.world_size}; resume with "
-                            "the same number of processes (torchrun --nproc_per_node, or gptforge train --nproc)")
         distributed.load_full_state_dicts(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
@@ -224,7 +218,7 @@ class Trainer:
         self.elapsed_s = state["elapsed_s"]
         self.best_loss = state["best_loss"]
         self.last_loss = state["last_loss"]
-        restore_rng_state(state["rng"])
+        restore_rng_state(state["rng"], self.device)
 
     def save(self, best: bool = False) -> Path:
         """Write last.pt (and best.pt / step-N.pt as links to the same bytes) atomically.
@@ -286,10 +280,13 @@ class Trainer:
             handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.log.start_progress(self.step, train.max_steps)
         reason: str | None = None if self.step < train.max_steps else f"already at max_steps {train.max_steps}"
+        session_started, elapsed_before = time.perf_counter(), self.elapsed_s
         try:
             while reason is None:
                 try:
                     stats = self.train_step()
+                    # the time budget is wall time: evaluations, samples and checkpoints count too
+                    self.elapsed_s = elapsed_before + time.perf_counter() - session_started
                 except NonFiniteLoss as exc:
                     raise UserError(
                         f"non-finite values at step {self.step} ({exc}); the optimizer step was not taken and "
