@@ -6,6 +6,14 @@ TORCH ?= torch==2.13.0
 ARGS ?=
 BIN := $(VENV)/bin
 
+# A data folder beside the checkout (../shared/data, as on this project's offline machines and CI) serves
+# tiny Shakespeare and the GPT-2 BPE without a download, unless GPTFORGE_DATA_DIR already names one.
+ifeq ($(origin GPTFORGE_DATA_DIR),undefined)
+ifneq ($(wildcard ../shared/data/tinyshakespeare.txt),)
+export GPTFORGE_DATA_DIR := $(abspath ../shared/data)
+endif
+endif
+
 .PHONY: train test lint clean-venv
 
 $(BIN)/activate:

@@ -98,6 +98,34 @@ def test_facts_panel_shows_parameters_steps_and_context(trained) -> None:
     assert "**steps trained**: 20" in text
     assert "**context length**: 32 tokens" in text
     assert "char (65 tokens)" in text
+    assert "**preset**: `tiny`" in text
+    assert f"**final training loss**: {trained.facts['final_loss']:.4f}" in text
+    assert f"**best loss**: {trained.facts['best_loss']:.4f}" in text
+
+
+def test_serve_command_reads_each_model_source_with_share_off_and_the_caps(trained, tiny_run, tmp_path,
+                                                                           monkeypatch) -> None:
+    """`gptforge serve` hands serve() the model from --run, --checkpoint or --hf, bound to 127.0.0.1, not shared."""
+    pytest.importorskip("transformers", reason="--hf needs transformers (the dev extra has it)")
+    from gptforge import app
+    from gptforge.cli import main
+    from gptforge.hf import export_hf
+
+    served = []
+    monkeypatch.setattr(app, "serve", lambda model, **kwargs: served.append((model, kwargs)))
+    export_hf(trained, tmp_path / "hf")
+    sources = [["--run", str(tiny_run)], ["--checkpoint", str(tiny_run / "checkpoints" / "last.pt")],
+               ["--hf", str(tmp_path / "hf")]]
+    for source in sources:
+        assert main(["serve", *source, "--device", "cpu", "--max-new-tokens-cap", "77"]) == 0
+    x = torch.tensor([trained.tokenizer.encode("ROMEO:")])
+    with torch.no_grad():
+        expected = trained.model(x)[0][..., :65]
+        for model, kwargs in served:
+            assert kwargs["host"] == "127.0.0.1" and kwargs["share"] is False
+            assert kwargs["limits"].max_new_tokens == 77
+            torch.testing.assert_close(model.model(x)[0][..., :65], expected, atol=1e-5, rtol=0)
+    assert len(served) == 3
 
 
 def test_examples_are_only_prompts_the_tokenizer_can_encode(trained) -> None:

@@ -1,8 +1,10 @@
 """The demo in a real browser: `serve` a model, type a prompt in headless Chromium, watch text stream in.
 
 Needs Playwright's Python package and a Chromium on PATH (Debian: apt-get install chromium); skipped
-with the reason when either is missing. GPTFORGE_UPDATE_SCREENSHOT=1 also writes docs/demo.png, and
-GPTFORGE_DEMO_RUN=DIR serves that run instead of the tiny one (a model trained longer reads better there).
+with the reason when either is missing, and failed instead where GPTFORGE_REQUIRE_BROWSER=1 (CI sets it,
+so the demo's only real-browser check cannot quietly stop running). GPTFORGE_UPDATE_SCREENSHOT=1 also
+writes docs/demo.png, and GPTFORGE_DEMO_RUN=DIR serves that run instead of the tiny one (a model trained
+longer reads better there).
 """
 
 import os
@@ -23,13 +25,21 @@ DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "demo.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
 PROMPT = "ROMEO:"
+LONG_PROMPT = "JULIET:"  # the generation the test stops halfway
+LONG_TOKENS = 20_000  # a char model needs many seconds for these: long enough to be stopped
+
+
+def missing(reason: str) -> None:
+    if os.environ.get("GPTFORGE_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"{reason}, and GPTFORGE_REQUIRE_BROWSER=1 says this machine must run the browser test")
+    pytest.skip(reason)
 
 
 def chromium_path() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if found := shutil.which(name):
             return found
-    pytest.skip("Chromium not found on PATH (Debian: apt-get install chromium)")
+    missing("Chromium not found on PATH (Debian: apt-get install chromium)")
 
 
 def trained_model(tmp_path: Path) -> TrainedModel:
@@ -54,7 +64,8 @@ def start_serving(trained: TrainedModel, port: int, monkeypatch: pytest.MonkeyPa
         return demos[-1]
 
     monkeypatch.setattr(app, "build_demo", build_and_keep)
-    thread = threading.Thread(target=app.serve, args=(trained,), kwargs={"port": port}, daemon=True)
+    limits = app.DemoLimits(max_new_tokens=LONG_TOKENS)
+    thread = threading.Thread(target=app.serve, args=(trained,), kwargs={"port": port, "limits": limits}, daemon=True)
     thread.start()
     return thread, demos
 
@@ -82,7 +93,10 @@ def wait_until_quiet(page, selector: str, quiet_s: float = 1.5, timeout_s: float
 
 @pytest.mark.slow
 def test_generate_in_a_browser(tmp_path, monkeypatch, capsys) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        missing("Playwright is not installed (pip install playwright)")
     executable = chromium_path()
     trained = trained_model(tmp_path)
     port = free_port()
@@ -103,6 +117,18 @@ def test_generate_in_a_browser(tmp_path, monkeypatch, capsys) -> None:
             if os.environ.get("GPTFORGE_UPDATE_SCREENSHOT") == "1":
                 DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
                 page.screenshot(path=str(DOCS_SCREENSHOT))
+
+            # a long generation, stopped once it has begun: the text stops growing, far short of its length
+            page.locator("#max-new-tokens input[type=number]").fill(str(LONG_TOKENS))
+            page.locator("#max-new-tokens input[type=number]").press("Enter")
+            assert page.input_value("#max-new-tokens input[type=number]") == str(LONG_TOKENS)
+            page.locator("#prompt textarea").fill(LONG_PROMPT)
+            page.locator("#generate").click()
+            page.wait_for_function("() => { const text = document.querySelector('#output textarea').value; "
+                                   f"return text.startsWith('{LONG_PROMPT}') && text.length > 100; }}",
+                                   timeout=60_000)
+            page.locator("#stop").click()
+            stopped = wait_until_quiet(page, "#output textarea", quiet_s=3)
             browser.close()
     finally:
         for demo in demos:
@@ -110,5 +136,6 @@ def test_generate_in_a_browser(tmp_path, monkeypatch, capsys) -> None:
         thread.join(timeout=30)
     assert output.startswith(PROMPT)
     assert len(output) > len(PROMPT) + 20
+    assert stopped.startswith(LONG_PROMPT) and len(stopped) < LONG_TOKENS // 2, len(stopped)
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert not thread.is_alive()  # serve() returned once its server was closed

@@ -122,27 +122,51 @@ def test_stream_equals_batch_text_and_stop_string(char_model) -> None:
     assert stop not in cut
 
 
+class Scripted(GPT):
+    """Emits `script` one token at a time after a one-token prompt, whatever the input."""
+
+    def __init__(self, script: list[int]) -> None:
+        super().__init__(GPTConfig(block_size=64, vocab_size=50304, n_layer=1, n_head=1, n_embd=8))
+        self.script = script
+
+    def forward(self, idx, targets=None, *, start=0, last_only=False):
+        produced = idx.size(1) + start - 1  # tokens generated before this call
+        logits = torch.full((idx.size(0), 1, self.config.vocab_size), -1e9)
+        logits[:, :, self.script[min(produced, len(self.script) - 1)]] = 0.0
+        return logits, None
+
+
 def test_stream_never_splits_a_multibyte_character(data_dir) -> None:
     tokenizer = GPT2Tokenizer(data_dir / "gpt2.tiktoken")
     text = "naïve café — 日本語 🙂 ok"
     pieces_ids = tokenizer.encode(text)
     assert any("\ufffd" in tokenizer.decode([i]) for i in pieces_ids)  # some tokens are partial characters
-
-    class Scripted(GPT):
-        """Emits the encoded text one token at a time, whatever the input."""
-
-        def forward(self, idx, targets=None, *, start=0, last_only=False):
-            position = idx.size(1) + start - 1 - self.prompt_length
-            logits = torch.full((idx.size(0), 1, self.config.vocab_size), -1e9)
-            logits[:, :, pieces_ids[min(position + 1, len(pieces_ids) - 1)]] = 0.0
-            return logits, None
-
-    model = Scripted(GPTConfig(block_size=64, vocab_size=50304, n_layer=1, n_head=1, n_embd=8))
-    model.prompt_length = 1
     settings = SamplingSettings(max_new_tokens=len(pieces_ids), temperature=0, use_cache=False)
-    pieces = list(stream_text(model, tokenizer, "", settings))
+    pieces = list(stream_text(Scripted(pieces_ids), tokenizer, "", settings))
     assert "".join(pieces) == text
     assert all("\ufffd" not in piece for piece in pieces)
+
+
+def test_generation_ends_at_the_end_of_text_token(data_dir) -> None:
+    tokenizer = GPT2Tokenizer(data_dir / "gpt2.tiktoken")
+    model = Scripted(tokenizer.encode("Hello there") + [tokenizer.eot_id] + tokenizer.encode(" after"))
+    settings = SamplingSettings(max_new_tokens=20, temperature=0, use_cache=False)
+    assert "".join(stream_text(model, tokenizer, "", settings)) == "Hello there"
+    assert generate_text(model, tokenizer, "", settings, num_samples=2) == ["Hello there"] * 2
+    keep_going = SamplingSettings(max_new_tokens=20, temperature=0, use_cache=False, stop_at_eot=False)
+    assert "".join(stream_text(model, tokenizer, "", keep_going)).startswith("Hello there<|endoftext|> after")
+
+
+def test_a_prompt_longer_than_the_context_keeps_its_last_tokens(char_model) -> None:
+    model, tokenizer = char_model
+    long_prompt = tokenizer.encode("First Citizen: before we proceed any further, hear me speak.")
+    assert len(long_prompt) > model.config.block_size
+    settings = SamplingSettings(max_new_tokens=10, temperature=0)
+    cropped = long_prompt[-model.config.block_size:]
+    assert torch.equal(ids(model, long_prompt, settings, tokenizer.vocab_size),
+                       ids(model, cropped, settings, tokenizer.vocab_size))
+    assert not torch.equal(ids(model, long_prompt[:model.config.block_size], settings, tokenizer.vocab_size),
+                           ids(model, cropped, settings, tokenizer.vocab_size))
 
 
 @pytest.mark.parametrize("bad", [

@@ -268,6 +268,22 @@ def test_train_init_from_hf_cli(tmp_path: Path, data_dir: Path) -> None:
     assert saved["train"]["init"] == f"hf:{folder}"
 
 
+def test_finetune_recipe_trains_from_a_gpt2_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "gpt2"
+    random_hf_folder(folder)
+    done = run_train("--preset", "shakespeare-finetune", "--init-from", f"hf:{folder}", "--block-size", "32",
+                     "--batch-size", "2", "--max-steps", "3", "--eval-interval", "3", "--eval-batches", "2",
+                     "--sample-tokens", "4", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["preset"] == "shakespeare-finetune" and config["train"]["learning_rate"] == 1e-4
+    assert config["train"]["data"] == "shakespeare" and config["train"]["tokenizer"] == "gpt2"
+    assert config["model"]["n_embd"] == 16  # the folder's shape, not GPT-2 124M's
+    evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+             if json.loads(line)["kind"] == "eval"]
+    assert [record["step"] for record in evals] == [2]
+
+
 # --- errors -----------------------------------------------------------------------------------------------
 
 

@@ -230,7 +230,7 @@ def build_demo(trained: TrainedModel, limits: DemoLimits = DEFAULT_LIMITS) -> gr
                     gr.Examples(examples=[[text] for text in examples], inputs=[prompt], label="Example prompts")
             with gr.Column(scale=2):
                 max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=min(200, limits.max_new_tokens), step=1,
-                                           label="Max new tokens")
+                                           label="Max new tokens", elem_id="max-new-tokens")
                 temperature = gr.Slider(0.0, 2.0, value=0.8, step=0.05, label="Temperature",
                                         info="0 is greedy: always the most likely token")
                 top_k = gr.Slider(0, trained.tokenizer.vocab_size, value=min(200, trained.tokenizer.vocab_size),
