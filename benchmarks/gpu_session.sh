@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Everything the project still has to measure on a CUDA GPU, in one command, for a session that has one:
+#   correctness of the CUDA paths (tests marked gpu), training throughput and MFU of GPT-2 124M, the scaling
+#   table (model size, context length), and the flagship run to training loss < 0.1 with its log and curves.
+#
+#   GPTFORGE_DATA_DIR=... OUT=results-dir bash benchmarks/gpu_session.sh [tests|bench|scaling|flagship]...
+#
+# With no argument it runs all four parts (well over 10 minutes with compilation); name parts to split the
+# work across calls. Results land in $OUT (at most 8 files, as a device lease returns them):
+#   gpu-tests.txt, bench.jsonl (one `gptforge bench --json` object per line), bench.txt (the tables), and
+#   for the flagship run train.log, metrics.jsonl, curves.png, summary.txt. Record them in RESULTS.md.
+# Runs from a checkout without installing: PYTHONPATH=src. Needs torch with CUDA, numpy, tiktoken, tqdm,
+# matplotlib and pytest; gradio and transformers are not needed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+: "${OUT:?set OUT to the folder for results}"
+: "${GPTFORGE_DATA_DIR:?set GPTFORGE_DATA_DIR to the folder holding tinyshakespeare.txt and gpt2.tiktoken}"
+export GPTFORGE_DATA_DIR PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export GPTFORGE_CACHE_DIR="${GPTFORGE_CACHE_DIR:-/tmp/gptforge-cache}"
+mkdir -p "$OUT"
+PYTHON="${PYTHON:-python3}"
+parts=("$@")
+[ ${#parts[@]} -eq 0 ] && parts=(tests bench scaling flagship)
+
+bench() {  # bench ARGS...: one line of JSON in bench.jsonl and the table in bench.txt
+  local json
+  json=$(mktemp)
+  echo "== gptforge bench $*" | tee -a "$OUT/bench.txt"
+  if "$PYTHON" -m gptforge bench "$@" --json "$json" 2>&1 | tee -a "$OUT/bench.txt"; then
+    tr -d '\n' < "$json" >> "$OUT/bench.jsonl" && echo >> "$OUT/bench.jsonl"
+  fi
+  rm -f "$json"
+}
+
+for part in "${parts[@]}"; do
+  case "$part" in
+    tests)
+      { nvidia-smi; "$PYTHON" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+        git log -1 --format='commit %H' 2>/dev/null
+        "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_compile.py
+        "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_device.py tests/test_model.py tests/test_generate.py
+      } 2>&1 | tee "$OUT/gpu-tests.txt" ;;
+    bench)  # the issue's target: GPT-2 124M, T=1024, bf16, compiled
+      for batch in 16 32 64; do
+        bench --preset gpt2 --batch-size "$batch" --block-size 1024 --steps 30 --warmup 10 --generate-tokens 0
+      done
+      bench --preset gpt2 --batch-size 16 --steps 10 --warmup 5 --no-compile --generate-tokens 0
+      bench --preset gpt2 --batch-size 1 --steps 0 --generate-tokens 256 ;;
+    scaling)  # how cost grows with the model and with the context
+      for preset in gpt2 gpt2-medium gpt2-large; do
+        bench --preset "$preset" --batch-size 8 --block-size 1024 --steps 15 --warmup 8 --generate-tokens 0
+      done
+      for block in 256 512; do
+        bench --preset gpt2 --batch-size $((8 * 1024 / block)) --block-size "$block" --steps 15 --warmup 8 \
+          --generate-tokens 0
+      done ;;
+    flagship)  # shakespeare-gpt2 to training loss < 0.1; the run's files come back, its checkpoints do not
+      run=/tmp/gptforge-flagship
+      rm -rf "$run"
+      "$PYTHON" -m gptforge train --preset shakespeare-gpt2 --no-progress --out "$run" 2>&1 | tail -n 40
+      for file in train.log metrics.jsonl curves.png summary.txt; do cp "$run/$file" "$OUT/" 2>/dev/null; done ;;
+    *) echo "unknown part $part (tests, bench, scaling, flagship)" >&2; exit 2 ;;
+  esac
+done
