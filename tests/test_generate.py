@@ -147,6 +147,17 @@ def test_stream_never_splits_a_multibyte_character(data_dir) -> None:
     assert all("\ufffd" not in piece for piece in pieces)
 
 
+def test_samples_in_a_batch_stop_generating_once_all_hold_the_stop_string(data_dir) -> None:
+    tokenizer = GPT2Tokenizer(data_dir / "gpt2.tiktoken")
+    model = Scripted(tokenizer.encode("one two. three four five six seven"))
+    calls = []
+    forward = model.forward
+    model.forward = lambda *args, **kwargs: calls.append(1) or forward(*args, **kwargs)
+    settings = SamplingSettings(max_new_tokens=30, temperature=0, use_cache=False, stop=".")
+    assert generate_text(model, tokenizer, "", settings, num_samples=2) == ["one two"] * 2
+    assert len(calls) <= 4  # the prompt, then one call per token up to the ".", not 30
+
+
 def test_generation_ends_at_the_end_of_text_token(data_dir) -> None:
     tokenizer = GPT2Tokenizer(data_dir / "gpt2.tiktoken")
     model = Scripted(tokenizer.encode("Hello there") + [tokenizer.eot_id] + tokenizer.encode(" after"))

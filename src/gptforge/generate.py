@@ -184,6 +184,8 @@ def generate_text(model: GPT, tokenizer: Tokenizer, prompt: str, settings: Sampl
                 finished[row] = True
             else:
                 rows[row].append(token_id)
+                # a sample that holds the stop string is done: stop generating once every sample is
+                finished[row] = bool(settings.stop) and settings.stop in tokenizer.decode(rows[row])
         if all(finished):
             break
     texts = [tokenizer.decode(row) for row in rows]
