@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 import torch
 
+from gptforge.cli import main
 from gptforge.config import RunConfig, from_preset
 from gptforge.run_setup import train
 
@@ -54,3 +55,14 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
         env.setenv("GPTFORGE_DATA_DIR", str(data_dir))
         env.setenv("GPTFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("tiny-cache")))
         return train(tiny_char_config(tmp_path_factory.mktemp("tiny") / "run")).run_dir
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """`gptforge ARGV` in this process: (exit status, stdout, stderr); argparse exits through SystemExit."""
+    capsys.readouterr()
+    try:
+        status = main(argv)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    out, err = capsys.readouterr()
+    return status, out, err

@@ -18,7 +18,8 @@ import gradio as gr
 import pytest
 import torch
 
-from gptforge.cli import build_parser, main
+from conftest import run_main
+from gptforge.cli import build_parser
 
 SUBPROCESS_TIMEOUT_S = 120
 CORPUS_CHARS = 20_000
@@ -200,16 +201,6 @@ CASES: dict[str, tuple[list[str], str]] = {
 def fill(argv: list[str], paths: dict[str, Path], out: Path) -> list[str]:
     return [arg.format(out=out, **paths) for arg in argv]
 
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """`gptforge ARGV` in this process: (exit status, stdout, stderr); argparse exits through SystemExit."""
-    capsys.readouterr()
-    try:
-        status = main(argv)
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def assert_one_error_line(status: int, err: str, expected: str) -> None:

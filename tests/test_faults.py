@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 import torch
 
+from conftest import run_main
 from gptforge import fileio, runlog
 from gptforge.checkpoint import checkpoint_candidates, load_checkpoint, save_checkpoint
 from gptforge.cli import main
@@ -54,16 +55,6 @@ def write_corpus(folder: Path, data_dir: Path) -> Path:
 def corpus(tmp_path: Path, data_dir: Path) -> Path:
     return write_corpus(tmp_path, data_dir)
 
-
-def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """`gptforge ARGV` in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        status = main(argv)
-    except SystemExit as exc:
-        status = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return status, out, err
 
 
 def assert_one_error_line(status: int, err: str, *expected: str) -> str:
