@@ -174,7 +174,7 @@ def check_checkpoint_fits_run(run_dir: Path, state: dict, path: Path) -> None:
         run_model = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["model"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # no readable config.json to compare with: the checkpoint's own config is all there is
-    checkpoint_model = state["config"].get("model", {}) if isinstance(state["config"], dict) else {}
+    checkpoint_model = state["config"]["model"]
     differences = [f"{key} {run_model.get(key)} in config.json vs {checkpoint_model.get(key)} in the checkpoint"
                    for key in sorted(MODEL_KEYS) if run_model.get(key) != checkpoint_model.get(key)]
     if differences:

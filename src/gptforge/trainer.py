@@ -204,12 +204,6 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved_model = state["config"]["model"]
-        ours = self.config.to_dict()["model"]
-        changed = {k: (saved_model.get(k), v) for k, v in ours.items() if saved_model.get(k) != v}
-        if changed:
-            detail = ", ".join(f"{k}: checkpoint {a} vs now {b}" for k, (a, b) in changed.items())
-            raise UserError(f"the checkpoint's model differs from this run's ({detail})")
         distributed.load_full_state_dicts(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
