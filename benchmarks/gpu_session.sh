@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Everything the project still has to measure on a CUDA GPU, in one command, for a session that has one:
 #   correctness of the CUDA paths (tests marked gpu), training throughput and MFU of GPT-2 124M, the scaling
-#   table (model size, context length), and the flagship run to training loss < 0.1 with its log and curves.
+#   table (model size, context length), the flagship run to training loss < 0.1 with its log and curves, and
+#   how long a checkpoint save stops training.
 #
-#   GPTFORGE_DATA_DIR=... OUT=results-dir bash benchmarks/gpu_session.sh [tests|bench|scaling|flagship]...
+#   GPTFORGE_DATA_DIR=... OUT=results-dir bash benchmarks/gpu_session.sh [tests|bench|scaling|flagship|saves]...
 #
-# With no argument it runs all four parts (well over 10 minutes with compilation); name parts to split the
+# With no argument it runs all five parts (well over 10 minutes with compilation); name parts to split the
 # work across calls. Results land in $OUT (at most 8 files, as a device lease returns them):
 #   gpu-tests.txt, bench.jsonl (one `gptforge bench --json` object per line), bench.txt (the tables), and
-#   for the flagship run train.log, metrics.jsonl, curves.png, summary.txt. Record them in RESULTS.md.
+#   for the flagship run train.log, metrics.jsonl, curves.png, summary.txt; saves.txt. Record them in RESULTS.md.
 # Runs from a checkout without installing: PYTHONPATH=src. Needs torch with CUDA, numpy, tiktoken, tqdm,
 # matplotlib and pytest; gradio and transformers are not needed.
 set -uo pipefail
@@ -20,7 +21,7 @@ export GPTFORGE_CACHE_DIR="${GPTFORGE_CACHE_DIR:-/tmp/gptforge-cache}"
 mkdir -p "$OUT"
 PYTHON="${PYTHON:-python3}"
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(tests bench scaling flagship)
+[ ${#parts[@]} -eq 0 ] && parts=(tests bench scaling flagship saves)
 
 bench() {  # bench ARGS...: one line of JSON in bench.jsonl and the table in bench.txt
   local json
@@ -59,6 +60,8 @@ for part in "${parts[@]}"; do
       rm -rf "$run"
       "$PYTHON" -m gptforge train --preset shakespeare-gpt2 --no-progress --out "$run" 2>&1 | tail -n 40
       for file in train.log metrics.jsonl curves.png summary.txt; do cp "$run/$file" "$OUT/" 2>/dev/null; done ;;
-    *) echo "unknown part $part (tests, bench, scaling, flagship)" >&2; exit 2 ;;
+    saves)  # how long a save of GPT-2 124M's 1.5 GB stops training, foreground and background
+      "$PYTHON" benchmarks/bench_checkpoint_save.py --preset gpt2 --device cuda --saves 3 2>&1 | tee "$OUT/saves.txt" ;;
+    *) echo "unknown part $part (tests, bench, scaling, flagship, saves)" >&2; exit 2 ;;
   esac
 done

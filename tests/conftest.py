@@ -38,6 +38,14 @@ def isolated_dirs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, monk
     monkeypatch.setenv("GPTFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
+def require_transformers_models(transformers: Any) -> None:
+    """Skip unless transformers can build PyTorch models here: transformers 5 needs torch >= 2.6 and turns its
+    models off on older torch (there, `pip install "transformers<5"` brings these tests back)."""
+    if not transformers.utils.is_torch_available():
+        pytest.skip(f"transformers {transformers.__version__} has no PyTorch models with torch {torch.__version__}"
+                    " (transformers 5 needs torch >= 2.6; use transformers<5)")
+
+
 def tiny_char_config(out: Path, **train_settings: Any) -> RunConfig:
     """A 2-layer, 32-wide character model on tiny Shakespeare that trains in seconds on two CPU cores."""
     config = from_preset("tiny")

@@ -17,7 +17,11 @@ from gptforge.cli import main
 
 def probe_sync() -> None:
     from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
-    from torch.distributed.fsdp import FSDPModule
+
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # torch < 2.6: no FSDP2, so only DDP is probed
+        FSDPModule = None
 
     seen: dict[str, list] = {"ddp_buckets": [], "fsdp_sync": []}
 
@@ -33,7 +37,7 @@ def probe_sync() -> None:
             wrapped.parallel.register_comm_hook(None, counting_hook)
         return wrapped
 
-    set_sync = FSDPModule.set_requires_gradient_sync
+    set_sync = FSDPModule.set_requires_gradient_sync if FSDPModule is not None else None
 
     def record_sync(self, requires_gradient_sync, *args, **kwargs):
         seen["fsdp_sync"].append(requires_gradient_sync)
@@ -51,7 +55,8 @@ def probe_sync() -> None:
         return stats
 
     distributed.wrap_model = wrap_and_watch
-    FSDPModule.set_requires_gradient_sync = record_sync
+    if FSDPModule is not None:
+        FSDPModule.set_requires_gradient_sync = record_sync
     trainer.Trainer.train_step = step_and_report
 
 

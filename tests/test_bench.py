@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 import torch
@@ -40,7 +41,22 @@ def test_bench_cli_measures_and_writes_consistent_json(tmp_path, capsys) -> None
     assert result["mfu"] == pytest.approx(result["flops_per_token"] * result["tokens_per_s"] / 0.5e12)
     assert result["cached_tokens_per_s"] > 0 and result["uncached_tokens_per_s"] > 0
     assert result["peak_memory_gb"] > 0
-    assert "training throughput" in printed and "with the KV cache" in printed
+    assert result["first_step_s"] > 0
+    assert "training throughput" in printed and "with the KV cache" in printed and "first step" in printed
+
+
+def test_the_first_step_is_timed_apart_and_warm_up_steps_stay_out_of_the_median() -> None:
+    class SlowStart:
+        device = torch.device("cpu")
+
+        def __init__(self) -> None:
+            self.durations = iter([0.3, 0.2, 0.01, 0.01, 0.01])
+
+        def train_step(self) -> None:
+            time.sleep(next(self.durations))
+
+    first, median = bench.time_training(SlowStart(), steps=3, warmup=2)
+    assert first >= 0.3 and 0.01 <= median < 0.2
 
 
 def exit_code(argv: list[str]) -> int:

@@ -33,7 +33,12 @@ def losses_of(tmp_path: Path, device: str, dtype: str, use_compile: bool) -> lis
 @pytest.mark.slow
 def test_compiled_training_step_matches_eager_on_cpu(tmp_path: Path) -> None:
     eager = losses_of(tmp_path, "cpu", "float32", use_compile=False)
-    compiled = losses_of(tmp_path, "cpu", "float32", use_compile=True)
+    try:
+        compiled = losses_of(tmp_path, "cpu", "float32", use_compile=True)
+    finally:
+        # torch 2.4's inductor links its CPU kernels with -ffast-math, which turns on flush-to-zero for the
+        # whole process (pytorch#126848, fixed in 2.5); later tests (hypothesis floats) need subnormals
+        torch.set_flush_denormal(False)
     assert len(set(eager)) == STEPS  # the loss moves, so a wrong update would show
     assert compiled == pytest.approx(eager, abs=1e-4, rel=0)
 

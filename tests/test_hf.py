@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import require_transformers_models
 from gptforge.cli import main
 from gptforge.config import GPTConfig, RunConfig, from_preset
 from gptforge.errors import UserError
@@ -34,6 +35,7 @@ SUBPROCESS_TIMEOUT_S = 120
 
 
 def hf_logits(folder: Path, idx: torch.Tensor) -> torch.Tensor:
+    require_transformers_models(transformers)
     model, info = transformers.GPT2LMHeadModel.from_pretrained(folder, output_loading_info=True)
     assert not any(info.values()), info  # no missing, unexpected or mismatched weights
     with torch.no_grad():
@@ -48,6 +50,7 @@ def our_logits(model: GPT, idx: torch.Tensor) -> torch.Tensor:
 def random_hf_folder(folder: Path, *, vocab_size: int = GPT2_VOCAB, n_positions: int = 64,
                      bin_format: bool = False) -> transformers.GPT2LMHeadModel:
     """A small randomly initialised transformers GPT-2 (every weight perturbed so each one matters)."""
+    require_transformers_models(transformers)
     torch.manual_seed(0)
     config = transformers.GPT2Config(vocab_size=vocab_size, n_positions=n_positions, n_embd=16, n_layer=2, n_head=2,
                                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from conftest import require_transformers_models
 from gptforge.config import MODEL_PRESETS, GPTConfig, padded_vocab_size
 from gptforge.errors import UserError
 from gptforge.hf import load_hf_state_dict
@@ -19,6 +20,7 @@ HF_NAMES = {
 
 
 def small_hf_model(vocab_size: int = 97, n_positions: int = 32) -> "transformers.GPT2LMHeadModel":
+    require_transformers_models(transformers)
     torch.manual_seed(0)
     config = transformers.GPT2Config(
         vocab_size=vocab_size, n_positions=n_positions, n_embd=48, n_layer=3, n_head=4,

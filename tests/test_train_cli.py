@@ -356,7 +356,8 @@ def test_finished_run_has_metrics_log_summary_and_curves(finished_run: Path) -> 
     assert f"tokens seen: {6 * 64:,}" in summary
     assert f"final training loss: {last_train['loss']:.4f}" in summary
     assert f"best loss (val): {best_val:.4f}" in summary
-    assert re.search(r"training time: \d+\.\ds \(wall time of this session \d+\.\ds\)", summary)
+    assert re.search(r"training time: \d+\.\ds, and \d+\.\ds in the first step of each session \(compilation and "
+                     r"warm-up\) \(wall time of this session \d+\.\ds\)", summary)
     assert str(finished_run / "checkpoints" / "best.pt") in summary
     assert (finished_run / "curves.png").read_bytes().startswith(PNG_MAGIC)
     assert (finished_run / "tokenizer.json").is_file()

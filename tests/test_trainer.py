@@ -8,13 +8,17 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from gptforge.checkpoint import load_checkpoint
+import gptforge.trainer as trainer_module
+from gptforge.checkpoint import load_checkpoint, save_checkpoint
 from gptforge.config import RunConfig, apply_overrides, from_preset
 from gptforge.errors import UserError
 from gptforge.model import GPT
@@ -179,6 +183,43 @@ def test_target_loss_stops_after_the_first_step(tmp_path: Path, corpus: Path) ->
     assert "steps: 1\n" in summary
 
 
+def test_the_first_step_of_each_session_is_counted_apart_from_training_time(
+        tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A model's first training forward of a session takes 0.3 s longer, as compilation would."""
+    real_forward = GPT.forward
+
+    def compiling_forward(self: GPT, *args: Any, **kwargs: Any) -> Any:
+        if self.training and not getattr(self, "compiled", False):
+            self.compiled = True
+            time.sleep(0.3)
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", compiling_forward)
+    run_dir = tmp_path / "run"
+    trainer, log = start_run(tiny_config(run_dir, corpus, max_steps=3))
+    trainer.use_compile = True  # only for the log line: the model was wrapped without it
+    try:
+        trainer.fit()
+    finally:
+        log.close()
+    first_dt = read_metrics(run_dir, "train")[0]["dt_ms"] / 1000
+    assert trainer.startup_s == pytest.approx(first_dt, abs=1e-5) and trainer.startup_s >= 0.3
+    assert re.search(r"step 0 took 0\.\ds: torch\.compile compiled the model", capsys.readouterr().out)
+
+    train(resume=run_dir, overrides={"max_steps": 5, "target_loss": 10.0})
+    records = read_metrics(run_dir, "train")
+    assert [r["step"] for r in records] == [0, 1, 2, 3]  # the target loss stops the resumed run at once
+    state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert state["startup_s"] == pytest.approx(first_dt + records[3]["dt_ms"] / 1000, abs=1e-5)
+    training_s = state["elapsed_s"] - state["startup_s"]
+    assert training_s < state["elapsed_s"] - 0.6
+    summary = (run_dir / "summary.txt").read_text(encoding="utf-8")
+    assert (f"training time: {training_s:.1f}s, and {state['startup_s']:.1f}s in the first step of each session "
+            "(compilation and warm-up)") in summary
+    assert (f"after {training_s:.1f}s of training (+{state['startup_s']:.1f}s in the first step of each session: "
+            "compilation and warm-up)") in summary
+
+
 def test_unreached_target_loss_does_not_stop(tmp_path: Path, corpus: Path) -> None:
     assert fit_new_run(tiny_config(tmp_path / "run", corpus, target_loss=0.01, max_steps=3)) == "reached max_steps 3"
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 3
@@ -274,6 +315,61 @@ def test_outcome_names_the_checkpoint_just_written_after_compression_is_switched
     assert load_checkpoint(outcome.last_checkpoint)["step"] == 4
 
 
+def test_training_goes_on_while_a_checkpoint_is_written_and_the_last_one_is_waited_for(
+        tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The save after step 2 is held on the disk until step 3 has run: only a background write lets that happen."""
+    run_dir = tmp_path / "run"
+    trainer, log = start_run(tiny_config(run_dir, corpus, max_steps=6, checkpoint_interval=2, keep_checkpoints=3))
+    step_3_ran, saved_steps = threading.Event(), []
+
+    def slow_disk(state: dict[str, Any], path: Path, compress: bool = False) -> Path:
+        if state["step"] == 2:
+            assert step_3_ran.wait(timeout=30), "training waited for the checkpoint write"
+        if state["step"] == 6:
+            time.sleep(0.5)  # the final save: fit must not return before it is on disk
+        saved_steps.append(state["step"])
+        return save_checkpoint(state, path, compress)
+
+    real_forward = trainer.forward_model
+
+    def forward(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if trainer.step == 3:
+            step_3_ran.set()
+        return real_forward(x, y)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", slow_disk)
+    trainer.forward_model = forward
+    try:
+        assert trainer.fit() == "reached max_steps 6"
+    finally:
+        log.close()
+    assert saved_steps == [2, 4, 6]
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 6
+    # in a background save (step 4's; the final one is written in the foreground), the tied embedding and
+    # output weights are stored once, as torch.save stores the originals
+    weights = load_checkpoint(run_dir / "checkpoints" / "step-4.pt")["model"]
+    assert weights["lm_head.weight"].untyped_storage().data_ptr() == \
+        weights["transformer.wte.weight"].untyped_storage().data_ptr()
+
+
+def test_foreground_checkpoints_are_written_before_the_next_step(tmp_path: Path, corpus: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer, log = start_run(tiny_config(tmp_path / "run", corpus, max_steps=4, checkpoint_interval=2,
+                                         background_checkpoints=False))
+    written_at = []
+
+    def recording_disk(state: dict[str, Any], path: Path, compress: bool = False) -> Path:
+        written_at.append((state["step"], trainer.step, threading.current_thread() is threading.main_thread()))
+        return save_checkpoint(state, path, compress)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", recording_disk)
+    try:
+        trainer.fit()
+    finally:
+        log.close()
+    assert written_at == [(2, 2, True), (4, 4, True)]
+
+
 # --- exact resume -----------------------------------------------------------------------------------------
 
 
@@ -315,9 +411,17 @@ def test_resume_continues_to_the_same_bits(tmp_path: Path, corpus: Path, sampler
 # --- non-finite loss ------------------------------------------------------------------------------------
 
 
-def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(tmp_path: Path, corpus: Path) -> None:
+def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(
+        tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = tmp_path / "run"
     trainer, log = start_run(tiny_config(run_dir, corpus, max_steps=10, checkpoint_interval=1))
+
+    def slow_disk(state: dict[str, Any], path: Path, compress: bool = False) -> Path:
+        if state["step"] == 3:  # still being written when step 3 fails: it must land before the error goes up
+            time.sleep(0.5)
+        return save_checkpoint(state, path, compress)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", slow_disk)
     real_forward = trainer.forward_model
     before: dict[str, Any] = {}
 

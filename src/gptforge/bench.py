@@ -47,6 +47,7 @@ class BenchResult:
     parameters: int
     flops_per_token: float
     step_ms: float | None
+    first_step_s: float | None  # compilation and warm-up included
     tokens_per_s: float | None
     mfu: float | None  # fraction of the peak, None when the peak is unknown
     peak_tflops: float | None
@@ -92,17 +93,16 @@ def peak_memory_gb(device: torch.device) -> float | None:
     return None
 
 
-def time_training(trainer: Trainer, steps: int, warmup: int) -> float:
-    """Median seconds per optimizer step after `warmup` steps (compilation happens there)."""
+def time_training(trainer: Trainer, steps: int, warmup: int) -> tuple[float, float]:
+    """Seconds of the first step (compilation happens there) and the median of the `steps` after `warmup`."""
     times = []
-    for index in range(warmup + steps):
+    for _ in range(warmup + steps):
         synchronize(trainer.device)
         started = time.perf_counter()
         trainer.train_step()
         synchronize(trainer.device)
-        if index >= warmup:
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        times.append(time.perf_counter() - started)
+    return times[0], statistics.median(times[warmup:])
 
 
 def time_generation(trainer: Trainer, new_tokens: int, use_cache: bool, vocab_size: int) -> float:
@@ -137,7 +137,7 @@ def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, gen
         trainer = Trainer(config, Path(scratch), CharTokenizer("ab"), tokens, tokens[:0], log)
         if trainer.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(trainer.device)
-        step_seconds = time_training(trainer, steps, warmup) if steps else None
+        first_step, step_seconds = time_training(trainer, steps, warmup) if steps else (None, None)
         memory = peak_memory_gb(trainer.device)
         cached = uncached = None
         if generate_tokens:
@@ -153,7 +153,7 @@ def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, gen
         preset=config.preset, device=str(trainer.device), dtype=trainer.precision.name,
         compile=trainer.use_compile, attention=attention, batch_size=train.batch_size,
         block_size=model.block_size, grad_accum=train.grad_accum, parameters=parameters,
-        flops_per_token=per_token, step_ms=step_seconds * 1000 if step_seconds else None,
+        flops_per_token=per_token, step_ms=step_seconds * 1000 if step_seconds else None, first_step_s=first_step,
         tokens_per_s=tokens_per_s, mfu=mfu, peak_tflops=peak, peak_memory_gb=memory,
         generate_tokens=generate_tokens, cached_tokens_per_s=cached, uncached_tokens_per_s=uncached,
         torch=torch.__version__, machine=_machine_name(trainer.device),
@@ -177,6 +177,7 @@ def format_table(result: BenchResult) -> str:
         ("device", f"{result.machine} | {result.device} | {result.dtype} | compile {result.compile} | "
                    f"attention {result.attention} | torch {result.torch}"),
         ("step time (median)", f"{show(result.step_ms, ',.1f')} ms"),
+        ("first step", f"{show(result.first_step_s, ',.2f')} s (compilation and warm-up included)"),
         ("training throughput", f"{show(result.tokens_per_s, ',.0f')} tokens/s"),
         ("FLOPs per token", f"{result.flops_per_token:,.0f}"),
         ("MFU", "n/a (pass --peak-tflops)" if result.mfu is None

@@ -113,6 +113,7 @@ class TrainConfig:
     checkpoint_interval: int = 250
     keep_checkpoints: int = 0
     compress_checkpoints: bool = False
+    background_checkpoints: bool = True
 
     device: str = "auto"
     dtype: str = "auto"
@@ -193,6 +194,8 @@ FIELD_HELP: dict[str, str] = {
     "sample_interval": "0 disables periodic samples during training",
     "keep_checkpoints": "also keep the last K step-N.pt files (0: only last.pt and best.pt)",
     "compress_checkpoints": "write .pt.gz instead of .pt",
+    "background_checkpoints": "write checkpoints on a thread while training goes on (the final one is waited "
+                              "for); --no-background-checkpoints writes them before the next step",
     "device": "auto (cuda > mps > cpu), cuda, cuda:N, mps, cpu",
     "dtype": "auto (bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPU), float32, bfloat16, float16",
     "compile": "None: on for CUDA, off elsewhere",

@@ -218,7 +218,8 @@ def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> Tr
             f"stopped: {reason}",
             f"steps: {trainer.step}",
             f"tokens seen: {trainer.tokens_seen:,}",
-            f"training time: {trainer.elapsed_s:.1f}s (wall time of this session {time.time() - started:.1f}s)",
+            f"training time: {trainer.elapsed_s - trainer.startup_s:.1f}s, and {trainer.startup_s:.1f}s in the first "
+            f"step of each session (compilation and warm-up) (wall time of this session {time.time() - started:.1f}s)",
             f"final training loss: {trainer.last_loss:.4f}",
             f"best loss ({'val' if trainer.has_val and trainer.config.train.eval_interval else 'train'}): "
             f"{trainer.best_loss:.4f}",

@@ -21,6 +21,7 @@ import torch
 
 from gptforge import distributed
 from gptforge.checkpoint import capture_rng_state, prune_step_checkpoints, restore_rng_state, save_checkpoint
+from gptforge.checkpoint_writer import CheckpointWriter
 from gptforge.config import RunConfig
 from gptforge.data import SequentialSampler, make_sampler
 from gptforge.device import Precision, configure_matmul_precision, memory_gb, resolve_device, resolve_dtype
@@ -81,10 +82,13 @@ class Trainer:
                                     train.seed, rank, world_size)
         self.val_tokens = val_tokens
         self.tokens_per_step = train.batch_size * config.model.block_size * train.grad_accum * world_size
+        self.writer = CheckpointWriter(self._write, background=train.background_checkpoints, notice=log.info)
 
         self.step = 0  # optimizer steps completed
         self.tokens_seen = 0
         self.elapsed_s = 0.0  # wall time in fit() over all sessions of this run: steps, evals, samples, saves
+        # the part of elapsed_s spent in the first step of each session: compilation, CUDA warm-up
+        self.startup_s = 0.0
         self.best_loss = math.inf
         self.last_loss = math.nan
         self.signal_received: int | None = None  # by this process
@@ -138,7 +142,9 @@ class Trainer:
 
     def _mean_over_ranks(self, values: torch.Tensor) -> list[float]:
         if self.world_size > 1:
-            torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.AVG)
+            # SUM, then divide: gloo (the CPU backend) refuses ReduceOp.AVG in older torch (2.4 does)
+            torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
+            values = values / self.world_size
         return values.tolist()
 
     def learning_rate(self, step: int) -> float:
@@ -194,6 +200,7 @@ class Trainer:
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "elapsed_s": self.elapsed_s,
+            "startup_s": self.startup_s,
             "best_loss": self.best_loss,
             "last_loss": self.last_loss,
             "sampler": self.sampler.state_dict(),
@@ -210,26 +217,31 @@ class Trainer:
         self.step = state["step"]
         self.tokens_seen = state["tokens_seen"]
         self.elapsed_s = state["elapsed_s"]
+        self.startup_s = state.get("startup_s", 0.0)  # checkpoints written before it was kept lack it
         self.best_loss = state["best_loss"]
         self.last_loss = state["last_loss"]
         restore_rng_state(state["rng"], self.device)
 
-    def save(self, best: bool = False) -> Path:
-        """Write last.pt (and best.pt / step-N.pt as links to the same bytes) atomically.
+    def save(self, best: bool = False, wait: bool = False) -> None:
+        """Write last.pt (and best.pt / step-N.pt as links to the same bytes) atomically, in the background
+        unless `wait` (checkpoint_writer.py).
 
         Every rank calls it (FSDP gathers the weights from all of them); rank 0 alone writes.
         """
         state = self.state_dict()
-        return distributed.run_on_rank0(lambda: self._write(state, best), self.rank, self.world_size)
+        private = distributed.is_sharded(self.model)  # gathered into fresh host tensors: nothing to copy
+        distributed.run_on_rank0(lambda: self.writer.save(state, best, private=private, wait=wait),
+                                 self.rank, self.world_size)
 
     def _write(self, state: dict[str, Any], best: bool) -> Path:
+        # on the writer's thread: everything about this checkpoint comes from `state`, as training goes on
         compress = self.config.train.compress_checkpoints
         last = save_checkpoint(state, checkpoint_path(self.checkpoint_dir, "last", compress), compress)
         if best:
             link_atomically(last, checkpoint_path(self.checkpoint_dir, "best", compress))
         keep = self.config.train.keep_checkpoints
         if keep > 0:
-            link_atomically(last, checkpoint_path(self.checkpoint_dir, f"step-{self.step}", compress))
+            link_atomically(last, checkpoint_path(self.checkpoint_dir, f"step-{state['step']}", compress))
             prune_step_checkpoints(self.checkpoint_dir, keep)
         return last
 
@@ -255,7 +267,8 @@ class Trainer:
         train = self.config.train
         if train.target_loss is not None and stats.loss < train.target_loss:
             return (f"Reached target loss {stats.loss:.4f} < {train.target_loss} at step {stats.step} "
-                    f"after {self.elapsed_s:.1f}s of training")
+                    f"after {self.elapsed_s - self.startup_s:.1f}s of training (+{self.startup_s:.1f}s in the "
+                    "first step of each session: compilation and warm-up)")
         if self.step >= train.max_steps:
             return f"reached max_steps {train.max_steps}"
         if train.max_epochs is not None and self.sampler.epoch >= train.max_epochs:
@@ -275,12 +288,16 @@ class Trainer:
         self.log.start_progress(self.step, train.max_steps)
         reason: str | None = None if self.step < train.max_steps else f"already at max_steps {train.max_steps}"
         session_started, elapsed_before = time.perf_counter(), self.elapsed_s
+        first_step = True
         try:
             while reason is None:
                 try:
                     stats = self.train_step()
                     # the time budget is wall time: evaluations, samples and checkpoints count too
                     self.elapsed_s = elapsed_before + time.perf_counter() - session_started
+                    if first_step:
+                        self._note_first_step(stats)
+                        first_step = False
                 except NonFiniteLoss as exc:
                     raise UserError(
                         f"non-finite values at step {self.step} ({exc}); the optimizer step was not taken and "
@@ -293,12 +310,29 @@ class Trainer:
                     self.log.info(f"{signal.Signals(self.stop_signal).name}: saving {self.checkpoint_dir} after "
                                   f"step {stats.step} (press Ctrl-C again to stop at once)")
                 self._after_step(stats, final=reason is not None)
+        except BaseException:
+            self._finish_writing()
+            raise
         finally:
             for sig, handler in handlers.items():
                 signal.signal(sig, handler)
             self.log.close_progress()
         self.log.info(reason)
         return reason
+
+    def _note_first_step(self, stats: StepStats) -> None:
+        """The first step of a session compiles the model and warms the GPU up: count it apart."""
+        self.startup_s += stats.seconds
+        if self.use_compile:
+            self.log.info(f"step {stats.step} took {stats.seconds:.1f}s: torch.compile compiled the model (once per "
+                          "session); training time in the summary is counted without it")
+
+    def _finish_writing(self) -> None:
+        """Let a checkpoint still being written land before the error that stops the run goes up."""
+        try:
+            self.writer.wait()
+        except Exception as exc:  # the error already going up is the one to report; this one is a footnote
+            self.log.warn(f"the last checkpoint write failed too: {exc}")
 
     def _after_step(self, stats: StepStats, final: bool) -> None:
         train = self.config.train
@@ -320,7 +354,7 @@ class Trainer:
             if not self.has_val or not train.eval_interval:
                 improved = stats.loss < self.best_loss
                 self.best_loss = min(self.best_loss, stats.loss)
-            self.save(best=improved)
+            self.save(best=improved, wait=final)
 
     def _log_step(self, stats: StepStats) -> None:
         tokens_per_sec = stats.tokens / stats.seconds
