@@ -54,6 +54,8 @@ def main() -> None:
         print(f"{args.preset} on {trainer.device}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters")
         for background in (False, True):
             blocked, written = time_saves(trainer, background, args.saves)
+            if background and not trainer.writer.background:
+                print("background saves fell back to the foreground: a copy would take over half the free memory")
             print(f"{'background' if background else 'foreground'}: training waits {blocked:6.2f} s per save, "
                   f"the file is on disk after {written:6.2f} s ({checkpoint.stat().st_size / 1e9:.2f} GB; "
                   f"median of {args.saves})")

@@ -123,13 +123,11 @@ def test_saves_move_to_the_foreground_when_a_copy_would_take_half_the_memory(
     assert len(notices) == 1
 
 
-def test_a_private_state_is_written_without_another_copy() -> None:
-    write = Recorder()
-    writer = CheckpointWriter(write)
-    state = training_state()
-    writer.save(state, best=False, private=True)
-    writer.wait()
-    assert write.writes[0][0] is state and write.writes[0][2] == "gptforge-checkpoint"
+def test_host_copy_keeps_a_state_dicts_type_and_version_notes() -> None:
+    weights = torch.nn.Linear(2, 2).state_dict()
+    copied = host_copy({"model": weights})["model"]
+    assert type(copied) is type(weights) and list(copied) == list(weights)
+    assert copied._metadata == weights._metadata
 
 
 def test_host_copy_shares_no_memory_and_state_bytes_counts_every_tensor() -> None:

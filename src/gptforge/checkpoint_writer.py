@@ -33,10 +33,10 @@ class CheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def save(self, state: dict[str, Any], best: bool, *, private: bool = False, wait: bool = False) -> None:
+    def save(self, state: dict[str, Any], best: bool, *, wait: bool = False) -> None:
         """Write `state`; return once it is copied, or once it is on disk when `wait` is set or saves
-        are in the foreground. `private` says the state shares no tensor with live training state
-        (FSDP gathers fresh host copies), so it is written without another copy.
+        are in the foreground. Every tensor is copied, even where the state was gathered into fresh host
+        memory (FSDP): such a gather still passes AdamW's step counters through as the live tensors.
 
         Raises the error of the write before this one, if it failed.
         """
@@ -44,16 +44,15 @@ class CheckpointWriter:
         if wait or not self.background:
             self._write(state, best)
             return
-        if not private:
-            needed, available = state_bytes(state), available_memory_bytes()
-            if available is not None and 2 * needed > available:
-                self.background = False
-                self._notice(f"checkpoints are written in the foreground from now on: a copy of the state "
-                             f"({needed / 1e9:.1f} GB) would take over half the memory available "
-                             f"({available / 1e9:.1f} GB)")
-                self._write(state, best)
-                return
-            state = host_copy(state)
+        needed, available = state_bytes(state), available_memory_bytes()
+        if available is not None and 2 * needed > available:
+            self.background = False
+            self._notice(f"checkpoints are written in the foreground from now on: a copy of the state "
+                         f"({needed / 1e9:.1f} GB) would take over half the memory available "
+                         f"({available / 1e9:.1f} GB)")
+            self._write(state, best)
+            return
+        state = host_copy(state)
         self._thread = threading.Thread(target=self._run, args=(state, best), name="gptforge-checkpoint",
                                         daemon=True)  # a process stopped outright leaves last.pt whole
         self._thread.start()
@@ -89,8 +88,11 @@ def host_copy(value: Any, copies: dict[tuple, torch.Tensor] | None = None) -> An
         return copies[key]
     if isinstance(value, np.ndarray):
         return value.copy()
-    if isinstance(value, dict):
-        return {key: host_copy(item, copies) for key, item in value.items()}
+    if isinstance(value, dict):  # dict or OrderedDict; a state_dict's version notes come along
+        copied = type(value)((key, host_copy(item, copies)) for key, item in value.items())
+        if hasattr(value, "_metadata"):
+            copied._metadata = value._metadata  # type: ignore[attr-defined]
+        return copied
     if isinstance(value, (list, tuple)):
         return type(value)(host_copy(item, copies) for item in value)
     return value

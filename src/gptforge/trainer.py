@@ -229,9 +229,7 @@ class Trainer:
         Every rank calls it (FSDP gathers the weights from all of them); rank 0 alone writes.
         """
         state = self.state_dict()
-        private = distributed.is_sharded(self.model)  # gathered into fresh host tensors: nothing to copy
-        distributed.run_on_rank0(lambda: self.writer.save(state, best, private=private, wait=wait),
-                                 self.rank, self.world_size)
+        distributed.run_on_rank0(lambda: self.writer.save(state, best, wait=wait), self.rank, self.world_size)
 
     def _write(self, state: dict[str, Any], best: bool) -> Path:
         # on the writer's thread: everything about this checkpoint comes from `state`, as training goes on
@@ -259,8 +257,8 @@ class Trainer:
         if self.world_size == 1:
             self.stop_signal = self.signal_received
             return
-        signum, self.elapsed_s = distributed.max_over_ranks([self.signal_received or 0, self.elapsed_s],
-                                                            self.device)
+        signum, self.elapsed_s, self.startup_s = distributed.max_over_ranks(
+            [self.signal_received or 0, self.elapsed_s, self.startup_s], self.device)
         self.stop_signal = int(signum) or None
 
     def stop_reason(self, stats: StepStats) -> str | None:
@@ -310,6 +308,8 @@ class Trainer:
                     self.log.info(f"{signal.Signals(self.stop_signal).name}: saving {self.checkpoint_dir} after "
                                   f"step {stats.step} (press Ctrl-C again to stop at once)")
                 self._after_step(stats, final=reason is not None)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now, without waiting for a write in flight
+            raise
         except BaseException:
             self._finish_writing()
             raise
