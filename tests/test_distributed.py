@@ -328,3 +328,37 @@ def test_bad_multi_process_flags_are_one_error_line(flags: list[str], tmp_path: 
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and err.startswith("error: "), err
     assert not (tmp_path / "run").exists()
+
+
+# --- an error on rank 0 reaches the others -----------------------------------------------------------------
+
+
+def run_on_rank0_in_a_group(rank: int, store_path: str, results: str) -> None:
+    """One of two processes started by torch.multiprocessing (nothing kills the other when one fails, as
+    on another node): rank 0's action fails like a bug; what each rank saw goes to RESULTS/RANK."""
+    from datetime import timedelta
+
+    from gptforge.distributed import run_on_rank0
+
+    store = torch.distributed.FileStore(store_path, 2)
+    torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=2, timeout=timedelta(seconds=60))
+
+    def buggy() -> None:
+        raise RuntimeError("a simulated bug")
+
+    try:
+        run_on_rank0(buggy, rank, 2)
+        seen = "nothing"
+    except Exception as exc:
+        seen = f"{type(exc).__name__}: {exc}"
+    Path(results, str(rank)).write_text(seen, encoding="utf-8")
+    torch.distributed.destroy_process_group()
+
+
+def test_a_bug_in_rank_0s_action_stops_the_other_ranks_with_its_name(tmp_path: Path) -> None:
+    started = time.monotonic()
+    torch.multiprocessing.spawn(run_on_rank0_in_a_group, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    assert (tmp_path / "0").read_text(encoding="utf-8") == "RuntimeError: a simulated bug"  # with its traceback
+    assert (tmp_path / "1").read_text(encoding="utf-8") == \
+        "UserError: process 0 failed (RuntimeError: a simulated bug); its traceback is above"
+    assert time.monotonic() - started < 50, "rank 1 waited for the collective's timeout"

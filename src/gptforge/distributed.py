@@ -108,7 +108,8 @@ def run_on_rank0(action: Callable[[], T], rank: int, world_size: int) -> T:
     """Do `action` on rank 0 only (create a folder, write a file) and hand its result to every rank.
 
     A UserError there is raised on every rank, so all processes stop together with the same message
-    instead of the others waiting forever for rank 0.
+    instead of the others waiting forever for rank 0. Any other error (a bug, memory running out) also
+    stops the others, with a line naming it, while rank 0 raises it with its traceback.
     """
     if world_size == 1:
         return action()
@@ -118,6 +119,10 @@ def run_on_rank0(action: Callable[[], T], rank: int, world_size: int) -> T:
             payload = [action(), None]
         except UserError as exc:
             payload = [None, str(exc)]
+        except Exception as exc:
+            torch.distributed.broadcast_object_list(
+                [None, f"process 0 failed ({type(exc).__name__}: {exc}); its traceback is above"], src=0)
+            raise
     torch.distributed.broadcast_object_list(payload, src=0)
     result, error = payload
     if error is not None:
