@@ -144,8 +144,10 @@ def test_host_copy_shares_no_memory_and_state_bytes_counts_every_tensor() -> Non
 
 def test_host_copy_keeps_tied_tensors_tied() -> None:
     weight = torch.randn(4, 3)
-    copied = host_copy({"wte": weight.detach(), "lm_head": weight.detach(), "first_row": weight[0]})
+    state = {"wte": weight.detach(), "lm_head": weight.detach(), "first_row": weight[0]}
+    copied = host_copy(state)
     assert copied["wte"] is copied["lm_head"]
+    assert state_bytes(state) == (12 + 3) * 4  # the tied pair once
     assert copied["first_row"] is not copied["wte"] and torch.equal(copied["first_row"], weight[0])
 
 

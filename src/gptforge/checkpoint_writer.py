@@ -81,8 +81,7 @@ def host_copy(value: Any, copies: dict[tuple, torch.Tensor] | None = None) -> An
     """
     copies = {} if copies is None else copies
     if isinstance(value, torch.Tensor):
-        key = (value.device, value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape),
-               value.stride(), value.dtype)
+        key = _view_key(value)
         if key not in copies:
             copies[key] = value.detach().to("cpu", copy=True)
         return copies[key]
@@ -98,14 +97,25 @@ def host_copy(value: Any, copies: dict[tuple, torch.Tensor] | None = None) -> An
     return value
 
 
-def state_bytes(value: Any) -> int:
-    """Bytes of the tensors in `value`: what `host_copy` allocates, or more where tensors are tied."""
+def _view_key(tensor: torch.Tensor) -> tuple:
+    """Equal for tensors that are the same view of one storage (tied weights)."""
+    return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+            tensor.stride(), tensor.dtype)
+
+
+def state_bytes(value: Any, seen: set[tuple] | None = None) -> int:
+    """Bytes of the tensors in `value`, tied ones once: what `host_copy` allocates."""
+    seen = set() if seen is None else seen
     if isinstance(value, torch.Tensor):
+        key = _view_key(value)
+        if key in seen:
+            return 0
+        seen.add(key)
         return value.numel() * value.element_size()
     if isinstance(value, dict):
-        return sum(state_bytes(item) for item in value.values())
+        return sum(state_bytes(item, seen) for item in value.values())
     if isinstance(value, (list, tuple)):
-        return sum(state_bytes(item) for item in value)
+        return sum(state_bytes(item, seen) for item in value)
     return 0
 
 
