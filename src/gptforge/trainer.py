@@ -12,6 +12,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,10 @@ def checkpoint_path(checkpoint_dir: Path, name: str, compress: bool) -> Path:
 
 
 class Trainer:
+    # seconds from an arbitrary origin; every duration the trainer measures reads it, so a test can drive
+    # the time budget and the timing figures with a fake clock instead of the machine's speed
+    clock: Callable[[], float] = staticmethod(time.perf_counter)
+
     def __init__(self, config: RunConfig, run_dir: Path, tokenizer: Tokenizer, train_tokens: np.ndarray,
                  val_tokens: np.ndarray, log: RunLog, *, rank: int = 0, world_size: int = 1) -> None:
         self.config = config
@@ -104,7 +109,7 @@ class Trainer:
     def train_step(self) -> StepStats:
         """One optimizer step over grad_accum micro-batches; raises NonFiniteLoss before a bad update."""
         train = self.config.train
-        started = time.perf_counter()
+        started = self.clock()
         self.model.train()
         lr = self.learning_rate(self.step)
         for group in self.optimizer.param_groups:
@@ -134,7 +139,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         stats = StepStats(step=self.step, loss=loss_value, grad_norm=norm_value, lr=lr,
-                          tokens=self.tokens_per_step, seconds=time.perf_counter() - started)
+                          tokens=self.tokens_per_step, seconds=self.clock() - started)
         self.step += 1
         self.tokens_seen += stats.tokens
         self.last_loss = loss_value
@@ -285,14 +290,14 @@ class Trainer:
             handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         self.log.start_progress(self.step, train.max_steps)
         reason: str | None = None if self.step < train.max_steps else f"already at max_steps {train.max_steps}"
-        session_started, elapsed_before = time.perf_counter(), self.elapsed_s
+        session_started, elapsed_before = self.clock(), self.elapsed_s
         first_step = True
         try:
             while reason is None:
                 try:
                     stats = self.train_step()
                     # the time budget is wall time: evaluations, samples and checkpoints count too
-                    self.elapsed_s = elapsed_before + time.perf_counter() - session_started
+                    self.elapsed_s = elapsed_before + self.clock() - session_started
                     if first_step:
                         self._note_first_step(stats)
                         first_step = False
