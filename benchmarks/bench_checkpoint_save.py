@@ -3,8 +3,11 @@
     python benchmarks/bench_checkpoint_save.py --preset gpt2 --device cuda --saves 3
 
 Builds the trainer of a preset on synthetic tokens, takes one optimizer step (so AdamW's moments
-exist), then times `Trainer.save` (the call training waits for) and the whole write, median of
-`--saves` each way. The background save stops training only for the copy to host memory.
+exist), then times, median of `--saves` each:
+- `Trainer.save` in the foreground and in the background: how long the training thread waits, how long
+  until the device has finished the copy (the same on CPU), and until the file is on disk;
+- the copy to host memory alone, into fresh memory (how saves copied before host_buffers.py) and into the
+  reused buffers (pinned on CUDA, queued without waiting), side by side.
 """
 
 from __future__ import annotations
@@ -16,24 +19,49 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from gptforge.config import MODEL_PRESETS, from_preset
+from gptforge.host_buffers import HostBuffers, map_tensors
 from gptforge.runlog import RunLog
 from gptforge.tokenizer import CharTokenizer
 from gptforge.trainer import Trainer
 
 
-def time_saves(trainer: Trainer, background: bool, saves: int) -> tuple[float, float]:
-    """Median seconds training waits per save, and median seconds until the file is on disk."""
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_saves(trainer: Trainer, background: bool, saves: int) -> tuple[float, float, float]:
+    """Median seconds the training thread waits per save, until the copy is done, until the file is on disk."""
     trainer.writer.background = background
-    blocked, written = [], []
+    blocked, copied, written = [], [], []
     for _ in range(saves):
+        synchronize(trainer.device)
         started = time.perf_counter()
         trainer.save()
         blocked.append(time.perf_counter() - started)
+        synchronize(trainer.device)
+        copied.append(time.perf_counter() - started)
         trainer.writer.wait()
         written.append(time.perf_counter() - started)
-    return statistics.median(blocked), statistics.median(written)
+    return statistics.median(blocked), statistics.median(copied), statistics.median(written)
+
+
+def time_copies(trainer: Trainer, saves: int) -> tuple[float, float]:
+    """Median seconds for a complete host copy of the state: into fresh memory, and into reused buffers."""
+    state, buffers = trainer.state_dict(), HostBuffers()
+    fresh, reused = [], []
+    for _ in range(saves + 1):  # the first reused copy allocates its buffers: not counted
+        synchronize(trainer.device)
+        started = time.perf_counter()
+        map_tensors(state, lambda _, tensor: tensor.detach().to("cpu", copy=True))
+        fresh.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        buffers.copy(state).wait()
+        reused.append(time.perf_counter() - started)
+    return statistics.median(fresh[1:]), statistics.median(reused[1:])
 
 
 def main() -> None:
@@ -51,14 +79,18 @@ def main() -> None:
         trainer = Trainer(config, Path(scratch), CharTokenizer("ab"), tokens, tokens[:0], RunLog(None, enabled=False))
         trainer.train_step()
         checkpoint = Path(scratch) / "checkpoints" / "last.pt"
-        print(f"{args.preset} on {trainer.device}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters")
+        print(f"{args.preset} on {trainer.device}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters; "
+              f"medians of {args.saves}")
         for background in (False, True):
-            blocked, written = time_saves(trainer, background, args.saves)
+            blocked, copied, written = time_saves(trainer, background, args.saves)
             if background and not trainer.writer.background:
                 print("background saves fell back to the foreground: a copy would take over half the free memory")
-            print(f"{'background' if background else 'foreground'}: training waits {blocked:6.2f} s per save, "
-                  f"the file is on disk after {written:6.2f} s ({checkpoint.stat().st_size / 1e9:.2f} GB; "
-                  f"median of {args.saves})")
+            print(f"{'background' if background else 'foreground'}: training thread waits {blocked:6.3f} s per save, "
+                  f"copy done after {copied:6.3f} s, file on disk after {written:6.2f} s "
+                  f"({checkpoint.stat().st_size / 1e9:.2f} GB)")
+        fresh, reused = time_copies(trainer, args.saves)
+        print(f"host copy of the state: {fresh:6.3f} s into fresh memory, {reused:6.3f} s into the reused "
+              f"{'pinned ' if trainer.device.type == 'cuda' else ''}buffers (ratio {fresh / reused:.2f})")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@
 # With no argument it runs all five parts (well over 10 minutes with compilation); name parts to split the
 # work across calls. Results land in $OUT (at most 8 files, as a device lease returns them):
 #   gpu-tests.txt, bench.jsonl (one `gptforge bench --json` object per line), bench.txt (the tables), and
-#   for the flagship run train.log, metrics.jsonl, curves.png, summary.txt; saves.txt. Record them in RESULTS.md.
+#   flagship.txt (per seed: when the mean training loss over a pass of the data fell below 0.1, the training
+#   time to it, tokens and epochs), the first seed's train.log, metrics.jsonl, curves.png, summary.txt; saves.txt.
+#   Record them in RESULTS.md. DRY_RUN=1 rehearses `flagship` and `saves` on the CPU with tiny sizes.
 # Runs from a checkout without installing: PYTHONPATH=src. Needs torch with CUDA, numpy, tiktoken, tqdm,
 # matplotlib and pytest; gradio and transformers are not needed.
 set -uo pipefail
@@ -20,6 +22,14 @@ export GPTFORGE_DATA_DIR PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHON
 export GPTFORGE_CACHE_DIR="${GPTFORGE_CACHE_DIR:-/tmp/gptforge-cache}"
 mkdir -p "$OUT"
 PYTHON="${PYTHON:-python3}"
+# DRY_RUN=1 rehearses the flagship and saves parts on the CPU with a tiny model (minutes, no GPU needed)
+FLAGSHIP_ARGS=()
+SAVES_ARGS=(--preset gpt2 --device cuda)
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  FLAGSHIP_ARGS=(--device cpu --n-layer 2 --n-head 2 --n-embd 64 --block-size 64 --batch-size 4 --max-steps 8
+                 --target-loss 6 --checkpoint-interval 4)
+  SAVES_ARGS=(--preset gpt2-mini --device cpu)
+fi
 parts=("$@")
 [ ${#parts[@]} -eq 0 ] && parts=(tests bench scaling flagship saves)
 
@@ -55,13 +65,20 @@ for part in "${parts[@]}"; do
         bench --preset gpt2 --batch-size $((8 * 1024 / block)) --block-size "$block" --steps 15 --warmup 8 \
           --generate-tokens 0
       done ;;
-    flagship)  # shakespeare-gpt2 to training loss < 0.1; the run's files come back, its checkpoints do not
-      run=/tmp/gptforge-flagship
-      rm -rf "$run"
-      "$PYTHON" -m gptforge train --preset shakespeare-gpt2 --no-progress --out "$run" 2>&1 | tail -n 40
-      for file in train.log metrics.jsonl curves.png summary.txt; do cp "$run/$file" "$OUT/" 2>/dev/null; done ;;
+    flagship)  # shakespeare-gpt2 at 3 seeds: when the mean loss over a pass of the data first fell below 0.1
+      # flagship.txt gets one line per seed; the first seed's run files come back, the checkpoints do not
+      for seed in 1337 1 2; do
+        run=/tmp/gptforge-flagship-$seed
+        rm -rf "$run"
+        "$PYTHON" -m gptforge train --preset shakespeare-gpt2 --seed "$seed" --no-progress --out "$run" \
+          "${FLAGSHIP_ARGS[@]}" > "$run.out" 2>&1
+        echo "== seed $seed (exit $?)" | tee -a "$OUT/flagship.txt"
+        grep -E "^(target loss|training time|steps|tokens seen|stopped)" "$run/summary.txt" | tee -a "$OUT/flagship.txt"
+        grep -E "took .*s: torch.compile" "$run/train.log" | tee -a "$OUT/flagship.txt"
+      done
+      for file in train.log metrics.jsonl curves.png summary.txt; do cp "/tmp/gptforge-flagship-1337/$file" "$OUT/"; done ;;
     saves)  # how long a save of GPT-2 124M's 1.5 GB stops training, foreground and background
-      "$PYTHON" benchmarks/bench_checkpoint_save.py --preset gpt2 --device cuda --saves 3 2>&1 | tee "$OUT/saves.txt" ;;
+      "$PYTHON" benchmarks/bench_checkpoint_save.py "${SAVES_ARGS[@]}" --saves 3 2>&1 | tee "$OUT/saves.txt" ;;
     *) echo "unknown part $part (tests, bench, scaling, flagship, saves)" >&2; exit 2 ;;
   esac
 done

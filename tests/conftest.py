@@ -74,3 +74,11 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
         status = exc.code if isinstance(exc.code, int) else 1
     out, err = capsys.readouterr()
     return status, out, err
+
+
+@pytest.fixture
+def corpus(tmp_path: Path, data_dir: Path) -> Path:
+    """The first 20,000 characters of tiny Shakespeare as a text file: an epoch of a tiny model in a few steps."""
+    path = tmp_path / "corpus.txt"
+    path.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    return path

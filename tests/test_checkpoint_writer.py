@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from gptforge import checkpoint_writer
-from gptforge.checkpoint_writer import CheckpointWriter, host_copy, state_bytes
+from gptforge.checkpoint_writer import CheckpointWriter
 from gptforge.errors import UserError
+from gptforge.host_buffers import HostBuffers
 
 
 class Recorder:
@@ -125,30 +126,72 @@ def test_saves_move_to_the_foreground_when_a_copy_would_take_half_the_memory(
 
 def test_host_copy_keeps_a_state_dicts_type_and_version_notes() -> None:
     weights = torch.nn.Linear(2, 2).state_dict()
-    copied = host_copy({"model": weights})["model"]
+    copied = HostBuffers().copy({"model": weights}).state["model"]
     assert type(copied) is type(weights) and list(copied) == list(weights)
     assert copied._metadata == weights._metadata
 
 
-def test_host_copy_shares_no_memory_and_state_bytes_counts_every_tensor() -> None:
-    state = training_state()
-    copied = host_copy(state)
+def test_host_copy_shares_no_memory_and_counts_every_tensor() -> None:
+    state, host = training_state(), HostBuffers()
+    assert host.bytes_to_allocate(state) == (6 + 6 + 2) * 4
+    copy = host.copy(state)
+    assert copy.ready is None  # on the CPU the copy is done when copy() returns
     originals = [state["model"]["w"], state["optimizer"]["state"][0]["exp_avg"], state["shape"][0]]
-    copies = [copied["model"]["w"], copied["optimizer"]["state"][0]["exp_avg"], copied["shape"][0]]
-    for original, copy in zip(originals, copies, strict=True):
-        assert torch.equal(original, copy)
-        assert original.untyped_storage().data_ptr() != copy.untyped_storage().data_ptr()
-    assert not np.shares_memory(copied["rng"]["numpy"][0], state["rng"]["numpy"][0])
-    assert state_bytes(state) == (6 + 6 + 2) * 4
+    copies = [copy.state["model"]["w"], copy.state["optimizer"]["state"][0]["exp_avg"], copy.state["shape"][0]]
+    for original, copied in zip(originals, copies, strict=True):
+        assert torch.equal(original, copied)
+        assert original.untyped_storage().data_ptr() != copied.untyped_storage().data_ptr()
+    assert not np.shares_memory(copy.state["rng"]["numpy"][0], state["rng"]["numpy"][0])
 
 
 def test_host_copy_keeps_tied_tensors_tied() -> None:
     weight = torch.randn(4, 3)
-    state = {"wte": weight.detach(), "lm_head": weight.detach(), "first_row": weight[0]}
-    copied = host_copy(state)
+    state, host = {"wte": weight.detach(), "lm_head": weight.detach(), "first_row": weight[0]}, HostBuffers()
+    assert host.bytes_to_allocate(state) == (12 + 3) * 4  # the tied pair once
+    copied = host.copy(state).state
     assert copied["wte"] is copied["lm_head"]
-    assert state_bytes(state) == (12 + 3) * 4  # the tied pair once
     assert copied["first_row"] is not copied["wte"] and torch.equal(copied["first_row"], weight[0])
+
+
+def test_the_next_copy_reuses_the_buffers_and_takes_the_new_values() -> None:
+    state, host = training_state(), HostBuffers()
+    first = host.copy(state).state
+    state["model"]["w"].add_(1)
+    state["optimizer"]["state"][1] = {"exp_avg": torch.ones(5)}  # state that appeared since: a new buffer
+    state["shape"] = (torch.ones(3), "x")  # another shape at the same place: a new buffer
+    assert host.bytes_to_allocate(state) == (5 + 3) * 4
+    second = host.copy(state).state
+    assert second["model"]["w"] is first["model"]["w"]  # the same host memory, refilled
+    assert torch.equal(second["model"]["w"], torch.arange(6.0).reshape(2, 3) + 1)
+    assert second["optimizer"]["state"][0]["exp_avg"] is first["optimizer"]["state"][0]["exp_avg"]
+    assert second["shape"][0] is not first["shape"][0] and torch.equal(second["shape"][0], torch.ones(3))
+    assert host.bytes_to_allocate(state) == 0
+
+
+def test_a_background_save_copies_into_the_writers_kept_buffers() -> None:
+    write = Recorder()
+    writer = CheckpointWriter(write)
+    state = training_state()
+    for step in range(2):
+        state["model"]["w"].fill_(step)
+        writer.save(state, best=False)
+        writer.wait()
+    first, second = (written["model"]["w"] for written, _, _ in write.writes)
+    assert first is second and torch.equal(second, torch.ones(2, 3))
+
+
+@pytest.mark.gpu
+def test_a_gpu_copy_lands_in_pinned_memory_without_blocking_and_before_later_updates() -> None:
+    weight = torch.arange(1 << 20, dtype=torch.float32, device="cuda")
+    host = HostBuffers()
+    copy = host.copy({"w": weight})
+    weight.add_(1)  # queued after the copy on the same stream: the copy must not see it
+    assert copy.ready is not None and copy.state["w"].is_pinned()
+    copy.wait()
+    assert torch.equal(copy.state["w"], torch.arange(1 << 20, dtype=torch.float32))
+    again = host.copy({"w": weight})
+    again.wait()
+    assert again.state["w"] is copy.state["w"] and torch.equal(again.state["w"], weight.cpu())
 
 
 def test_available_memory_is_read_from_proc_meminfo_on_linux() -> None:

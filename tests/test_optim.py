@@ -78,9 +78,9 @@ def test_no_warmup_starts_at_max_lr(schedule):
 def test_warmup_as_long_as_the_schedule_does_not_divide_by_zero(schedule, warmup_steps, total_steps):
     rates = [lr(s, schedule, warmup_steps, total_steps) for s in range(30)]
     assert all(math.isfinite(rate) and rate > 0 for rate in rates)
-    assert rates[max(warmup_steps, total_steps)] == pytest.approx(MIN_LR)
-    if warmup_steps:
-        assert rates[warmup_steps - 1] == pytest.approx(MAX_LR)
+    # the schedule ends at total_steps whatever the warmup: a run resumed past its end trains at the lowest rate
+    assert rates[total_steps:] == pytest.approx([MIN_LR] * (30 - total_steps))
+    assert rates[:total_steps] == pytest.approx([MAX_LR * (s + 1) / warmup_steps for s in range(total_steps)])
 
 
 def test_unknown_schedule_is_a_user_error():

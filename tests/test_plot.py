@@ -84,3 +84,17 @@ def test_importing_plot_does_not_import_matplotlib_or_torch():
     code = "import sys, gptforge.plot; print('matplotlib' in sys.modules, 'torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+def test_the_loss_panel_draws_the_mean_over_the_last_pass_where_the_run_logged_it():
+    from matplotlib.figure import Figure
+
+    from gptforge.plot import _plot_loss
+
+    train = [{"kind": "train", "step": step, "loss": 1.0 / (step + 1), **({"pass_loss": 0.5} if step >= 3 else {})}
+             for step in range(6)]
+    axes = Figure().subplots()
+    _plot_loss(axes, train, [])
+    lines = {line.get_label(): line for line in axes.get_lines()}
+    assert set(lines) == {"train", "train, mean over the last pass"}
+    assert list(lines["train, mean over the last pass"].get_xdata()) == [3, 4, 5]

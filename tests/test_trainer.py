@@ -170,17 +170,18 @@ def test_grad_clip_reports_the_raw_norm_and_steps_with_clipped_gradients(tmp_pat
 # --- stop rules ----------------------------------------------------------------------------------------
 
 
-def test_target_loss_stops_after_the_first_step(tmp_path: Path, corpus: Path) -> None:
+def test_target_loss_stops_after_the_first_whole_pass_below_it(tmp_path: Path, corpus: Path) -> None:
     run_dir = tmp_path / "run"
-    outcome = train(tiny_config(run_dir, corpus, target_loss=10.0, max_steps=50))
+    # every loss is below 10: the run stops once it has a pass's worth of losses (17 batches of 64 x 16)
+    outcome = train(tiny_config(run_dir, corpus, target_loss=10.0, max_steps=50, batch_size=64))
     assert outcome.reason.startswith("Reached target loss"), outcome.reason
-    assert "at step 0" in outcome.reason
-    assert outcome.signal is None
-    assert [r["step"] for r in read_metrics(run_dir, "train")] == [0]
-    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 1
+    assert "at step 16," in outcome.reason
+    assert outcome.signal is None and outcome.target_reached is True
+    assert [r["step"] for r in read_metrics(run_dir, "train")] == list(range(17))
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 17
     summary = (run_dir / "summary.txt").read_text(encoding="utf-8")
     assert "stopped: Reached target loss" in summary
-    assert "steps: 1\n" in summary
+    assert "steps: 17\n" in summary
 
 
 def test_the_first_step_of_each_session_is_counted_apart_from_training_time(
@@ -196,7 +197,7 @@ def test_the_first_step_of_each_session_is_counted_apart_from_training_time(
 
     monkeypatch.setattr(GPT, "forward", compiling_forward)
     run_dir = tmp_path / "run"
-    trainer, log = start_run(tiny_config(run_dir, corpus, max_steps=3))
+    trainer, log = start_run(tiny_config(run_dir, corpus, max_steps=3, batch_size=64))
     trainer.use_compile = True  # only for the log line: the model was wrapped without it
     try:
         trainer.fit()
@@ -206,9 +207,9 @@ def test_the_first_step_of_each_session_is_counted_apart_from_training_time(
     assert trainer.startup_s == pytest.approx(first_dt, abs=1e-5) and trainer.startup_s >= 0.3
     assert re.search(r"step 0 took \d+\.\ds: torch\.compile compiled the model", capsys.readouterr().out)
 
-    train(resume=run_dir, overrides={"max_steps": 5, "target_loss": 10.0})
+    train(resume=run_dir, overrides={"max_steps": 50, "target_loss": 10.0})
     records = read_metrics(run_dir, "train")
-    assert [r["step"] for r in records] == [0, 1, 2, 3]  # the target loss stops the resumed run at once
+    assert [r["step"] for r in records] == list(range(17))  # the target loss stops the run after one pass
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert state["startup_s"] == pytest.approx(first_dt + records[3]["dt_ms"] / 1000, abs=1e-5)
     training_s = state["elapsed_s"] - state["startup_s"]
@@ -264,6 +265,34 @@ def test_resume_past_the_end_keeps_the_schedule_and_says_so(tmp_path: Path, corp
     assert lrs[5] > peak * ratio  # still decaying in the first session
     assert lrs[6:] == pytest.approx([peak * ratio] * 3)  # not a second warm restart up to the peak
     assert "the learning rate schedule ends at step 6" in (run_dir / "train.log").read_text(encoding="utf-8")
+
+
+def test_a_warmup_longer_than_the_schedule_ends_with_it_on_resume(tmp_path: Path, corpus: Path) -> None:
+    """The schedule (4 steps) ends inside the 6-step warmup: a resume past it trains at the lowest rate, as
+    the log says, instead of warming on up to the peak."""
+    run_dir, peak, ratio = tmp_path / "run", 2e-3, 0.1
+    train(tiny_config(run_dir, corpus, max_steps=4, warmup_steps=6, learning_rate=peak, min_lr_ratio=ratio))
+    train(resume=run_dir, overrides={"max_steps": 8})
+    lrs = [record["lr"] for record in read_metrics(run_dir, "train")]
+    assert lrs[:4] == pytest.approx([peak * (step + 1) / 6 for step in range(4)])
+    assert lrs[4:] == pytest.approx([peak * ratio] * 4)
+    assert (f"later steps train at the lowest rate ({peak * ratio:.2e})"
+            in (run_dir / "train.log").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("warmup_steps", [3, 4, 5])
+def test_resume_across_the_end_of_warmup_continues_to_the_same_bits(tmp_path: Path, corpus: Path,
+                                                                   warmup_steps: int) -> None:
+    """Split after 4 steps: the first cosine step is the last of the first session (3), the first of the resumed
+    one (4), or the second of it (5)."""
+    common = {"warmup_steps": warmup_steps, "decay_steps": 8, "checkpoint_interval": 4, "log_interval": 1}
+    fit_new_run(tiny_config(tmp_path / "straight", corpus, max_steps=8, **common))
+    fit_new_run(tiny_config(tmp_path / "split", corpus, max_steps=4, **common))
+    train(resume=tmp_path / "split", overrides={"max_steps": 8})
+    expected = train_records(tmp_path / "straight")
+    assert train_records(tmp_path / "split") == expected
+    lrs = [record[3] for record in expected]
+    assert lrs.index(max(lrs)) == warmup_steps - 1  # the peak, then the cosine: both sessions cover both parts
 
 
 # --- checkpoints ----------------------------------------------------------------------------------------

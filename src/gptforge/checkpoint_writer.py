@@ -1,9 +1,10 @@
 """Checkpoints written in the background, so the GPU keeps training while the disk works.
 
 Writing GPT-2 124M's state (1.5 GB with the optimizer's) takes seconds: with a save every 100 steps
-that is a large share of a fast GPU's time. A save therefore copies the state to host memory (a
-fraction of a second) and hands the copy to a writer thread. At most one write is in flight: the
-next save, and the end of the run, wait for it first, so the host holds at most one extra copy.
+that is a large share of a fast GPU's time. A save therefore copies the state into host buffers that are
+reused from save to save (pinned, with copies that do not block the training thread, on CUDA:
+host_buffers.py) and hands the copy to a writer thread. At most one write is in flight: the
+next save, and the end of the run, wait for it first, so the host holds one copy's worth of buffers.
 
 A write that fails (a full disk) is reported by the next save or the final one as the same one-line
 error a foreground write gives, and the previous checkpoint stays whole either way. When the copy
@@ -17,8 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
+from gptforge.host_buffers import HostBuffers, HostCopy
 
 Write = Callable[[dict[str, Any], bool], Path]
 
@@ -32,11 +32,13 @@ class CheckpointWriter:
         self._notice = notice  # says once why saves moved to the foreground
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._host = HostBuffers()
 
     def save(self, state: dict[str, Any], best: bool, *, wait: bool = False) -> None:
-        """Write `state`; return once it is copied, or once it is on disk when `wait` is set or saves
-        are in the foreground. Every tensor is copied, even where the state was gathered into fresh host
-        memory (FSDP): such a gather still passes AdamW's step counters through as the live tensors.
+        """Write `state`; return once its copy is under way (on CUDA the copies are queued, not waited for), or
+        once it is on disk when `wait` is set or saves are in the foreground. Every tensor is copied, even
+        where the state was gathered into fresh host memory (FSDP): such a gather still passes AdamW's step
+        counters through as the live tensors.
 
         Raises the error of the write before this one, if it failed.
         """
@@ -44,7 +46,7 @@ class CheckpointWriter:
         if wait or not self.background:
             self._write(state, best)
             return
-        needed, available = state_bytes(state), available_memory_bytes()
+        needed, available = self._host.bytes_to_allocate(state), available_memory_bytes()
         if available is not None and 2 * needed > available:
             self.background = False
             self._notice(f"checkpoints are written in the foreground from now on: a copy of the state "
@@ -52,14 +54,15 @@ class CheckpointWriter:
                          f"({available / 1e9:.1f} GB)")
             self._write(state, best)
             return
-        state = host_copy(state)
-        self._thread = threading.Thread(target=self._run, args=(state, best), name="gptforge-checkpoint",
+        copy = self._host.copy(state)  # the previous write is done (wait() above): its buffers are free again
+        self._thread = threading.Thread(target=self._run, args=(copy, best), name="gptforge-checkpoint",
                                         daemon=True)  # a process stopped outright leaves last.pt whole
         self._thread.start()
 
-    def _run(self, state: dict[str, Any], best: bool) -> None:
+    def _run(self, copy: HostCopy, best: bool) -> None:
         try:
-            self._write(state, best)
+            copy.wait()
+            self._write(copy.state, best)
         except BaseException as exc:  # handed to the training thread by wait()
             self._error = exc
 
@@ -71,52 +74,6 @@ class CheckpointWriter:
         error, self._error = self._error, None
         if error is not None:
             raise error
-
-
-def host_copy(value: Any, copies: dict[tuple, torch.Tensor] | None = None) -> Any:
-    """`value` with every tensor copied to host memory, so training can go on changing the originals.
-
-    Tensors that are the same view of one storage (GPT-2's tied embedding and output weights) get one
-    copy, so the file stores them once, as torch.save does with the originals.
-    """
-    copies = {} if copies is None else copies
-    if isinstance(value, torch.Tensor):
-        key = _view_key(value)
-        if key not in copies:
-            copies[key] = value.detach().to("cpu", copy=True)
-        return copies[key]
-    if isinstance(value, np.ndarray):
-        return value.copy()
-    if isinstance(value, dict):  # dict or OrderedDict; a state_dict's version notes come along
-        copied = type(value)((key, host_copy(item, copies)) for key, item in value.items())
-        if hasattr(value, "_metadata"):
-            copied._metadata = value._metadata  # type: ignore[attr-defined]
-        return copied
-    if isinstance(value, (list, tuple)):
-        return type(value)(host_copy(item, copies) for item in value)
-    return value
-
-
-def _view_key(tensor: torch.Tensor) -> tuple:
-    """Equal for tensors that are the same view of one storage (tied weights)."""
-    return (tensor.device, tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
-            tensor.stride(), tensor.dtype)
-
-
-def state_bytes(value: Any, seen: set[tuple] | None = None) -> int:
-    """Bytes of the tensors in `value`, tied ones once: what `host_copy` allocates."""
-    seen = set() if seen is None else seen
-    if isinstance(value, torch.Tensor):
-        key = _view_key(value)
-        if key in seen:
-            return 0
-        seen.add(key)
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(state_bytes(item, seen) for item in value.values())
-    if isinstance(value, (list, tuple)):
-        return sum(state_bytes(item, seen) for item in value)
-    return 0
 
 
 def available_memory_bytes() -> int | None:

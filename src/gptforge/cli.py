@@ -75,6 +75,8 @@ def default_preset(device_flag: str | None) -> str:
 
 # --- train --------------------------------------------------------------------------------------
 
+TARGET_NOT_REACHED = 3  # --require-target's exit status; 2 is a usage error
+
 CONFIG_NAMES = {f.name for f in dataclasses.fields(GPTConfig)} | {f.name for f in dataclasses.fields(TrainConfig)}
 
 
@@ -105,7 +107,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             config.validate()  # a bad flag is one error line here rather than a failure report from torchrun
             return launch_local(args.nproc, without_flag(args.argv, "--nproc"))
         outcome = train(config)
-    return 128 + outcome.signal if outcome.signal else 0
+    if outcome.signal:
+        return 128 + outcome.signal
+    if outcome.target_reached is False and outcome.require_target:
+        return TARGET_NOT_REACHED
+    return 0
 
 
 # --- summary / prepare / plot / sample ------------------------------------------------------------

@@ -79,17 +79,18 @@ def learning_rate_at(
     - ``onecycle``: a straight line from ``max_lr`` (at ``warmup_steps``) to ``min_lr`` (at
       ``total_steps``), i.e. a triangular one-cycle with linear annealing.
 
-    Decaying schedules stay at ``min_lr`` from ``total_steps`` on, including when warmup is as long
-    as or longer than the whole schedule.
+    Decaying schedules end at ``total_steps``: from there on the rate is ``min_lr``, even when warmup
+    is as long as or longer than the whole schedule (the rate then rises until ``total_steps`` and drops
+    to ``min_lr``), so a run resumed past its schedule's end always trains at the lowest rate.
     """
     if schedule not in SCHEDULES:
         raise UserError(f"unknown schedule {schedule!r}; choose one of: {', '.join(SCHEDULES)}")
+    if schedule != "constant" and step >= total_steps:
+        return min_lr
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if schedule == "constant":
         return max_lr
-    if step >= total_steps:
-        return min_lr
     # Here warmup_steps <= step < total_steps, so the span below is at least 1.
     progress = (step - warmup_steps) / (total_steps - warmup_steps)
     if schedule == "cosine":

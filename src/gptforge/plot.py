@@ -104,15 +104,19 @@ def _plot_series(axes: Any, records: list[dict], key: str, title: str) -> None:
 
 
 def _plot_loss(axes: Any, train: list[dict], evals: list[dict]) -> None:
-    """Training loss as a line, validation loss as points, on a log axis once it spans a decade."""
+    """Training loss as a line (and its mean over the last pass of the data, which --target-loss judges),
+    validation loss as points, on a log axis once it spans a decade."""
     _start_panel(axes, "loss")
     train_steps, train_losses = _series(train, "loss")
+    pass_steps, pass_losses = _series(train, "pass_loss")
     val_steps, val_losses = _series(evals, "val_loss")
     if not train_steps and not val_steps:
         _mark_empty(axes)
         return
     if train_steps:
         axes.plot(train_steps, train_losses, linewidth=1, label="train")
+    if pass_steps:
+        axes.plot(pass_steps, pass_losses, linewidth=1.5, label="train, mean over the last pass")
     if val_steps:
         axes.plot(val_steps, val_losses, "o", markersize=4, label="val")
     positive = [loss for loss in train_losses + val_losses if loss > 0]

@@ -35,6 +35,8 @@ class TrainOutcome:
     reason: str
     signal: int | None  # the signal that stopped the run, if one did
     last_checkpoint: Path | None
+    target_reached: bool | None  # None without a --target-loss
+    require_target: bool  # --require-target: a missed target is a failure for the caller
 
 
 def resolve_accumulation(config: RunConfig, world_size: int) -> None:
@@ -217,8 +219,9 @@ def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> Tr
             f"preset: {trainer.config.preset}",
             f"stopped: {reason}",
             f"steps: {trainer.step}",
-            f"tokens seen: {trainer.tokens_seen:,}",
-            f"training time: {trainer.elapsed_s - trainer.startup_s:.1f}s, and {trainer.startup_s:.1f}s in the first "
+            f"tokens seen: {trainer.tokens_seen:,} ({trainer.sampler.epoch:.2f} epochs)",
+            *filter(None, [trainer.pass_loss.report()]),
+            f"training time: {trainer.training_s:.1f}s, and {trainer.startup_s:.1f}s in the first "
             f"step of each session (compilation and warm-up) (wall time of this session {time.time() - started:.1f}s)",
             f"final training loss: {trainer.last_loss:.4f}",
             f"best loss ({'val' if trainer.has_val and trainer.config.train.eval_interval else 'train'}): "
@@ -239,8 +242,10 @@ def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> Tr
         log.info("\n".join(summary))
         log.info(f"sample more with: gptforge sample --run {trainer.run_dir}")
     log.close()
+    target_reached = None if trainer.config.train.target_loss is None else trainer.pass_loss.reached is not None
     return TrainOutcome(run_dir=trainer.run_dir, reason=reason, signal=trainer.stop_signal,
-                        last_checkpoint=last if last.is_file() else None)
+                        last_checkpoint=last if last.is_file() else None, target_reached=target_reached,
+                        require_target=trainer.config.train.require_target)
 
 
 def train(config: RunConfig | None = None, *, resume: str | Path | None = None,

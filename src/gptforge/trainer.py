@@ -30,6 +30,7 @@ from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, generate_text
 from gptforge.model import GPT
 from gptforge.optim import build_optimizer, learning_rate_at
+from gptforge.pass_loss import Milestone, PassLoss
 from gptforge.runlog import RunLog
 from gptforge.tokenizer import Tokenizer
 
@@ -87,6 +88,8 @@ class Trainer:
                                     train.seed, rank, world_size)
         self.val_tokens = val_tokens
         self.tokens_per_step = train.batch_size * config.model.block_size * train.grad_accum * world_size
+        # one pass over the training tokens, in optimizer steps: the window --target-loss is judged on
+        self.pass_loss = PassLoss(math.ceil(self.sampler.batches_per_epoch / train.grad_accum), train.target_loss)
         self.writer = CheckpointWriter(self._write, background=train.background_checkpoints, notice=log.info)
 
         self.step = 0  # optimizer steps completed
@@ -96,6 +99,7 @@ class Trainer:
         self.startup_s = 0.0
         self.best_loss = math.inf
         self.last_loss = math.nan
+        self.last_save_s = 0.0  # elapsed_s at the last periodic save, for --checkpoint-every-s
         self.signal_received: int | None = None  # by this process
         self.stop_signal: int | None = None  # by any process, as all of them agreed after the last step
 
@@ -208,6 +212,7 @@ class Trainer:
             "startup_s": self.startup_s,
             "best_loss": self.best_loss,
             "last_loss": self.last_loss,
+            "pass_loss": self.pass_loss.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": capture_rng_state(self.device),
             "world_size": self.world_size,
@@ -225,6 +230,9 @@ class Trainer:
         self.startup_s = state.get("startup_s", 0.0)  # checkpoints written before it was kept lack it
         self.best_loss = state["best_loss"]
         self.last_loss = state["last_loss"]
+        if "pass_loss" in state:  # checkpoints written before the rule judged whole passes lack it
+            self.pass_loss.load_state_dict(state["pass_loss"])
+        self.last_save_s = self.elapsed_s
         restore_rng_state(state["rng"], self.device)
 
     def save(self, best: bool = False, wait: bool = False) -> None:
@@ -268,10 +276,12 @@ class Trainer:
 
     def stop_reason(self, stats: StepStats) -> str | None:
         train = self.config.train
-        if train.target_loss is not None and stats.loss < train.target_loss:
-            return (f"Reached target loss {stats.loss:.4f} < {train.target_loss} at step {stats.step} "
-                    f"after {self.elapsed_s - self.startup_s:.1f}s of training (+{self.startup_s:.1f}s in the "
-                    "first step of each session: compilation and warm-up)")
+        reached = self.pass_loss.reached
+        if reached is not None and reached.step == stats.step:
+            return (f"Reached target loss: the mean training loss over the last pass of the data "
+                    f"({self.pass_loss.steps} steps) is {reached.loss:.4f} < {train.target_loss} at step {stats.step}, "
+                    f"after {reached.training_s:.1f}s of training (+{self.startup_s:.1f}s in the first step of each "
+                    f"session: compilation and warm-up), {reached.tokens:,} tokens, {reached.epoch:.2f} epochs")
         if self.step >= train.max_steps:
             return f"reached max_steps {train.max_steps}"
         if train.max_epochs is not None and self.sampler.epoch >= train.max_epochs:
@@ -308,6 +318,7 @@ class Trainer:
                         "or --dtype bfloat16/float32"
                     ) from None
                 self._agree_on_stopping()
+                self._record_pass_loss(stats)
                 reason = self.stop_reason(stats)
                 if self.stop_signal is not None:
                     self.log.info(f"{signal.Signals(self.stop_signal).name}: saving {self.checkpoint_dir} after "
@@ -332,6 +343,20 @@ class Trainer:
             self.log.info(f"step {stats.step} took {stats.seconds:.1f}s: torch.compile compiled the model (once per "
                           "session); training time in the summary is counted without it")
 
+    @property
+    def training_s(self) -> float:
+        """Training time so far, without the first step of each session (compilation and warm-up)."""
+        return self.elapsed_s - self.startup_s
+
+    def _record_pass_loss(self, stats: StepStats) -> None:
+        first_batch_below = self.pass_loss.first_batch_below
+        self.pass_loss.add(stats.loss, Milestone(step=stats.step, loss=stats.loss, training_s=self.training_s,
+                                                 tokens=self.tokens_seen, epoch=self.sampler.epoch))
+        if first_batch_below is None and self.pass_loss.first_batch_below is not None:
+            self.log.info(f"step {stats.step}: one batch's loss {stats.loss:.4f} is below the target "
+                          f"{self.config.train.target_loss}; the run stops once the mean over a whole pass of the "
+                          f"data ({self.pass_loss.steps} steps) is")
+
     def _finish_writing(self) -> None:
         """Let a checkpoint still being written land before the error that stops the run goes up."""
         try:
@@ -355,22 +380,33 @@ class Trainer:
             text = self.sample(train.sample_tokens)
             self.log.info(f"--- sample at step {stats.step} ---\n{text}\n---")
             self.log.record("sample", step=stats.step, text=text)
-        if self.step % train.checkpoint_interval == 0 or final or improved:
+        if self.step % train.checkpoint_interval == 0 or final or improved or self._checkpoint_time_due():
             if not self.has_val or not train.eval_interval:
                 improved = stats.loss < self.best_loss
                 self.best_loss = min(self.best_loss, stats.loss)
             self.save(best=improved, wait=final)
+            self.last_save_s = self.elapsed_s
+
+    def _checkpoint_time_due(self) -> bool:
+        """--checkpoint-every-s: a save once that much wall time in the loop has passed since the last one.
+
+        elapsed_s is agreed over ranks after each step, so every rank takes the same decision."""
+        every = self.config.train.checkpoint_every_s
+        return every is not None and self.elapsed_s - self.last_save_s >= every
 
     def _log_step(self, stats: StepStats) -> None:
         tokens_per_sec = stats.tokens / stats.seconds
         memory = memory_gb(self.device)
+        pass_mean = self.pass_loss.mean()
         line = (f"step {stats.step} | epoch {self.sampler.epoch:.2f} | loss {stats.loss:.4f} | "
-                f"dt {stats.seconds * 1000:.1f}ms | tok/s {tokens_per_sec:,.0f} | norm {stats.grad_norm:.2f} | "
+                + (f"pass mean {pass_mean:.4f} | " if pass_mean is not None else "")
+                + f"dt {stats.seconds * 1000:.1f}ms | tok/s {tokens_per_sec:,.0f} | norm {stats.grad_norm:.2f} | "
                 f"lr {stats.lr:.2e}")
         if memory is not None:
             line += f" | mem {memory:.1f}GB"
         self.log.info(line)
         self.log.record("train", step=stats.step, epoch=round(self.sampler.epoch, 4), loss=stats.loss,
+                        **({"pass_loss": pass_mean} if pass_mean is not None else {}),
                         lr=stats.lr, grad_norm=stats.grad_norm, dt_ms=round(stats.seconds * 1000, 3),
                         tokens_per_sec=round(tokens_per_sec, 1), tokens_seen=self.tokens_seen,
                         elapsed_s=round(self.elapsed_s, 3), **({"mem_gb": round(memory, 3)} if memory else {}))
