@@ -247,7 +247,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCH_TRAIN_FLAGS = ("batch_size", "grad_accum", "dtype", "compile", "device", "pad_vocab_to")
+BENCH_TRAIN_FLAGS = ("batch_size", "grad_accum", "dtype", "compile", "device", "pad_vocab_to", "optimizer",
+                     "loss_chunks")
 
 
 def add_model_source(parser: argparse.ArgumentParser, device: bool = True) -> None:

@@ -90,6 +90,7 @@ class TrainConfig:
     grad_accum: int = 1
     tokens_per_step: int | None = None
 
+    optimizer: str = "adamw"
     learning_rate: float = 6e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
@@ -99,6 +100,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    loss_chunks: int = 1
 
     max_steps: int = 5000
     max_epochs: float | None = None
@@ -129,7 +131,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         positive = ("batch_size", "grad_accum", "max_steps", "log_interval", "eval_batches",
-                    "checkpoint_interval", "sample_tokens", "pad_vocab_to")
+                    "checkpoint_interval", "sample_tokens", "pad_vocab_to", "loss_chunks")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -147,6 +149,8 @@ class TrainConfig:
             raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.schedule not in ("cosine", "constant", "onecycle"):
             raise UserError(f"unknown schedule {self.schedule!r}; choose cosine, constant or onecycle")
+        if self.optimizer not in ("adamw", "muon"):
+            raise UserError(f"unknown optimizer {self.optimizer!r}; choose adamw or muon")
         if self.sampler not in ("sequential", "random"):
             raise UserError(f"unknown sampler {self.sampler!r}; choose sequential or random")
         if self.tokenizer not in ("gpt2", "char"):
@@ -186,9 +190,13 @@ FIELD_HELP: dict[str, str] = {
     "tokens_per_step": "global tokens per optimizer step; sets grad_accum",
     "min_lr_ratio": "cosine decays to learning_rate * min_lr_ratio",
     "schedule": "cosine, constant, or onecycle",
+    "optimizer": "adamw, or muon (torch >= 2.9): Muon for the blocks' 2-D weights, AdamW for embeddings, "
+                 "biases and norms; one learning rate and schedule serve both; not with --parallel fsdp",
     "decay_steps": "length of the schedule; defaults to max_steps, fixed when the run starts (a resume with "
                    "more steps continues at the lowest rate unless this is raised too)",
     "grad_clip": "0 disables clipping",
+    "loss_chunks": "compute training's output layer and loss in N chunks of tokens, so all the logits are never "
+                   "held at once (1: in one piece, the default)",
     "time_budget": "wall-clock seconds in the training loop (steps, evals, samples, saves) before stopping",
     "target_loss": "stop once an optimizer step's mean training loss is below this",
     "sample_interval": "0 disables periodic samples during training",
