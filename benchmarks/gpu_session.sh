@@ -2,14 +2,17 @@
 # Everything the project still has to measure on a CUDA GPU, in one command, for a session that has one:
 #   correctness of the CUDA paths (tests marked gpu), training throughput and MFU of GPT-2 124M, the scaling
 #   table (model size, context length), the flagship run to training loss < 0.1 with its log and curves, and
-#   how long a checkpoint save stops training.
+#   how long a checkpoint save stops training; the step side by side with nanoGPT's; the flagship with Muon.
 #
-#   GPTFORGE_DATA_DIR=... OUT=results-dir bash benchmarks/gpu_session.sh [tests|bench|scaling|flagship|saves]...
+#   GPTFORGE_DATA_DIR=... OUT=results-dir bash benchmarks/gpu_session.sh \
+#       [tests|bench|scaling|flagship|saves|vs-nanogpt|flagship-muon]...
 #
-# With no argument it runs all five parts (well over 10 minutes with compilation); name parts to split the
-# work across calls. Results land in $OUT (at most 8 files, as a device lease returns them):
+# With no argument it runs the first six parts (well over 10 minutes with compilation); name parts to split
+# the work across calls. Results land in $OUT (at most 8 files, as a device lease returns them):
 #   gpu-tests.txt, bench.jsonl (one `gptforge bench --json` object per line), bench.txt (the tables), and
-#   for the flagship run train.log, metrics.jsonl, curves.png, summary.txt; saves.txt. Record them in RESULTS.md.
+#   for the flagship run train.log, metrics.jsonl, curves.png, summary.txt; saves.txt; vs-nanogpt.txt with
+#   vs-nanogpt.jsonl; flagship-muon.txt. Record them in RESULTS.md.
+# vs-nanogpt imports nanoGPT's model.py from $NANOGPT_DIR (default: ../shared/peers/nanoGPT beside the repo).
 # Runs from a checkout without installing: PYTHONPATH=src. Needs torch with CUDA, numpy, tiktoken, tqdm,
 # matplotlib and pytest; gradio and transformers are not needed.
 set -uo pipefail
@@ -20,8 +23,9 @@ export GPTFORGE_DATA_DIR PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHON
 export GPTFORGE_CACHE_DIR="${GPTFORGE_CACHE_DIR:-/tmp/gptforge-cache}"
 mkdir -p "$OUT"
 PYTHON="${PYTHON:-python3}"
+NANOGPT_DIR="${NANOGPT_DIR:-$PWD/../shared/peers/nanoGPT}"
 parts=("$@")
-[ ${#parts[@]} -eq 0 ] && parts=(tests bench scaling flagship saves)
+[ ${#parts[@]} -eq 0 ] && parts=(tests bench scaling flagship saves vs-nanogpt)
 
 bench() {  # bench ARGS...: one line of JSON in bench.jsonl and the table in bench.txt
   local json
@@ -45,6 +49,8 @@ for part in "${parts[@]}"; do
       for batch in 16 32 64; do
         bench --preset gpt2 --batch-size "$batch" --block-size 1024 --steps 30 --warmup 10 --generate-tokens 0
       done
+      bench --preset gpt2 --batch-size 16 --block-size 1024 --steps 30 --warmup 10 --generate-tokens 0 --loss-chunks 8
+      bench --preset gpt2 --batch-size 16 --block-size 1024 --steps 30 --warmup 10 --generate-tokens 0 --optimizer muon
       bench --preset gpt2 --batch-size 16 --steps 10 --warmup 5 --no-compile --generate-tokens 0
       bench --preset gpt2 --batch-size 1 --steps 0 --generate-tokens 256 ;;
     scaling)  # how cost grows with the model and with the context
@@ -62,6 +68,19 @@ for part in "${parts[@]}"; do
       for file in train.log metrics.jsonl curves.png summary.txt; do cp "$run/$file" "$OUT/" 2>/dev/null; done ;;
     saves)  # how long a save of GPT-2 124M's 1.5 GB stops training, foreground and background
       "$PYTHON" benchmarks/bench_checkpoint_save.py --preset gpt2 --device cuda --saves 3 2>&1 | tee "$OUT/saves.txt" ;;
-    *) echo "unknown part $part (tests, bench, scaling, flagship, saves)" >&2; exit 2 ;;
+    vs-nanogpt)  # the same GPT-2 124M step, gptforge's and nanoGPT's, interleaved in one process
+      for extra in "" "--loss-chunks 8" "--optimizer muon"; do
+        # shellcheck disable=SC2086  # $extra is zero or two words
+        "$PYTHON" benchmarks/bench_vs_nanogpt.py --nanogpt-dir "$NANOGPT_DIR" --device cuda --preset gpt2 \
+          --batch-size 16 --block-size 1024 --dtype bfloat16 --compile --steps 30 --warmup 10 $extra \
+          --json /tmp/vs-nanogpt.json 2>&1 | tee -a "$OUT/vs-nanogpt.txt" \
+          && cat /tmp/vs-nanogpt.json >> "$OUT/vs-nanogpt.jsonl"
+      done ;;
+    flagship-muon)  # tokens to training loss < 0.1 with Muon, to compare with the flagship part's AdamW
+      run=/tmp/gptforge-flagship-muon
+      rm -rf "$run"
+      "$PYTHON" -m gptforge train --preset shakespeare-gpt2 --optimizer muon --no-progress --out "$run" 2>&1 \
+        | tail -n 40 | tee "$OUT/flagship-muon.txt" ;;
+    *) echo "unknown part $part (tests, bench, scaling, flagship, saves, vs-nanogpt, flagship-muon)" >&2; exit 2 ;;
   esac
 done
