@@ -111,3 +111,17 @@ def test_logits_and_evaluation_are_unchanged():
     model.loss_chunks = 4
     training_logits, _ = model(x, y)
     assert training_logits is None  # training with chunks never makes them
+
+
+def test_the_chunked_loss_compiles_in_one_graph_to_the_same_numbers():
+    """torch.compile traces the custom autograd Function without a graph break (aot_eager: the same
+    capture as the GPU's inductor, without compiling kernels) and gives eager's loss and gradients."""
+    eager_loss, eager_grads = loss_and_grads(tiny_gpt(), 4)
+    model = tiny_gpt()
+    model.loss_chunks = 4
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    _, loss = compiled(*batch())
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), eager_loss)
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter.grad, eager_grads[name], msg=name)
