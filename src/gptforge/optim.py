@@ -151,7 +151,8 @@ def build_optimizer(
     Muon scales its step with ``adjust_lr_fn="match_rms_adamw"`` (0.2 * sqrt(max(rows, cols))), so its
     updates have AdamW's RMS and one learning rate and schedule serve both, as Moonshot's paper shows.
     """
-    check_optimizer(optimizer, is_sharded(model))
+    # is_sharded imports FSDP (seconds on a CPU), so it is asked only when Muon needs the answer
+    check_optimizer(optimizer, optimizer == "muon" and is_sharded(model))
     extra = {"fused": True} if use_fused_adamw(device_type) else {}
     if optimizer == "adamw":
         return torch.optim.AdamW(
