@@ -4,6 +4,7 @@ and checkpointed as one optimizer."""
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import torch
 
 from conftest import run_main
 from gptforge import optim
-from gptforge.config import GPTConfig
+from gptforge.config import RECIPES, WITHOUT_MUON, GPTConfig, from_preset
 from gptforge.errors import UserError
 from gptforge.model import GPT
 from gptforge.optim import MuonWithAdamW, build_optimizer, check_optimizer, hidden_matrices
@@ -177,3 +178,38 @@ def test_unknown_optimizer_is_a_user_error():
 def test_resume_cannot_switch_the_optimizer(tiny_run: Path):
     with pytest.raises(UserError, match="started with adamw"):
         train(resume=tiny_run, overrides={"optimizer": "muon"})
+
+
+def test_a_muon_recipe_falls_back_to_its_adamw_settings_where_torch_has_no_muon(monkeypatch):
+    recipe = RECIPES["shakespeare-char-cpu"]
+    fallback = recipe[WITHOUT_MUON]
+    assert recipe["optimizer"] == "muon" and fallback["optimizer"] == "adamw"
+    monkeypatch.delattr(torch.optim, "Muon", raising=False)
+    old_torch = from_preset("shakespeare-char-cpu").train
+    for key, value in fallback.items():
+        assert getattr(old_torch, key) == value, key
+    assert old_torch.batch_size == recipe["batch_size"]  # the rest of the recipe still applies
+    monkeypatch.undo()
+    if hasattr(torch.optim, "Muon"):
+        new_torch = from_preset("shakespeare-char-cpu").train
+        for key in fallback:
+            assert getattr(new_torch, key) == recipe[key], key
+    assert RECIPES["shakespeare-char-cpu"][WITHOUT_MUON] == fallback  # building a config changes no recipe
+
+
+def test_asking_a_muon_recipe_for_adamw_gives_its_adamw_settings():
+    recipe = RECIPES["shakespeare-char-cpu"]
+    adamw = from_preset("shakespeare-char-cpu", optimizer="adamw").train
+    for key, value in recipe[WITHOUT_MUON].items():
+        assert getattr(adamw, key) == value, key
+
+
+def test_the_cli_passes_the_optimizer_to_the_recipe(tmp_path: Path, capsys):
+    run_dir = tmp_path / "run"
+    status, _, err = run_main(["train", "--preset", "shakespeare-char-cpu", "--optimizer", "adamw", "--max-steps", "1",
+                               "--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--eval-batches", "1",
+                               "--sample-tokens", "2", "--out", str(run_dir)], capsys)
+    assert status == 0, err
+    train_settings = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["train"]
+    expected = {**RECIPES["shakespeare-char-cpu"][WITHOUT_MUON], "max_steps": 1}
+    assert {key: train_settings[key] for key in expected} == expected

@@ -98,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(f"no --preset given: using {preset} "
                       f"({'a CUDA GPU is available' if preset == 'shakespeare-gpt2' else 'no CUDA GPU in use'})")
         file_settings.pop("preset", None)
-        config = from_preset(preset)
+        config = from_preset(preset, optimizer=overrides.get("optimizer", file_settings.get("optimizer")))
         apply_overrides(config, file_settings)
         apply_overrides(config, overrides)
         if args.nproc is not None:

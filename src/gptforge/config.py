@@ -75,6 +75,10 @@ def padded_vocab_size(vocab_size: int, multiple: int) -> int:
     return math.ceil(vocab_size / multiple) * multiple
 
 
+MUON_FSDP_ERROR = ("--optimizer muon orthogonalises whole matrices and FSDP holds shards of them; use --parallel "
+                   "ddp (or one process) with Muon, or --optimizer adamw with FSDP")
+
+
 @dataclass
 class TrainConfig:
     """Everything about a training run except the model's shape. Each field is a `--flag`."""
@@ -151,6 +155,8 @@ class TrainConfig:
             raise UserError(f"unknown schedule {self.schedule!r}; choose cosine, constant or onecycle")
         if self.optimizer not in ("adamw", "muon"):
             raise UserError(f"unknown optimizer {self.optimizer!r}; choose adamw or muon")
+        if self.optimizer == "muon" and self.parallel == "fsdp":
+            raise UserError(MUON_FSDP_ERROR)
         if self.sampler not in ("sequential", "random"):
             raise UserError(f"unknown sampler {self.sampler!r}; choose sequential or random")
         if self.tokenizer not in ("gpt2", "char"):
@@ -258,7 +264,9 @@ class RunConfig:
         return config
 
 
-# Recipes: a model preset plus training settings. The key names are TrainConfig/GPTConfig fields.
+# Recipes: a model preset plus training settings. The key names are TrainConfig/GPTConfig fields; a recipe
+# tuned for Muon keeps, under WITHOUT_MUON, the settings to use where torch has no torch.optim.Muon.
+WITHOUT_MUON = "without_muon"
 RECIPES: dict[str, dict[str, Any]] = {
     # The seeds' job: GPT-2 124M on tiny Shakespeare until the training loss is below 0.1.
     "shakespeare-gpt2": {
@@ -267,14 +275,17 @@ RECIPES: dict[str, dict[str, Any]] = {
         "val_fraction": 0.0, "learning_rate": 6e-4, "warmup_steps": 50, "max_steps": 2000,
         "target_loss": 0.1, "eval_interval": 0, "checkpoint_interval": 100, "log_interval": 10,
     },
-    # nanoGPT's CPU character model and batch; a 3x higher learning rate over 1,200 steps instead of 2,000
-    # reaches its val loss (1.88) sooner: 1.855 in about a minute on 2 cores (benchmarks/RESULTS.md).
+    # nanoGPT's CPU character model and batch. Muon (torch >= 2.9) at 1e-2 reaches nanoGPT's val loss
+    # (1.88) in 500 steps instead of its 2,000; on older torch, AdamW at 3e-3 over 1,200 steps
+    # (benchmarks/RESULTS.md has both, side by side with nanoGPT).
     "shakespeare-char-cpu": {
         "model": "char-small",
         "data": "shakespeare", "tokenizer": "char", "batch_size": 12, "block_size": 64,
-        "pad_vocab_to": 1, "sampler": "random", "learning_rate": 3e-3, "warmup_steps": 50,
-        "max_steps": 1200, "beta2": 0.99, "eval_interval": 300, "eval_batches": 20,
-        "checkpoint_interval": 300, "log_interval": 50,
+        "pad_vocab_to": 1, "sampler": "random", "optimizer": "muon", "learning_rate": 1e-2, "warmup_steps": 50,
+        "max_steps": 500, "beta2": 0.99, "eval_interval": 250, "eval_batches": 20,
+        "checkpoint_interval": 250, "log_interval": 50,
+        WITHOUT_MUON: {"optimizer": "adamw", "learning_rate": 3e-3, "max_steps": 1200, "eval_interval": 300,
+                       "checkpoint_interval": 300},
     },
     # Fine-tune a downloaded GPT-2 (its shape replaces the preset's): needs --init-from hf:DIR.
     "shakespeare-finetune": {
@@ -288,16 +299,31 @@ RECIPES: dict[str, dict[str, Any]] = {
 PRESETS = sorted([*MODEL_PRESETS, *RECIPES])
 
 
-def from_preset(name: str) -> RunConfig:
-    """A RunConfig for a model preset (default training settings) or a recipe."""
+def from_preset(name: str, optimizer: str | None = None) -> RunConfig:
+    """A RunConfig for a model preset (default training settings) or a recipe.
+
+    A recipe tuned for Muon takes its WITHOUT_MUON settings where torch has no Muon, or when
+    ``optimizer`` (the run's --optimizer) asks for the one those settings were tuned for.
+    """
     if name in RECIPES:
         recipe = dict(RECIPES[name])
+        fallback = recipe.pop(WITHOUT_MUON, {})
+        wanted = optimizer or recipe.get("optimizer")
+        if fallback and (wanted == fallback["optimizer"] or not muon_available()):
+            recipe.update(fallback)
         config = RunConfig(preset=name, model=dataclasses.replace(MODEL_PRESETS[recipe.pop("model")]))
         apply_overrides(config, recipe)
         return config
     if name in MODEL_PRESETS:
         return RunConfig(preset=name, model=dataclasses.replace(MODEL_PRESETS[name]))
     raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+
+
+def muon_available() -> bool:
+    """Whether this torch has PyTorch's own Muon (torch >= 2.9)."""
+    import torch
+
+    return hasattr(torch.optim, "Muon")
 
 
 def field_types(cls: type) -> dict[str, Any]:

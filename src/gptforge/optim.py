@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from gptforge.config import MUON_FSDP_ERROR, muon_available
 from gptforge.distributed import is_sharded
 from gptforge.errors import UserError
 
@@ -76,12 +77,11 @@ def check_optimizer(optimizer: str, sharded: bool) -> None:
         raise UserError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
     if optimizer != "muon":
         return
-    if not hasattr(torch.optim, "Muon"):
+    if not muon_available():
         raise UserError(f"--optimizer muon needs torch >= {MUON_MIN_TORCH} (torch.optim.Muon); this is torch "
                         f"{torch.__version__}: upgrade torch or use --optimizer adamw")
     if sharded:
-        raise UserError("--optimizer muon orthogonalises whole matrices and FSDP holds shards of them; "
-                        "use --parallel ddp (or one process) with Muon")
+        raise UserError(MUON_FSDP_ERROR)
 
 
 class MuonWithAdamW:
