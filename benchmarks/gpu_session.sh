@@ -42,7 +42,8 @@ for part in "${parts[@]}"; do
     tests)
       { nvidia-smi; "$PYTHON" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
         git log -1 --format='commit %H' 2>/dev/null
-        "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_compile.py
+        "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m gpu tests/test_gpu.py tests/test_compile.py tests/test_muon.py \
+          tests/test_chunked_loss.py
         "$PYTHON" -m pytest -q -rs -p no:cacheprovider tests/test_device.py tests/test_model.py tests/test_generate.py
       } 2>&1 | tee "$OUT/gpu-tests.txt" ;;
     bench)  # the target: GPT-2 124M, T=1024, bf16, compiled

@@ -213,3 +213,32 @@ def test_the_cli_passes_the_optimizer_to_the_recipe(tmp_path: Path, capsys):
     train_settings = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["train"]
     expected = {**RECIPES["shakespeare-char-cpu"][WITHOUT_MUON], "max_steps": 1}
     assert {key: train_settings[key] for key in expected} == expected
+
+
+@needs_muon
+@pytest.mark.gpu
+def test_on_cuda_muon_steps_with_fused_adamw_and_resumes_to_the_same_bits():
+    model = tiny_gpt().cuda()
+    optimizer = build_optimizer(model, learning_rate=1e-2, weight_decay=0.1, betas=(0.9, 0.95), device_type="cuda",
+                                optimizer="muon")
+    assert optimizer.adamw.defaults.get("fused") is optim.adamw_accepts_fused()
+    tokens = torch.randint(0, 17, (3, 9), generator=torch.Generator().manual_seed(0)).cuda()
+
+    def step(m: GPT, o: MuonWithAdamW) -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = m(tokens[:, :-1], tokens[:, 1:])
+        loss.backward()
+        o.step()
+        o.zero_grad()
+
+    step(model, optimizer)
+    resumed = tiny_gpt(seed=1).cuda()
+    resumed.load_state_dict(model.state_dict())
+    resumed_optimizer = build_optimizer(resumed, learning_rate=1e-2, weight_decay=0.1, betas=(0.9, 0.95),
+                                        device_type="cuda", optimizer="muon")
+    resumed_optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    for _ in range(2):
+        step(model, optimizer)
+        step(resumed, resumed_optimizer)
+    for parameter, expected in zip(resumed.parameters(), model.parameters(), strict=True):
+        assert torch.equal(parameter, expected)
