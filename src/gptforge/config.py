@@ -202,7 +202,7 @@ FIELD_HELP: dict[str, str] = {
                    "more steps continues at the lowest rate unless this is raised too)",
     "grad_clip": "0 disables clipping",
     "loss_chunks": "compute training's output layer and loss in N chunks of tokens, so all the logits are never "
-                   "held at once (1: in one piece, the default)",
+                   "held at once (1: in one piece)",
     "time_budget": "wall-clock seconds in the training loop (steps, evals, samples, saves) before stopping",
     "target_loss": "stop once an optimizer step's mean training loss is below this",
     "sample_interval": "0 disables periodic samples during training",
