@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gptforge.config import RunConfig, apply_overrides, from_preset
 from gptforge.data import find_dataset
 from gptforge.run_setup import train
@@ -58,7 +60,10 @@ def main() -> None:
     parser.add_argument("--try", dest="tries", action="append", default=[], metavar="KEY=VALUE,...",
                         help="settings for one run (repeatable); none: the recipe as it stands")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: several runs side by side share a small machine best)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         corpus = write_corpus(Path(scratch))
         for settings in [parse_try(text) for text in args.tries] or [{}]:

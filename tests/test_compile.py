@@ -17,24 +17,31 @@ from gptforge.trainer import Trainer
 STEPS = 3
 
 
-def losses_of(tmp_path: Path, device: str, dtype: str, use_compile: bool) -> list[float]:
+# issue 17's training paths: Muon for the blocks' matrices, and the chunked output layer + loss
+NEW_PATHS = pytest.param({"optimizer": "muon", "loss_chunks": 4}, id="muon-chunked",
+                         marks=pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason="torch < 2.9 has no Muon"))
+PATHS = [pytest.param({}, id="adamw"), NEW_PATHS]
+
+
+def losses_of(tmp_path: Path, device: str, dtype: str, use_compile: bool, paths: dict | None = None) -> list[float]:
     """Losses of STEPS optimizer steps (2 micro-batches each) of a 1-layer model on fixed random tokens."""
     config = from_preset("tiny")
     apply_overrides(config, {"device": device, "dtype": dtype, "compile": use_compile, "n_layer": 1,
                              "block_size": 16, "batch_size": 4, "grad_accum": 2, "learning_rate": 1e-2,
-                             "warmup_steps": 0, "sampler": "sequential", "progress": False})
+                             "warmup_steps": 0, "sampler": "sequential", "progress": False, **(paths or {})})
     tokens = np.random.default_rng(0).integers(0, 65, size=4 * 17 * 2 * (STEPS + 1)).astype(np.uint16)
-    trainer = Trainer(config, tmp_path / f"{device}-{use_compile}", CharTokenizer("ab"), tokens, tokens[:0],
-                      RunLog(None, enabled=False))
+    trainer = Trainer(config, tmp_path / f"{device}-{use_compile}-{len(paths or {})}", CharTokenizer("ab"), tokens,
+                      tokens[:0], RunLog(None, enabled=False))
     assert trainer.use_compile == use_compile
     return [trainer.train_step().loss for _ in range(STEPS)]
 
 
 @pytest.mark.slow
-def test_compiled_training_step_matches_eager_on_cpu(tmp_path: Path) -> None:
-    eager = losses_of(tmp_path, "cpu", "float32", use_compile=False)
+@pytest.mark.parametrize("paths", PATHS)
+def test_compiled_training_step_matches_eager_on_cpu(tmp_path: Path, paths: dict) -> None:
+    eager = losses_of(tmp_path, "cpu", "float32", use_compile=False, paths=paths)
     try:
-        compiled = losses_of(tmp_path, "cpu", "float32", use_compile=True)
+        compiled = losses_of(tmp_path, "cpu", "float32", use_compile=True, paths=paths)
     finally:
         # torch 2.4's inductor links its CPU kernels with -ffast-math, which turns on flush-to-zero for the
         # whole process (pytorch#126848, fixed in 2.5); later tests (hypothesis floats) need subnormals
@@ -44,9 +51,10 @@ def test_compiled_training_step_matches_eager_on_cpu(tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
-def test_compiled_bf16_training_step_matches_eager_on_cuda(tmp_path: Path) -> None:
-    eager = losses_of(tmp_path, "cuda", "bfloat16", use_compile=False)
-    compiled = losses_of(tmp_path, "cuda", "bfloat16", use_compile=True)
+@pytest.mark.parametrize("paths", PATHS)
+def test_compiled_bf16_training_step_matches_eager_on_cuda(tmp_path: Path, paths: dict) -> None:
+    eager = losses_of(tmp_path, "cuda", "bfloat16", use_compile=False, paths=paths)
+    compiled = losses_of(tmp_path, "cuda", "bfloat16", use_compile=True, paths=paths)
     assert len(set(eager)) == STEPS
     assert compiled == pytest.approx(eager, rel=2e-2)  # bf16 keeps 8 bits of mantissa
     assert torch.cuda.max_memory_allocated() > 0

@@ -182,6 +182,27 @@ def test_resume_under_two_processes_continues_exactly(runs: Runs, parallel: str)
         assert all(torch.equal(resumed["optimizer"]["state"][index][k], v) for k, v in saved.items()), index
 
 
+@pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason=f"torch {torch.__version__} has no torch.optim.Muon")
+def test_muon_under_ddp_trains_like_one_process_and_resumes_exactly(runs: Runs) -> None:
+    """Every DDP rank holds whole matrices and the averaged gradient, so each orthogonalises the same update."""
+    single_dir = runs.root / "muon-single"
+    config = from_preset("tiny")
+    apply_overrides(config, settings(runs.corpus, single_dir, optimizer="muon"))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GPTFORGE_CACHE_DIR", runs.env["GPTFORGE_CACHE_DIR"])
+        train(config)
+    straight, split = runs.root / "muon-ddp", runs.root / "muon-ddp-split"
+    runs.torchrun(runs.flags(straight, parallel="ddp", optimizer="muon"))
+    # Newton-Schulz runs in bf16, so the float noise of a two-way gradient sum shows more than with AdamW
+    assert losses(straight) == pytest.approx(losses(single_dir), abs=1e-3, rel=0)
+    assert len(set(losses(single_dir).values())) == STEPS
+    runs.torchrun(runs.flags(split, parallel="ddp", optimizer="muon", max_steps=STEPS // 2))
+    runs.torchrun(["train", "--resume", str(split), "--max-steps", str(STEPS)])
+    assert losses(split) == losses(straight)
+    for name, tensor in last_state(straight)["model"].items():
+        assert torch.equal(last_state(split)["model"][name], tensor), name
+
+
 # --- gradients cross processes once per optimizer step ----------------------------------------------------
 
 
@@ -320,7 +341,9 @@ def test_nproc_is_left_out_of_what_torchrun_runs() -> None:
     assert without_flag(["train", "--n-layer", "2"], "--nproc") == ["train", "--n-layer", "2"]
 
 
-@pytest.mark.parametrize("flags", [["--nproc", "0"], ["--nproc", "2", "--parallel", "zero"]], ids=["nproc", "parallel"])
+@pytest.mark.parametrize("flags", [["--nproc", "0"], ["--nproc", "2", "--parallel", "zero"],
+                                   ["--nproc", "2", "--parallel", "fsdp", "--optimizer", "muon"]],
+                         ids=["nproc", "parallel", "fsdp-muon"])
 def test_bad_multi_process_flags_are_one_error_line(flags: list[str], tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     capsys.readouterr()

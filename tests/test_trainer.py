@@ -409,11 +409,15 @@ def train_records(run_dir: Path) -> list[tuple]:
     return [(r["step"], r["loss"], r["grad_norm"], r["lr"], r["tokens_seen"]) for r in read_metrics(run_dir, "train")]
 
 
-@pytest.mark.parametrize(("sampler", "dropout"), [("random", 0.0), ("sequential", 0.0), ("random", 0.2)])
-def test_resume_continues_to_the_same_bits(tmp_path: Path, corpus: Path, sampler: str, dropout: float) -> None:
+@pytest.mark.parametrize(("sampler", "dropout", "optimizer"), [
+    ("random", 0.0, "adamw"), ("sequential", 0.0, "adamw"), ("random", 0.2, "adamw"),
+    pytest.param("random", 0.0, "muon", marks=pytest.mark.skipif(not hasattr(torch.optim, "Muon"),
+                                                                  reason="torch.optim.Muon needs torch >= 2.9"))])
+def test_resume_continues_to_the_same_bits(tmp_path: Path, corpus: Path, sampler: str, dropout: float,
+                                           optimizer: str) -> None:
     # decay_steps pins the schedule: max_steps changes between the two sessions of the split run
     common = {"sampler": sampler, "dropout": dropout, "decay_steps": 8, "checkpoint_interval": 4,
-              "eval_interval": 3, "log_interval": 1}
+              "eval_interval": 3, "log_interval": 1, "optimizer": optimizer}
     straight_dir, split_dir = tmp_path / "straight", tmp_path / "split"
     assert fit_new_run(tiny_config(straight_dir, corpus, max_steps=8, **common)) == "reached max_steps 8"
     assert fit_new_run(tiny_config(split_dir, corpus, max_steps=4, **common)) == "reached max_steps 4"

@@ -13,6 +13,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,17 @@ def time_generation(trainer: Trainer, new_tokens: int, use_cache: bool, vocab_si
     return produced / (time.perf_counter() - started)
 
 
+@contextlib.contextmanager
+def synthetic_trainer(config: RunConfig, steps: int) -> Iterator[Trainer]:
+    """The run's real Trainer on random tokens, enough for `steps` steps, writing nothing that outlives it."""
+    model, train = config.model, config.train
+    tokens_needed = train.batch_size * model.block_size * train.grad_accum * (steps + 1) + 1
+    generator = np.random.default_rng(0)
+    tokens = generator.integers(0, model.vocab_size, size=tokens_needed, dtype=np.int64).astype(np.uint32)
+    with tempfile.TemporaryDirectory() as scratch:
+        yield Trainer(config, Path(scratch), CharTokenizer("ab"), tokens, tokens[:0], RunLog(None, enabled=False))
+
+
 def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, generate_tokens: int,
               peak_tflops: float | None) -> BenchResult:
     """Build the run's trainer on synthetic tokens, time training steps, then generation."""
@@ -129,12 +141,7 @@ def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, gen
     config.validate()
     model, train = config.model, config.train
     vocab_size = model.vocab_size
-    tokens_needed = train.batch_size * model.block_size * train.grad_accum * (steps + warmup + 1) + 1
-    generator = np.random.default_rng(0)
-    tokens = generator.integers(0, vocab_size, size=tokens_needed, dtype=np.int64).astype(np.uint32)
-    log = RunLog(None, enabled=False)
-    with tempfile.TemporaryDirectory() as scratch, attention_backend(attention):
-        trainer = Trainer(config, Path(scratch), CharTokenizer("ab"), tokens, tokens[:0], log)
+    with attention_backend(attention), synthetic_trainer(config, steps + warmup) as trainer:
         if trainer.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(trainer.device)
         first_step, step_seconds = time_training(trainer, steps, warmup) if steps else (None, None)

@@ -100,7 +100,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 print(f"no --preset given: using {preset} "
                       f"({'a CUDA GPU is available' if preset == 'shakespeare-gpt2' else 'no CUDA GPU in use'})")
         file_settings.pop("preset", None)
-        config = from_preset(preset)
+        config = from_preset(preset, optimizer=overrides.get("optimizer", file_settings.get("optimizer")))
         apply_overrides(config, file_settings)
         apply_overrides(config, overrides)
         if args.nproc is not None:
@@ -253,7 +253,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCH_TRAIN_FLAGS = ("batch_size", "grad_accum", "dtype", "compile", "device", "pad_vocab_to")
+BENCH_TRAIN_FLAGS = ("batch_size", "grad_accum", "dtype", "compile", "device", "pad_vocab_to", "optimizer",
+                     "loss_chunks")
 
 
 def add_model_source(parser: argparse.ArgumentParser, device: bool = True) -> None:

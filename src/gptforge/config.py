@@ -75,6 +75,10 @@ def padded_vocab_size(vocab_size: int, multiple: int) -> int:
     return math.ceil(vocab_size / multiple) * multiple
 
 
+MUON_FSDP_ERROR = ("--optimizer muon orthogonalises whole matrices and FSDP holds shards of them; use --parallel "
+                   "ddp (or one process) with Muon, or --optimizer adamw with FSDP")
+
+
 @dataclass
 class TrainConfig:
     """Everything about a training run except the model's shape. Each field is a `--flag`."""
@@ -90,6 +94,7 @@ class TrainConfig:
     grad_accum: int = 1
     tokens_per_step: int | None = None
 
+    optimizer: str = "adamw"
     learning_rate: float = 6e-4
     min_lr_ratio: float = 0.1
     warmup_steps: int = 100
@@ -99,6 +104,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    loss_chunks: int = 1
 
     max_steps: int = 5000
     max_epochs: float | None = None
@@ -131,7 +137,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         positive = ("batch_size", "grad_accum", "max_steps", "log_interval", "eval_batches",
-                    "checkpoint_interval", "sample_tokens", "pad_vocab_to")
+                    "checkpoint_interval", "sample_tokens", "pad_vocab_to", "loss_chunks")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -149,6 +155,10 @@ class TrainConfig:
             raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.schedule not in ("cosine", "constant", "onecycle"):
             raise UserError(f"unknown schedule {self.schedule!r}; choose cosine, constant or onecycle")
+        if self.optimizer not in ("adamw", "muon"):
+            raise UserError(f"unknown optimizer {self.optimizer!r}; choose adamw or muon")
+        if self.optimizer == "muon" and self.parallel == "fsdp":
+            raise UserError(MUON_FSDP_ERROR)
         if self.sampler not in ("sequential", "random"):
             raise UserError(f"unknown sampler {self.sampler!r}; choose sequential or random")
         if self.tokenizer not in ("gpt2", "char"):
@@ -188,9 +198,13 @@ FIELD_HELP: dict[str, str] = {
     "tokens_per_step": "global tokens per optimizer step; sets grad_accum",
     "min_lr_ratio": "cosine decays to learning_rate * min_lr_ratio",
     "schedule": "cosine, constant, or onecycle",
+    "optimizer": "adamw, or muon (torch >= 2.9): Muon for the blocks' 2-D weights, AdamW for embeddings, "
+                 "biases and norms; one learning rate and schedule serve both; not with --parallel fsdp",
     "decay_steps": "length of the schedule; defaults to max_steps, fixed when the run starts (a resume with "
                    "more steps continues at the lowest rate unless this is raised too)",
     "grad_clip": "0 disables clipping",
+    "loss_chunks": "compute training's output layer and loss in N chunks of tokens, so all the logits are never "
+                   "held at once (1: in one piece)",
     "time_budget": "wall-clock seconds in the training loop (steps, evals, samples, saves) before stopping",
     "target_loss": "stop once the mean training loss over the last full pass of the data (the last "
                    "ceil(corpus tokens / tokens per step) steps) is below this",
@@ -255,7 +269,9 @@ class RunConfig:
         return config
 
 
-# Recipes: a model preset plus training settings. The key names are TrainConfig/GPTConfig fields.
+# Recipes: a model preset plus training settings. The key names are TrainConfig/GPTConfig fields; a recipe
+# tuned for Muon keeps, under WITHOUT_MUON, the settings to use where torch has no torch.optim.Muon.
+WITHOUT_MUON = "without_muon"
 RECIPES: dict[str, dict[str, Any]] = {
     # The seeds' job: GPT-2 124M on tiny Shakespeare until the mean training loss over a pass of the data is
     # below 0.1 (20 steps of 16 x 1024 tokens). Memorizing wants a moderate peak and a decaying rate: on an H200,
@@ -268,14 +284,17 @@ RECIPES: dict[str, dict[str, Any]] = {
         "val_fraction": 0.0, "learning_rate": 3e-4, "warmup_steps": 50, "max_steps": 2000,
         "target_loss": 0.1, "eval_interval": 0, "checkpoint_interval": 500, "log_interval": 10,
     },
-    # nanoGPT's CPU character model and batch; a 3x higher learning rate over 1,200 steps instead of 2,000
-    # reaches its val loss (1.88) sooner: 1.855 in about a minute on 2 cores (benchmarks/RESULTS.md).
+    # nanoGPT's CPU character model and batch. Muon (torch >= 2.9) at 1e-2 reaches nanoGPT's val loss
+    # (1.88) in 500 steps instead of its 2,000; on older torch, AdamW at 3e-3 over 1,200 steps
+    # (benchmarks/RESULTS.md has both, side by side with nanoGPT).
     "shakespeare-char-cpu": {
         "model": "char-small",
         "data": "shakespeare", "tokenizer": "char", "batch_size": 12, "block_size": 64,
-        "pad_vocab_to": 1, "sampler": "random", "learning_rate": 3e-3, "warmup_steps": 50,
-        "max_steps": 1200, "beta2": 0.99, "eval_interval": 300, "eval_batches": 20,
-        "checkpoint_interval": 300, "log_interval": 50,
+        "pad_vocab_to": 1, "sampler": "random", "optimizer": "muon", "learning_rate": 1e-2, "warmup_steps": 50,
+        "max_steps": 500, "beta2": 0.99, "eval_interval": 250, "eval_batches": 20,
+        "checkpoint_interval": 250, "log_interval": 50,
+        WITHOUT_MUON: {"optimizer": "adamw", "learning_rate": 3e-3, "max_steps": 1200, "eval_interval": 300,
+                       "checkpoint_interval": 300},
     },
     # Fine-tune a downloaded GPT-2 (its shape replaces the preset's): needs --init-from hf:DIR.
     "shakespeare-finetune": {
@@ -289,16 +308,31 @@ RECIPES: dict[str, dict[str, Any]] = {
 PRESETS = sorted([*MODEL_PRESETS, *RECIPES])
 
 
-def from_preset(name: str) -> RunConfig:
-    """A RunConfig for a model preset (default training settings) or a recipe."""
+def from_preset(name: str, optimizer: str | None = None) -> RunConfig:
+    """A RunConfig for a model preset (default training settings) or a recipe.
+
+    A recipe tuned for Muon takes its WITHOUT_MUON settings where torch has no Muon, or when
+    ``optimizer`` (the run's --optimizer) asks for the one those settings were tuned for.
+    """
     if name in RECIPES:
         recipe = dict(RECIPES[name])
+        fallback = recipe.pop(WITHOUT_MUON, {})
+        wanted = optimizer or recipe.get("optimizer")
+        if fallback and (wanted == fallback["optimizer"] or not muon_available()):
+            recipe.update(fallback)
         config = RunConfig(preset=name, model=dataclasses.replace(MODEL_PRESETS[recipe.pop("model")]))
         apply_overrides(config, recipe)
         return config
     if name in MODEL_PRESETS:
         return RunConfig(preset=name, model=dataclasses.replace(MODEL_PRESETS[name]))
     raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+
+
+def muon_available() -> bool:
+    """Whether this torch has PyTorch's own Muon (torch >= 2.9)."""
+    import torch
+
+    return hasattr(torch.optim, "Muon")
 
 
 def field_types(cls: type) -> dict[str, Any]:

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gptforge.chunked_loss import chunked_linear_cross_entropy
 from gptforge.config import GPTConfig
 
 __all__ = ["GPT", "GPTConfig", "KVCache", "ParameterCount", "count_parameters", "parameter_table"]
@@ -113,6 +114,8 @@ class GPT(nn.Module):
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # weight tying, as in GPT-2
+        # training's output layer and loss in this many chunks of tokens (--loss-chunks; 1: all logits at once)
+        self.loss_chunks = 1
         self.apply(self._init_weights)
         # GPT-2 scales the projections into the residual stream by 1/sqrt(2 * n_layer), one per sublayer
         residual_std = 0.02 / math.sqrt(2 * config.n_layer)
@@ -130,11 +133,12 @@ class GPT(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, start: int = 0,
-                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                last_only: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits (B, T, vocab) and, with targets, the mean cross-entropy loss.
 
         `start` is the position of idx[:, 0] when a KV cache holds the earlier tokens; `last_only`
-        computes logits for the final position only, which is all sampling needs.
+        computes logits for the final position only, which is all sampling needs. With `loss_chunks` > 1
+        and gradients on (training), the loss is computed chunk by chunk and no logits are returned.
         """
         B, T = idx.size()
         if start + T > self.config.block_size:
@@ -144,6 +148,10 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, start)
         x = self.transformer.ln_f(x)
+        if targets is not None and self.loss_chunks > 1 and torch.is_grad_enabled():
+            loss = chunked_linear_cross_entropy(x.reshape(B * T, -1), self.lm_head.weight, targets.reshape(-1),
+                                                self.loss_chunks)
+            return None, loss
         if targets is not None:
             logits = self.lm_head(x)  # (B, T, vocab)
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets.reshape(-1), ignore_index=-1)

@@ -1,4 +1,5 @@
-"""AdamW with GPT-2's weight-decay split, and learning-rate schedules as pure functions of the step.
+"""AdamW with GPT-2's weight-decay split (or Muon for the hidden matrices), and learning-rate schedules
+as pure functions of the step.
 
 Schedules are plain functions of the step (not ``torch.optim.lr_scheduler`` objects) so a resumed
 run gets exactly the same learning rate from the step number alone, with no scheduler state to save.
@@ -8,26 +9,35 @@ from __future__ import annotations
 
 import inspect
 import math
+from typing import Any
 
 import torch
 
+from gptforge.config import MUON_FSDP_ERROR, muon_available
+from gptforge.distributed import is_sharded
 from gptforge.errors import UserError
 
 SCHEDULES = ("cosine", "constant", "onecycle")
+OPTIMIZERS = ("adamw", "muon")
+MUON_MIN_TORCH = "2.9"
+# the blocks live under this prefix (model.py); their 2-D weights are the "hidden matrices" Muon takes
+HIDDEN_PREFIX = "transformer.h."
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+def param_groups(model: torch.nn.Module, weight_decay: float,
+                 exclude: frozenset[torch.nn.Parameter] = frozenset()) -> list[dict]:
     """Split trainable parameters into a decayed and a non-decayed group.
 
     Decaying matmul weights and embeddings regularises the model; decaying biases and LayerNorm
     gains only pulls them towards zero for no benefit, so GPT-2 (and nanoGPT) leave them alone.
     ``named_parameters`` yields a tied tensor (``lm_head.weight`` is ``transformer.wte.weight``) once,
-    so the optimizer never steps it twice. Empty groups are left out.
+    so the optimizer never steps it twice. Empty groups are left out, and so are the ``exclude``d
+    parameters (another optimizer's).
     """
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for _, parameter in model.named_parameters():
-        if not parameter.requires_grad:
+        if not parameter.requires_grad or parameter in exclude:
             continue
         (decay if parameter.dim() >= 2 else no_decay).append(parameter)
     groups = [
@@ -50,6 +60,81 @@ def use_fused_adamw(device_type: str) -> bool:
     return device_type == "cuda" and adamw_accepts_fused()
 
 
+def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The transformer blocks' 2-D weights (attention and MLP projections): what Muon orthogonalises.
+
+    Embeddings (and the head tied to them) stay with AdamW: their rows are looked up one token at a
+    time, not applied as a linear map, so an orthogonalised update has no meaning for them.
+    """
+    return [parameter for name, parameter in model.named_parameters()
+            if name.startswith(HIDDEN_PREFIX) and parameter.dim() == 2 and parameter.requires_grad]
+
+
+def check_optimizer(optimizer: str, sharded: bool) -> None:
+    """Refuse what cannot run, before a run directory exists: Muon is PyTorch's own from torch 2.9, and
+    it orthogonalises whole matrices, which FSDP's shards are not."""
+    if optimizer not in OPTIMIZERS:
+        raise UserError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(OPTIMIZERS)}")
+    if optimizer != "muon":
+        return
+    if not muon_available():
+        raise UserError(f"--optimizer muon needs torch >= {MUON_MIN_TORCH} (torch.optim.Muon); this is torch "
+                        f"{torch.__version__}: upgrade torch or use --optimizer adamw")
+    if sharded:
+        raise UserError(MUON_FSDP_ERROR)
+
+
+class MuonWithAdamW:
+    """Muon for the hidden matrices and AdamW for everything else, stepped as one optimizer.
+
+    The trainer, the loss scaler and the checkpoints see one object: ``param_groups`` lists AdamW's
+    groups then Muon's (the same dicts, so setting a group's ``lr`` reaches the optimizer that owns it)
+    and ``state_dict`` has a single optimizer's layout, parameters numbered across both in that order.
+    """
+
+    def __init__(self, adamw: torch.optim.Optimizer, muon: torch.optim.Optimizer) -> None:
+        self.adamw, self.muon = adamw, muon
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.adamw.param_groups + self.muon.param_groups
+
+    def step(self) -> None:
+        self.adamw.step()
+        self.muon.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.adamw.zero_grad(set_to_none=set_to_none)
+        self.muon.zero_grad(set_to_none=set_to_none)
+
+    def _adamw_size(self) -> int:
+        return sum(len(group["params"]) for group in self.adamw.param_groups)
+
+    def state_dict(self) -> dict[str, Any]:
+        first, second = self.adamw.state_dict(), self.muon.state_dict()
+        offset = self._adamw_size()
+        state = {**first["state"], **{index + offset: value for index, value in second["state"].items()}}
+        groups = first["param_groups"] + [{**group, "params": [index + offset for index in group["params"]]}
+                                          for group in second["param_groups"]]
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Split a ``state_dict`` back into the two optimizers; a plain AdamW's state is refused."""
+        groups = state_dict["param_groups"]
+        split = len(self.adamw.param_groups)
+        if len(groups) != split + len(self.muon.param_groups):
+            raise UserError("the checkpoint's optimizer state is not Muon with AdamW; resume with the "
+                            "--optimizer the run was started with")
+        offset = self._adamw_size()
+        state = state_dict["state"]
+        self.adamw.load_state_dict({"state": {index: value for index, value in state.items() if index < offset},
+                                    "param_groups": groups[:split]})
+        self.muon.load_state_dict({
+            "state": {index - offset: value for index, value in state.items() if index >= offset},
+            "param_groups": [{**group, "params": [index - offset for index in group["params"]]}
+                             for group in groups[split:]]})
+
+
 def build_optimizer(
     model: torch.nn.Module,
     *,
@@ -58,12 +143,27 @@ def build_optimizer(
     betas: tuple[float, float],
     device_type: str,
     eps: float = 1e-8,
-) -> torch.optim.AdamW:
-    """AdamW over ``param_groups``; the fused kernel where ``use_fused_adamw`` says it pays."""
+    optimizer: str = "adamw",
+) -> torch.optim.AdamW | MuonWithAdamW:
+    """AdamW over ``param_groups`` (the fused kernel where ``use_fused_adamw`` says it pays), or with
+    ``optimizer="muon"`` Muon for ``hidden_matrices`` and that AdamW for the rest.
+
+    Muon scales its step with ``adjust_lr_fn="match_rms_adamw"`` (0.2 * sqrt(max(rows, cols))), so its
+    updates have AdamW's RMS and one learning rate and schedule serve both, as Moonshot's paper shows.
+    """
+    # is_sharded imports FSDP (seconds on a CPU), so it is asked only when Muon needs the answer
+    check_optimizer(optimizer, optimizer == "muon" and is_sharded(model))
     extra = {"fused": True} if use_fused_adamw(device_type) else {}
-    return torch.optim.AdamW(
-        param_groups(model, weight_decay), lr=learning_rate, betas=betas, eps=eps, **extra
-    )
+    if optimizer == "adamw":
+        return torch.optim.AdamW(
+            param_groups(model, weight_decay), lr=learning_rate, betas=betas, eps=eps, **extra
+        )
+    hidden = hidden_matrices(model)
+    adamw = torch.optim.AdamW(param_groups(model, weight_decay, exclude=frozenset(hidden)), lr=learning_rate,
+                              betas=betas, eps=eps, **extra)
+    muon = torch.optim.Muon([{"params": hidden, "name": "muon"}], lr=learning_rate, weight_decay=weight_decay,
+                            adjust_lr_fn="match_rms_adamw")
+    return MuonWithAdamW(adamw, muon)
 
 
 def learning_rate_at(

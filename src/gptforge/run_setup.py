@@ -23,6 +23,7 @@ from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_text
 from gptforge.hf import prepare_init
 from gptforge.model import count_parameters, parameter_table
+from gptforge.optim import check_optimizer
 from gptforge.runlog import RunLog
 from gptforge.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_dict
 from gptforge.trackers import Trackers, check_trackers
@@ -84,6 +85,7 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     strategy = distributed.resolve_parallel(train.parallel, world_size, resolve_dtype(train.dtype, device))
     if init is not None and strategy == "fsdp":
         raise UserError("--init-from cannot start a sharded run yet; use --parallel ddp (or one process)")
+    check_optimizer(train.optimizer, sharded=strategy == "fsdp")
     text = read_corpus(train.data)[0] if train.tokenizer == "char" else None
     tokenizer = build_tokenizer(train.tokenizer, text=text, bpe_file=train.tokenizer_file)
     if init is not None:
@@ -123,6 +125,9 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     config = RunConfig.from_dict(state["config"])
     if "init" in overrides:
         raise UserError("--init-from starts a new run; a resumed run continues from its own checkpoint")
+    if "optimizer" in overrides and overrides["optimizer"] != config.train.optimizer:
+        raise UserError(f"--optimizer {overrides['optimizer']}: the run was started with {config.train.optimizer} "
+                        "and its checkpoint holds that optimizer's state; resume without --optimizer")
     for key in overrides:
         if key.replace("-", "_") in MODEL_KEYS:
             raise UserError(f"--{key.replace('_', '-')} changes the model's shape, which a resumed run cannot do")

@@ -77,11 +77,12 @@ class Trainer:
         # `model` stays the plain GPT (sharded in place under FSDP) for checkpoints and samples; the
         # training step calls `forward_model`, wrapped for the other ranks and maybe compiled
         self.model = GPT(config.model).to(self.device)
+        self.model.loss_chunks = train.loss_chunks
         wrapped = distributed.wrap_model(self.model, self.strategy, self.precision, self.use_compile)
         self.forward_model, self.parallel_model = wrapped.forward, wrapped.parallel
         self.optimizer = build_optimizer(
             self.model, learning_rate=train.learning_rate, weight_decay=train.weight_decay,
-            betas=(train.beta1, train.beta2), device_type=self.device.type,
+            betas=(train.beta1, train.beta2), device_type=self.device.type, optimizer=train.optimizer,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_loss_scaling)
         self.sampler = make_sampler(train.sampler, train_tokens, train.batch_size, config.model.block_size,
