@@ -65,6 +65,31 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
         return train(tiny_char_config(tmp_path_factory.mktemp("tiny") / "run")).run_dir
 
 
+class FakeClock:
+    """A clock for `Trainer.clock` that moves `tick` seconds per reading, plus what a test `advance`s it by:
+    durations then depend on what the code does, never on how fast or loaded the machine is."""
+
+    def __init__(self, tick: float = 0.0) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Drive every duration the trainer measures with a FakeClock (no tick unless the test sets one)."""
+    from gptforge.trainer import Trainer
+
+    clock = FakeClock()
+    monkeypatch.setattr(Trainer, "clock", staticmethod(clock))
+    return clock
+
+
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """`gptforge ARGV` in this process: (exit status, stdout, stderr); argparse exits through SystemExit."""
     capsys.readouterr()

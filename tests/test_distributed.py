@@ -356,9 +356,8 @@ def run_on_rank0_in_a_group(rank: int, store_path: str, results: str) -> None:
 
 
 def test_a_bug_in_rank_0s_action_stops_the_other_ranks_with_its_name(tmp_path: Path) -> None:
-    started = time.monotonic()
+    # had rank 1 been left waiting, the group's timeout would have ended its wait with a timeout error instead
     torch.multiprocessing.spawn(run_on_rank0_in_a_group, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
     assert (tmp_path / "0").read_text(encoding="utf-8") == "RuntimeError: a simulated bug"  # with its traceback
     assert (tmp_path / "1").read_text(encoding="utf-8") == \
         "UserError: process 0 failed (RuntimeError: a simulated bug); its traceback is above"
-    assert time.monotonic() - started < 50, "rank 1 waited for the collective's timeout"
