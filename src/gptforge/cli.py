@@ -215,9 +215,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "hf":
         from gptforge.hf import export_hf
 
-        for note in export_hf(trained, Path(args.out)):
-            print(f"note: {note}")
-        print(f"wrote {args.out} (load it with transformers.GPT2LMHeadModel.from_pretrained)")
+        export_hf(trained, Path(args.out))
+        print(f"wrote {args.out} (load it with transformers' GPT2LMHeadModel and AutoTokenizer .from_pretrained)")
         return 0
     from gptforge.space import export_space
 
@@ -357,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_source(export, device=False)
     export.add_argument("--format", choices=["space", "hf"], required=True,
                         help="space: a folder ready to push as a Hugging Face Space; hf: a transformers "
-                        "GPT2LMHeadModel folder (with the GPT-2 tokenizer's files)")
+                        "GPT2LMHeadModel folder with a tokenizer AutoTokenizer loads")
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write (must be new or empty)")
     export.set_defaults(func=cmd_export)
     return parser
