@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
+import textwrap
 import typing
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -20,12 +21,14 @@ from gptforge.config import (
     PRESETS,
     RECIPES,
     GPTConfig,
+    RunConfig,
     TrainConfig,
     apply_overrides,
     field_types,
     from_preset,
     load_toml,
     padded_vocab_size,
+    preset_table,
 )
 from gptforge.errors import UserError
 
@@ -43,15 +46,17 @@ FLAG_NAMES = {"init": "--init-from"}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, classes: Sequence[type], skip: Collection[str] = (),
-                     only: Collection[str] | None = None) -> None:
-    """One `--flag` per config field (the key with dashes); absent flags leave the preset's value."""
+                     only: Collection[str] | None = None, shown: RunConfig | None = None) -> None:
+    """One `--flag` per config field (the key with dashes); absent flags leave the preset's value, which
+    the help shows when `shown` (the preset's config) is given."""
     for cls in classes:
         group = parser.add_argument_group(f"{'model' if cls is GPTConfig else 'training'} settings")
+        defaults = cls() if shown is None else (shown.model if cls is GPTConfig else shown.train)
         for name, annotation in field_types(cls).items():
             if name in skip or (only is not None and name not in only):
                 continue
             flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
-            default = getattr(cls(), name)
+            default = getattr(defaults, name)
             help_text = f"{FIELD_HELP.get(name, '')} (default: {default})".strip()
             args = typing.get_args(annotation)
             if annotation is bool or (bool in args):
@@ -263,23 +268,39 @@ def add_model_source(parser: argparse.ArgumentParser, device: bool = True) -> No
 # --- the parser ------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def preset_asking_for_help(argv: Sequence[str]) -> str | None:
+    """The preset of `train --preset X --help`, whose values that help shows as the defaults."""
+    if "train" not in argv or not {"-h", "--help"} & set(argv):
+        return None
+    finder = argparse.ArgumentParser(add_help=False)
+    finder.add_argument("--preset")
+    preset = finder.parse_known_args(argv)[0].preset
+    return preset if preset in PRESETS else None
+
+
+def build_parser(train_preset: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; `train_preset` makes `train --help` show that preset's values as defaults."""
     parser = Parser(prog="gptforge", description="Train GPT-2-style language models from scratch, sample from them, "
                     "and inspect them.")
     parser.add_argument("--version", action="version", version=f"gptforge {__import__('gptforge').__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
+    shown = "the defaults shown are " + (
+        f"{train_preset}'s" if train_preset else "the base values; `train --preset X --help` shows X's")
     train = commands.add_parser("train", help="train a model (new run or --resume RUN)",
-                                description="Train a GPT. Settings come from --preset, then --config FILE.toml, "
-                                "then flags. With no preset: shakespeare-gpt2 on a CUDA GPU, else "
-                                "shakespeare-char-cpu.")
+                                description=textwrap.fill(
+                                    "Train a GPT. Settings come from --preset, then --config FILE.toml, then flags. "
+                                    "With no preset: shakespeare-gpt2 on a CUDA GPU, else shakespeare-char-cpu; "
+                                    f"{shown}."),
+                                epilog=preset_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--preset", choices=PRESETS, help=f"recipe or model preset (recipes: {', '.join(RECIPES)})")
     train.add_argument("--config", metavar="FILE.toml", help="TOML file with settings (flat keys or [model]/[train])")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its newest good "
                        "checkpoint; training flags (e.g. --max-steps) may change")
     train.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine, one per GPU "
                        "(or N on the CPU): starts torchrun; for several machines run torchrun yourself (README)")
-    add_config_flags(train, [GPTConfig, TrainConfig], skip={"vocab_size"})
+    add_config_flags(train, [GPTConfig, TrainConfig], skip={"vocab_size"},
+                     shown=from_preset(train_preset) if train_preset else None)
     train.set_defaults(func=cmd_train)
 
     summary = commands.add_parser("summary", help="print a model's structure and parameter counts")
@@ -363,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(preset_asking_for_help(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

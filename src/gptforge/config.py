@@ -189,6 +189,8 @@ FIELD_HELP: dict[str, str] = {
     "decay_steps": "length of the schedule; defaults to max_steps, fixed when the run starts (a resume with "
                    "more steps continues at the lowest rate unless this is raised too)",
     "grad_clip": "0 disables clipping",
+    "max_epochs": "stop after this many passes over the training split (fractions such as 0.5 allowed; "
+                  "none: no limit)",
     "time_budget": "wall-clock seconds in the training loop (steps, evals, samples, saves) before stopping",
     "target_loss": "stop once an optimizer step's mean training loss is below this",
     "sample_interval": "0 disables periodic samples during training",
@@ -205,6 +207,8 @@ FIELD_HELP: dict[str, str] = {
             "sets the model's shape)",
     "out": "run directory; default runs/<timestamp>-<preset>",
     "progress": "progress bar when the output is a terminal",
+    "tensorboard": "log metrics for TensorBoard in RUN/tensorboard (pip install 'gptforge[track]')",
+    "wandb": "log metrics to Weights & Biases (pip install 'gptforge[track]')",
     "block_size": "context length in tokens",
     "vocab_size": "vocabulary size (derived from the tokenizer when training)",
     "n_layer": "transformer blocks",
@@ -290,6 +294,21 @@ def from_preset(name: str) -> RunConfig:
     if name in MODEL_PRESETS:
         return RunConfig(preset=name, model=dataclasses.replace(MODEL_PRESETS[name]))
     raise UserError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+
+
+def preset_table() -> str:
+    """One line per preset, for `train --help`: what each recipe trains and each model preset's shape."""
+    lines = ["recipes (a model and its training settings):"]
+    for name in RECIPES:
+        config = from_preset(name)
+        model, train = config.model, config.train
+        lines.append(f"  {name:22} {RECIPES[name]['model']}, {train.tokenizer} tokenizer, block {model.block_size}, "
+                     f"batch {train.batch_size}, lr {train.learning_rate:g}, {train.max_steps:,} steps")
+    lines.append("model presets (default training settings):")
+    for name, model in MODEL_PRESETS.items():
+        lines.append(f"  {name:22} {model.n_layer} layers, {model.n_head} heads, width {model.n_embd}, "
+                     f"block {model.block_size}")
+    return "\n".join(lines)
 
 
 def field_types(cls: type) -> dict[str, Any]:
