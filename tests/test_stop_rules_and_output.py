@@ -64,6 +64,15 @@ def test_time_budget_counts_evaluations_too(tmp_path, fake_clock, monkeypatch) -
     assert len(steps) == 5  # four evaluations (2 s) and the step after them
 
 
+def test_a_warmup_longer_than_the_run_is_a_warning_in_the_output_and_the_log(tmp_path, capsys) -> None:
+    outcome = train(tiny_char_config(tmp_path / "run", max_steps=6))  # the default warmup: 100 steps
+    warning = "warning: the learning rate never reaches its peak: warmup is 100 steps and the run 6"
+    assert warning in capsys.readouterr().out
+    assert warning in (outcome.run_dir / "train.log").read_text()
+    outcome = train(tiny_char_config(tmp_path / "fits", max_steps=6, warmup_steps=1))
+    assert "warning:" not in capsys.readouterr().out
+
+
 def test_periodic_samples_are_logged(tmp_path) -> None:
     config = tiny_char_config(tmp_path / "run", max_steps=6, sample_interval=3, sample_tokens=12)
     outcome = train(config)
