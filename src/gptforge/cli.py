@@ -254,9 +254,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 BENCH_TRAIN_FLAGS = ("batch_size", "grad_accum", "dtype", "compile", "device", "pad_vocab_to")
 
 
+def add_run_argument(group: argparse._MutuallyExclusiveGroup, help_text: str) -> None:
+    """`--run RUN` or a bare RUN: every command that reads a run takes both spellings."""
+    group.add_argument("--run", metavar="RUN", help=help_text)
+    group.add_argument("run_path", nargs="?", metavar="RUN", help="the same as --run RUN")
+
+
 def add_model_source(parser: argparse.ArgumentParser, device: bool = True) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", metavar="DIR", help="run directory (its newest good checkpoint)")
+    add_run_argument(source, "run directory (its newest good checkpoint)")
     source.add_argument("--checkpoint", metavar="FILE", help="a checkpoint file")
     source.add_argument("--hf", metavar="DIR", help="a transformers GPT-2 folder (config.json and model.safetensors "
                         "or pytorch_model.bin)")
@@ -318,7 +324,7 @@ def build_parser(train_preset: str | None = None) -> argparse.ArgumentParser:
     prepare.set_defaults(func=cmd_prepare)
 
     plot = commands.add_parser("plot", help="draw RUN/curves.png from RUN/metrics.jsonl")
-    plot.add_argument("run", metavar="RUN", help="run directory")
+    add_run_argument(plot.add_mutually_exclusive_group(required=True), "run directory")
     plot.add_argument("--out", metavar="FILE.png", help="where to write (default: RUN/curves.png)")
     plot.set_defaults(func=cmd_plot)
 
@@ -390,6 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` hands them on to torchrun
+    if getattr(args, "run_path", None) is not None:
+        args.run = args.run_path
     try:
         return args.func(args)
     except UserError as exc:

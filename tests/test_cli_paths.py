@@ -1,0 +1,34 @@
+"""The paths a new user takes through the command line: RUN as a flag or a word, URLs and hub names
+given where files are expected, a YAML config."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import run_main
+
+EXTRA = {"export": ["--format", "hf", "--out", "unused"]}
+
+
+@pytest.mark.parametrize("command", ["plot", "sample", "eval", "serve", "export"])
+def test_every_command_that_reads_a_run_takes_run_as_a_flag_or_a_word(command: str, tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    missing = str(tmp_path / "no-such-run")
+    for argv in ([command, "--run", missing], [command, missing]):
+        status, out, err = run_main([*argv, *EXTRA.get(command, [])], capsys)
+        assert status == 2 and err == f"error: run directory {missing} not found; pass a folder made by " \
+            "`gptforge train`\n", argv
+    status, _, err = run_main([command, "--run", missing, missing, *EXTRA.get(command, [])], capsys)
+    assert status == 2 and "not allowed with" in err and err.count("\n") == 1
+
+
+def test_sample_and_plot_read_the_same_run_either_way(tiny_run: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    flags = ["--prompt", "ROMEO:", "--max-new-tokens", "8", "--temperature", "0", "--device", "cpu"]
+    as_flag, as_word = (run_main(["sample", *argv, *flags], capsys) for argv in (["--run", str(tiny_run)],
+                                                                                  [str(tiny_run)]))
+    assert as_flag == as_word and as_flag[0] == 0 and as_flag[1].startswith("ROMEO:")
+    for name, argv in (("flag", ["--run", str(tiny_run)]), ("word", [str(tiny_run)])):
+        status, out, err = run_main(["plot", *argv, "--out", str(tmp_path / f"{name}.png")], capsys)
+        assert status == 0, err
+        assert (tmp_path / f"{name}.png").stat().st_size > 0
