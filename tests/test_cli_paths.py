@@ -1,6 +1,7 @@
 """The paths a new user takes through the command line: RUN as a flag or a word, URLs and hub names
 given where files are expected, a YAML config."""
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,28 @@ def test_sample_and_plot_read_the_same_run_either_way(tiny_run: Path, tmp_path: 
         status, out, err = run_main(["plot", *argv, "--out", str(tmp_path / f"{name}.png")], capsys)
         assert status == 0, err
         assert (tmp_path / f"{name}.png").stat().st_size > 0
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a connection fails the test, the way an offline machine would refuse it."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the network was used")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize("url", ["https://example.com/corpus.txt", "http://example.com/a/b.txt",
+                                 "s3://bucket/corpus.txt"])
+@pytest.mark.parametrize("command", ["train", "prepare", "eval"])
+def test_a_url_for_data_is_refused_in_one_line_without_the_network(url: str, command: str, tmp_path: Path,
+                                                                   tiny_run: Path, no_network: None,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    extra = {"train": ["--preset", "tiny", "--tokenizer", "char", "--out", str(tmp_path / "run")],
+             "prepare": ["--tokenizer", "char"], "eval": ["--run", str(tiny_run), "--device", "cpu"]}[command]
+    status, _, err = run_main([command, "--data", url, *extra], capsys)
+    assert status == 2
+    assert err == (f"error: --data takes a named dataset, a text file or a folder, not a URL ({url}); gptforge "
+                   "downloads only its named datasets: download the file (e.g. curl -LO URL) and pass its path\n")
+    assert list(tmp_path.iterdir()) == []  # no run directory
