@@ -204,7 +204,7 @@ FIELD_HELP: dict[str, str] = {
     "parallel": "with several processes (torchrun, --nproc): auto or ddp (a model copy per process) or fsdp "
                 "(sharded with FSDP2); one process ignores it",
     "init": "scratch (GPT-2 initialisation) or hf:DIR (fine-tune a transformers GPT-2 folder; its config.json "
-            "sets the model's shape)",
+            "sets the model's shape) or hf:NAME (a hub model such as gpt2, downloaded through huggingface_hub)",
     "out": "run directory; default runs/<timestamp>-<preset>",
     "progress": "progress bar when the output is a terminal",
     "tensorboard": "log metrics for TensorBoard in RUN/tensorboard (pip install 'gptforge[track]')",

@@ -22,6 +22,7 @@ from gptforge.config import GPT2_VOCAB_SIZE, GPTConfig, RunConfig, TrainConfig
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
 from gptforge.fileio import write_new_folder
+from gptforge.hub import fetch_model, is_hub_name
 from gptforge.model import GPT, count_parameters, meta_model
 from gptforge.tokenizer import (
     GPT2_EOT_ID,
@@ -263,14 +264,16 @@ class FineTuneInit:
 
 
 def prepare_init(config: RunConfig) -> FineTuneInit | None:
-    """For init hf:DIR, read DIR and give the run its model shape; None for a run from scratch.
+    """For init hf:DIR (or hf:NAME, a hub model fetched into huggingface_hub's cache when no folder NAME is
+    here), read it and give the run its model shape; None for a run from scratch.
 
     Called before anything is created, so a bad folder leaves nothing behind. The run keeps its own
     dropout and may use fewer positions (a smaller --block-size crops the position embeddings).
     """
     if not config.train.init.startswith(INIT_PREFIX):
         return None
-    checkpoint = read_hf_folder(config.train.init[len(INIT_PREFIX):])
+    source = config.train.init[len(INIT_PREFIX):]
+    checkpoint = read_hf_folder(fetch_model(source) if is_hub_name(source) else source)
     model, shape = config.model, checkpoint.shape
     adopted = {"n_layer": shape.n_layer, "n_head": shape.n_head, "n_embd": shape.n_embd, "bias": True,
                "block_size": min(model.block_size, shape.block_size)}
