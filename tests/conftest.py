@@ -1,6 +1,7 @@
 """Shared fixtures: the offline data folder, and a private cache dir so tests never touch ~/.cache."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +89,14 @@ def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     clock = FakeClock()
     monkeypatch.setattr(Trainer, "clock", staticmethod(clock))
     return clock
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """The usual umask, 022, so new files should be 0644 whatever the test runner's own umask."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -58,3 +58,15 @@ def test_a_url_for_data_is_refused_in_one_line_without_the_network(url: str, com
     assert err == (f"error: --data takes a named dataset, a text file or a folder, not a URL ({url}); gptforge "
                    "downloads only its named datasets: download the file (e.g. curl -LO URL) and pass its path\n")
     assert list(tmp_path.iterdir()) == []  # no run directory
+
+
+@pytest.mark.parametrize("name,text", [("run.yaml", "model:\n  n_layer: 6\n"), ("run.yml", "max_steps: 10\n"),
+                                       ("run.json", '{"max_steps": 10}'), ("run.cfg", "model:\n  n_layer: 6\n")])
+def test_a_config_that_is_not_toml_is_one_line_saying_it_must_be_toml(name: str, text: str, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / name
+    config.write_text(text, encoding="utf-8")
+    status, _, err = run_main(["train", "--config", str(config), "--out", str(tmp_path / "run")], capsys)
+    assert status == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert "--config takes a TOML file (`key = value` lines, optional [model] / [train] tables)" in err
+    assert not (tmp_path / "run").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -120,6 +121,14 @@ def test_exported_char_run_loads_in_transformers_with_equal_logits(char_run: Pat
     theirs = safetensors_torch.load_file(tmp_path / "resaved" / "model.safetensors")
     assert set(ours) == set(theirs) and "lm_head.weight" not in ours
     assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+
+
+def test_every_exported_file_is_readable_by_all_the_weights_too(char_run: Path, tmp_path: Path,
+                                                                usual_umask: None) -> None:
+    export_hf(load_trained(run=char_run, device="cpu"), tmp_path / "hf")
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "hf").iterdir()}
+    assert modes["model.safetensors"] == 0o644  # safetensors' save_file alone makes it 0600
+    assert set(modes.values()) == {0o644}, modes
 
 
 def test_char_export_has_a_tokenizer_autotokenizer_loads_that_encodes_like_gptforge(char_run: Path,

@@ -383,10 +383,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
+    toml_only = "--config takes a TOML file (`key = value` lines, optional [model] / [train] tables)"
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        raise UserError(f"{path} is not TOML: {toml_only}")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot parse config file {path}: {exc}") from None
+        raise UserError(f"cannot parse config file {path} as TOML ({exc}); {toml_only}") from None
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key in ("model", "train") and isinstance(value, dict):

@@ -21,7 +21,7 @@ import torch
 from gptforge.config import GPT2_VOCAB_SIZE, GPTConfig, RunConfig, TrainConfig
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
-from gptforge.fileio import write_new_folder
+from gptforge.fileio import write_new_folder, write_safetensors
 from gptforge.hub import fetch_model, is_hub_name
 from gptforge.model import GPT, count_parameters, meta_model
 from gptforge.tokenizer import (
@@ -425,8 +425,7 @@ def _write_json(path: Path, data: Any) -> None:
 def _write_hf(trained: TrainedModel, folder: Path) -> None:
     tokenizer, model = trained.tokenizer, trained.model
     dtype = model.transformer.wte.weight.dtype
-    _safetensors_torch().save_file(to_hf_state_dict(model, tokenizer.vocab_size), str(folder / SAFETENSORS_FILE),
-                                   metadata={"format": "pt"})
+    write_safetensors(folder / SAFETENSORS_FILE, to_hf_state_dict(model, tokenizer.vocab_size), _safetensors_torch())
     _write_json(folder / CONFIG_FILE, hf_config(model.config, tokenizer.vocab_size, tokenizer.eot_id, dtype))
     _write_json(folder / "generation_config.json", {"_from_model_config": True, "bos_token_id": tokenizer.eot_id,
                                                     "eos_token_id": tokenizer.eot_id})
