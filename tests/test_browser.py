@@ -21,6 +21,9 @@ from gptforge import app
 from gptforge.run_setup import train
 from gptforge.trained import TrainedModel, load_trained
 
+# servers on free ports: run on one pytest-xdist worker, one after another (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("servers")
+
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "demo.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]

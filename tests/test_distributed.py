@@ -39,6 +39,7 @@ TIMEOUT_S = 180
 NEEDS_FSDP2 = pytest.mark.skipif(not hasattr(torch.distributed.fsdp, "fully_shard"),
                                  reason=f"--parallel fsdp needs torch >= 2.6 (this is {torch.__version__})")
 FSDP = pytest.param("fsdp", marks=NEEDS_FSDP2)
+SLOW = pytest.mark.slow
 
 
 def settings(corpus: Path, out: Path, **overrides: Any) -> dict[str, Any]:
@@ -139,7 +140,8 @@ def last_state(run_dir: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("parallel", "grad_accum"), [
-    ("ddp", 1), ("ddp", 2), pytest.param("fsdp", 1, marks=NEEDS_FSDP2), pytest.param("fsdp", 2, marks=NEEDS_FSDP2)])
+    ("ddp", 1), pytest.param("ddp", 2, marks=SLOW), pytest.param("fsdp", 1, marks=[NEEDS_FSDP2, SLOW]),
+    pytest.param("fsdp", 2, marks=[NEEDS_FSDP2, SLOW])])
 def test_two_processes_with_half_the_batch_train_like_one_with_all_of_it(runs: Runs, parallel: str,
                                                                          grad_accum: int) -> None:
     single, ranks = runs.single(grad_accum), runs.two_ranks(parallel, grad_accum)
@@ -165,6 +167,7 @@ def test_a_sharded_run_saves_the_one_process_checkpoint_layout(runs: Runs) -> No
     assert sharded["optimizer"]["param_groups"] == single["optimizer"]["param_groups"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", FSDP])
 def test_resume_under_two_processes_continues_exactly(runs: Runs, parallel: str) -> None:
     straight = runs.two_ranks(parallel, 1)
@@ -185,6 +188,7 @@ def test_resume_under_two_processes_continues_exactly(runs: Runs, parallel: str)
 # --- gradients cross processes once per optimizer step ----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", FSDP])
 def test_gradients_are_exchanged_only_on_the_last_micro_step(runs: Runs, parallel: str) -> None:
     # DDP: one bucket holds this model's gradients, so one all-reduce a step, not one per micro-step.
@@ -225,6 +229,7 @@ def test_a_nan_on_one_process_stops_both_before_the_update(runs: Runs) -> None:
 # --- one process reads what two wrote --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_ddp_run_samples_on_one_process(runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["sample", "--run", str(runs.two_ranks("ddp", 1)), "--max-new-tokens", "20", "--seed", "1",
                    "--device", "cpu"])
@@ -245,6 +250,7 @@ def test_resuming_with_another_number_of_processes_is_one_clear_error(runs: Runs
     assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_one_process_run_resumed_by_two_stops_both_with_the_error_said_once(runs: Runs, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(runs.single(1), run_dir)
@@ -267,6 +273,7 @@ def worker_pid(torchrun_pid: int, rank: int) -> int:
     raise AssertionError(f"no rank {rank} among the children of {torchrun_pid}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["torchrun", "rank 1"])
 def test_sigterm_stops_every_process_after_the_same_step_and_saves_once(runs: Runs, tmp_path: Path,
                                                                         target: str) -> None:

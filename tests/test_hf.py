@@ -300,6 +300,7 @@ def run_train(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=SUBPROCESS_TIMEOUT_S, env=os.environ.copy())
 
 
+@pytest.mark.slow
 def test_train_init_from_hf_cli(tmp_path: Path, data_dir: Path) -> None:
     folder = tmp_path / "gpt2"
     random_hf_folder(folder)
@@ -323,6 +324,7 @@ def test_train_init_from_hf_cli(tmp_path: Path, data_dir: Path) -> None:
     assert saved["train"]["init"] == f"hf:{folder}"
 
 
+@pytest.mark.slow
 def test_finetune_recipe_trains_from_a_gpt2_folder(tmp_path: Path) -> None:
     folder = tmp_path / "gpt2"
     random_hf_folder(folder)

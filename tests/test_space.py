@@ -164,6 +164,7 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("servers")  # with the other tests that pick a free port, on one worker
 def test_exported_app_py_serves_the_demo(trained, tmp_path) -> None:
     """Runs app.py with this project's Python; the Space imports its own copy of gptforge (a clean-venv
     install from requirements.txt was checked by hand: see the README)."""

@@ -12,6 +12,8 @@ import sys
 import termios
 import time
 
+import pytest
+
 from conftest import tiny_char_config
 from gptforge.run_setup import train
 from gptforge.trainer import Trainer
@@ -108,6 +110,7 @@ def run_in_terminal(args: list[str], timeout_s: float = 120) -> str:
     return b"".join(chunks).decode("utf-8", "replace")
 
 
+@pytest.mark.slow
 def test_progress_bar_in_a_terminal_does_not_garble_the_log(tmp_path) -> None:
     out = tmp_path / "run"
     screen = run_in_terminal([sys.executable, "-m", "gptforge", "train", "--preset", "tiny", "--tokenizer", "char",
