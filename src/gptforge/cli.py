@@ -32,6 +32,9 @@ from gptforge.config import (
 )
 from gptforge.errors import UserError
 
+if typing.TYPE_CHECKING:
+    from gptforge.generate import SamplingSettings
+
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad flag is one `error:` line (with a hint) rather than usage text."""
@@ -153,7 +156,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from gptforge.generate import SamplingSettings, generate_text, stream_text
+    from gptforge.generate import generate_text, stream_text
     from gptforge.trained import autocast_for, load_trained
 
     if args.prompt is not None and args.prompt_file is not None:
@@ -166,9 +169,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise UserError(f"cannot read --prompt-file {args.prompt_file}: {exc}") from None
     if args.num_samples <= 0:
         raise UserError(f"--num-samples must be positive, got {args.num_samples}")
-    settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_k=args.top_k or None, top_p=args.top_p, seed=args.seed, stop=args.stop)
-    settings.validate()
+    settings = sampling_settings(args)
     trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
                            hf=args.hf)
     if prompt:
@@ -184,6 +185,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
             for i, text in enumerate(generate_text(trained.model, trained.tokenizer, prompt, settings,
                                                    args.num_samples)):
                 print(f"--- sample {i + 1} ---\n{prompt}{text}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from gptforge.chat import chat
+    from gptforge.trained import autocast_for, load_trained
+
+    settings = sampling_settings(args)
+    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
+                           hf=args.hf)
+    with autocast_for(trained.model) or contextlib.nullcontext():
+        chat(trained, settings)
     return 0
 
 
@@ -260,6 +273,25 @@ def add_run_argument(group: argparse._MutuallyExclusiveGroup, help_text: str) ->
     group.add_argument("run_path", nargs="?", metavar="RUN", help="the same as --run RUN")
 
 
+def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
+                        help=f"(default: {max_new_tokens})")
+    parser.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy (default: 0.8)")
+    parser.add_argument("--top-k", type=int, default=200, metavar="K", help="0 disables (default: 200)")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling (default: off)")
+    parser.add_argument("--seed", type=int, default=None, help="for repeatable samples")
+
+
+def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
+    from gptforge.generate import SamplingSettings
+
+    settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_k=args.top_k or None, top_p=args.top_p, seed=args.seed,
+                                stop=getattr(args, "stop", None))
+    settings.validate()
+    return settings
+
+
 def add_model_source(parser: argparse.ArgumentParser, device: bool = True) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     add_run_argument(source, "run directory (its newest good checkpoint)")
@@ -332,14 +364,18 @@ def build_parser(train_preset: str | None = None) -> argparse.ArgumentParser:
     add_model_source(sample)
     sample.add_argument("--prompt", help="text to continue (default: start from the end-of-text token)")
     sample.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 file")
-    sample.add_argument("--max-new-tokens", type=int, default=500, metavar="N", help="(default: 500)")
-    sample.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy (default: 0.8)")
-    sample.add_argument("--top-k", type=int, default=200, metavar="K", help="0 disables (default: 200)")
-    sample.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling (default: off)")
+    add_sampling_flags(sample, max_new_tokens=500)
     sample.add_argument("--num-samples", type=int, default=1, metavar="S", help="(default: 1)")
-    sample.add_argument("--seed", type=int, default=None, help="for repeatable samples")
     sample.add_argument("--stop", metavar="TEXT", help="stop when this text is generated")
     sample.set_defaults(func=cmd_sample)
+
+    chat = commands.add_parser("chat", help="a prompt loop: the model stays loaded, each line is continued "
+                               "(streamed); /temp 0.7, /topk, /max, /quit change or end it",
+                               description="Continue each line you type, streamed, with the model loaded once. "
+                               "Lines starting with / change the sampling settings (/help lists them).")
+    add_model_source(chat)
+    add_sampling_flags(chat, max_new_tokens=200)
+    chat.set_defaults(func=cmd_chat)
 
     evaluate = commands.add_parser("eval", help="loss and perplexity of a trained model on any text")
     add_model_source(evaluate)
