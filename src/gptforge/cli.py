@@ -229,16 +229,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from gptforge.trained import load_trained
 
+    if args.push_to_hub:
+        from gptforge.hub import check_can_push
+
+        check_can_push(args.push_to_hub)  # before anything is exported
     trained = load_trained(args.run, args.checkpoint, device="cpu", tokenizer_file=args.tokenizer_file, hf=args.hf)
     if args.format == "hf":
         from gptforge.hf import export_hf
 
         export_hf(trained, Path(args.out))
         print(f"wrote {args.out} (load it with transformers' GPT2LMHeadModel and AutoTokenizer .from_pretrained)")
-        return 0
-    from gptforge.space import export_space
+    else:
+        from gptforge.space import export_space
 
-    print(f"wrote {export_space(trained, Path(args.out))}")
+        print(f"wrote {export_space(trained, Path(args.out))}")
+    if args.push_to_hub:
+        from gptforge.hub import push_folder
+
+        repo_type = "model" if args.format == "hf" else "space"
+        print(f"pushed to {push_folder(Path(args.out), args.push_to_hub, repo_type)}")
     return 0
 
 
@@ -421,6 +430,9 @@ def build_parser(train_preset: str | None = None) -> argparse.ArgumentParser:
                         help="space: a folder ready to push as a Hugging Face Space; hf: a transformers "
                         "GPT2LMHeadModel folder with a tokenizer AutoTokenizer loads")
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write (must be new or empty)")
+    export.add_argument("--push-to-hub", metavar="USER/NAME", help="then upload the folder to the Hugging Face hub "
+                        "as that model (hf) or Gradio Space (space), created if needed; needs a token "
+                        "(hf auth login or HF_TOKEN)")
     export.set_defaults(func=cmd_export)
     return parser
 

@@ -23,7 +23,8 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 def _huggingface_hub(purpose: str) -> ModuleType:
     try:
-        import huggingface_hub.errors  # a lazy package: its submodules appear only once imported
+        import huggingface_hub.constants  # a lazy package: its submodules appear only once imported
+        import huggingface_hub.errors
     except ImportError:
         raise UserError(f"{purpose} needs huggingface_hub: pip install 'gptforge[hf]'") from None
     return huggingface_hub
@@ -36,7 +37,8 @@ def is_hub_name(spec: str) -> bool:
 
 def download_hint(repo_id: str) -> str:
     local = repo_id.rsplit("/", 1)[-1]
-    return f"download it with `huggingface-cli download {repo_id} --local-dir {local}` and pass hf:{local}"
+    # `hf` is huggingface_hub's command (its older releases called it huggingface-cli)
+    return f"download it with `hf download {repo_id} --local-dir {local}` and pass hf:{local}"
 
 
 def fetch_model(repo_id: str) -> Path:
@@ -56,3 +58,42 @@ def fetch_model(repo_id: str) -> Path:
 
 def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _is_network_failure(exc: BaseException) -> bool:
+    """Offline mode, or the HTTP client failing to connect (its error classes are not re-exported)."""
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    return isinstance(exc, OSError) or bool(names & {"NetworkError", "TransportError", "TimeoutException"})
+
+
+def check_can_push(repo_id: str) -> None:
+    """Refuse a push that cannot work before anything is exported: a bad name, offline mode, no token."""
+    hub = _huggingface_hub("--push-to-hub")
+    if REPO_ID.fullmatch(repo_id) is None or "/" not in repo_id:
+        raise UserError(f"--push-to-hub takes USER/NAME (a hub repository id), got {repo_id!r}")
+    if hub.constants.HF_HUB_OFFLINE:
+        raise UserError("no network: HF_HUB_OFFLINE is set; export without --push-to-hub and upload the folder "
+                        "later with `hf upload`")
+    if hub.get_token() is None:
+        raise UserError("no Hugging Face token: run `hf auth login` or set HF_TOKEN to a token with write "
+                        "access, then export again")
+
+
+def push_folder(folder: Path, repo_id: str, repo_type: str) -> str:
+    """Upload `folder` as the hub repository `repo_id` (a model, or a Gradio Space), creating it if needed;
+    returns its address."""
+    hub = _huggingface_hub("--push-to-hub")
+    later = (f"{folder} is written; upload it later with `hf upload {repo_id} {folder} . "
+             f"--repo-type {repo_type}`")
+    try:
+        url = hub.create_repo(repo_id, repo_type=repo_type, exist_ok=True,
+                              space_sdk="gradio" if repo_type == "space" else None)
+        hub.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type,
+                          commit_message="Upload from gptforge export")
+    except hub.errors.HfHubHTTPError as exc:  # a refused token, a name taken by someone else
+        raise UserError(f"the hub refused the push to {repo_id} ({first_line(exc)}); {later}") from None
+    except Exception as exc:
+        if not _is_network_failure(exc):
+            raise
+        raise UserError(f"no network: cannot reach the Hugging Face hub ({first_line(exc)}); {later}") from None
+    return str(url)
