@@ -21,7 +21,7 @@ from gptforge.errors import UserError
 from gptforge.fileio import write_new_folder, write_safetensors
 from gptforge.model import GPT
 from gptforge.tokenizer import GPT2_BPE_FILENAME, GPT2_BPE_SHA256, tokenizer_from_dict
-from gptforge.trained import TrainedModel
+from gptforge.trained import TrainedModel, best_loss_label
 
 WEIGHTS_FILE = "model.safetensors"
 TIED_WEIGHT = "lm_head.weight"  # the same tensor as transformer.wte.weight, so stored once
@@ -104,7 +104,7 @@ Type the start of a text and it writes the rest.
 | steps trained | {_fact(facts.get("steps"))} |
 | tokens seen | {_fact(facts.get("tokens_seen"))} |
 | final training loss | {_fact(facts.get("final_loss"), ".4f")} |
-| best loss | {_fact(facts.get("best_loss"), ".4f")} |
+| {best_loss_label(facts)} | {_fact(facts.get("best_loss"), ".4f")} |
 | tokenizer | {trained.tokenizer.name} ({trained.tokenizer.vocab_size:,} tokens) |
 | context length | {trained.config.model.block_size:,} tokens |
 
