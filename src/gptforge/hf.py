@@ -22,7 +22,7 @@ from gptforge.config import GPT2_VOCAB_SIZE, GPTConfig, RunConfig, TrainConfig
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
 from gptforge.fileio import write_new_folder, write_safetensors
-from gptforge.hub import fetch_model, is_hub_name
+from gptforge.hub import fetch_model, first_line, is_hub_name
 from gptforge.model import GPT, count_parameters, meta_model
 from gptforge.tokenizer import (
     GPT2_EOT_ID,
@@ -188,8 +188,7 @@ def _read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     try:
         return path, load(str(path))
     except Exception as exc:  # a corrupt or foreign file fails in each loader's own way (SafetensorError, pickle)
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot read the weights in {path}: {first_line}") from None
+        raise UserError(f"cannot read the weights in {path}: {first_line(exc)}") from None
 
 
 def _hf_names(state: dict[str, Any]) -> dict[str, torch.Tensor]:

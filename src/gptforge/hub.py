@@ -57,6 +57,7 @@ def fetch_model(repo_id: str) -> Path:
 
 
 def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message: libraries' messages run to paragraphs."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
