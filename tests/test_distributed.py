@@ -158,6 +158,7 @@ def test_two_processes_with_half_the_batch_train_like_one_with_all_of_it(runs: R
         torch.testing.assert_close(ours["model"][name], tensor, atol=10 * TOLERANCE, rtol=0)
 
 
+@pytest.mark.slow
 @NEEDS_FSDP2
 def test_a_sharded_run_saves_the_one_process_checkpoint_layout(runs: Runs) -> None:
     sharded, single = last_state(runs.two_ranks("fsdp", 1)), last_state(runs.single(1))
@@ -237,6 +238,7 @@ def test_a_ddp_run_samples_on_one_process(runs: Runs, capsys: pytest.CaptureFixt
     assert status == 0 and len(out.strip()) >= 10
 
 
+@pytest.mark.slow
 def test_resuming_with_another_number_of_processes_is_one_clear_error(runs: Runs, tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = tmp_path / "run"

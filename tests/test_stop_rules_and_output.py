@@ -70,9 +70,7 @@ def test_a_warmup_longer_than_the_run_is_a_warning_in_the_output_and_the_log(tmp
     outcome = train(tiny_char_config(tmp_path / "run", max_steps=6))  # the default warmup: 100 steps
     warning = "warning: the learning rate never reaches its peak: warmup is 100 steps and the run 6"
     assert warning in capsys.readouterr().out
-    assert warning in (outcome.run_dir / "train.log").read_text()
-    outcome = train(tiny_char_config(tmp_path / "fits", max_steps=6, warmup_steps=1))
-    assert "warning:" not in capsys.readouterr().out
+    assert warning in (outcome.run_dir / "train.log").read_text()  # a warmup that fits: test_optim's cases
 
 
 def test_periodic_samples_are_logged(tmp_path) -> None:
