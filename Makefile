@@ -1,4 +1,4 @@
-# The two quick-start commands: `make train` and `make test`. Each creates .venv if missing.
+# The two quick-start commands: `make train` and `make test` (`make test-all` adds the slow tests). Each creates .venv if missing.
 # TORCH pins the torch wheel installed first (set TORCH=torch to take your platform's default build).
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +14,7 @@ export GPTFORGE_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: train test lint clean-venv
+.PHONY: train test test-all lint clean-venv
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,16 @@ train: $(VENV)/.installed
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
 
+# Tests run on every core (pytest-xdist; tests sharing a resource are grouped onto one worker). `make test`
+# leaves out the tests marked slow (many processes, torch.compile, kill -9 twenty times); `make test-all`,
+# which CI runs, includes them.
+PYTEST := $(BIN)/python -m pytest -q -rs -n auto --dist loadgroup
+
 test: lint
-	$(BIN)/python -m pytest -q -rs
+	$(PYTEST) -m "not slow"
+
+test-all: lint
+	$(PYTEST)
 
 clean-venv:
 	rm -rf $(VENV)

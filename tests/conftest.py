@@ -1,6 +1,7 @@
 """Shared fixtures: the offline data folder, and a private cache dir so tests never touch ~/.cache."""
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,39 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
         env.setenv("GPTFORGE_DATA_DIR", str(data_dir))
         env.setenv("GPTFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("tiny-cache")))
         return train(tiny_char_config(tmp_path_factory.mktemp("tiny") / "run")).run_dir
+
+
+class FakeClock:
+    """A clock for `Trainer.clock` that moves `tick` seconds per reading, plus what a test `advance`s it by:
+    durations then depend on what the code does, never on how fast or loaded the machine is."""
+
+    def __init__(self, tick: float = 0.0) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Drive every duration the trainer measures with a FakeClock (no tick unless the test sets one)."""
+    from gptforge.trainer import Trainer
+
+    clock = FakeClock()
+    monkeypatch.setattr(Trainer, "clock", staticmethod(clock))
+    return clock
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """The usual umask, 022, so new files should be 0644 whatever the test runner's own umask."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
 
 
 def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -1,5 +1,6 @@
 """The web demo's handler and page, on a tiny char model trained once for this module (no server, no browser)."""
 
+import json
 import socket
 from itertools import pairwise
 from pathlib import Path
@@ -8,8 +9,10 @@ import gradio as gr
 import pytest
 import torch
 
+from conftest import tiny_char_config
 from gptforge.app import DemoLimits, ReplicaPool, build_demo, example_prompts, facts_markdown, generate_stream, serve
 from gptforge.errors import UserError
+from gptforge.run_setup import train
 from gptforge.trained import TrainedModel, load_trained
 
 
@@ -100,7 +103,44 @@ def test_facts_panel_shows_parameters_steps_and_context(trained) -> None:
     assert "char (65 tokens)" in text
     assert "**preset**: `tiny`" in text
     assert f"**final training loss**: {trained.facts['final_loss']:.4f}" in text
-    assert f"**best loss**: {trained.facts['best_loss']:.4f}" in text
+    assert f"**best train loss**: {trained.facts['best_loss']:.4f}" in text  # the tiny run has no evaluations
+
+
+def test_stop_is_active_only_while_a_generation_runs(trained) -> None:
+    demo = build_demo(trained)
+    config, demo_fns = demo.get_config_file(), demo.fns
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"] if "props" in c}
+    stop, generate = ids["stop"], ids["generate"]
+    assert next(c for c in config["components"] if c["id"] == stop)["props"]["interactive"] is False  # idle
+    deps = {d["id"]: d for d in config["dependencies"]}
+    generation = next(d for d in deps.values() if d["api_name"] == "generate")
+
+    def sets_stop(dep: dict) -> bool:
+        assert dep["outputs"] == [stop]
+        return demo_fns[dep["id"]].fn().interactive
+
+    before = deps[generation["trigger_after"]]  # the click on Generate, then the generation
+    assert [tuple(t) for t in before["targets"]] == [(generate, "click")] and sets_stop(before) is True
+    after = [d for d in deps.values() if d["trigger_after"] == generation["id"]]
+    assert len(after) == 1 and sets_stop(after[0]) is False  # finished: idle again
+    on_stop = [d for d in deps.values() if [tuple(t) for t in d["targets"]] == [(stop, "click")]]
+    assert any(generation["id"] in d["cancels"] for d in on_stop)
+    assert [sets_stop(d) for d in on_stop if d["outputs"]] == [False]  # stopped: idle again
+
+
+def test_best_loss_says_whether_it_is_the_val_or_the_train_loss(tiny_run, tmp_path) -> None:
+    evaluated = train(tiny_char_config(tmp_path / "val", max_steps=4, eval_interval=2, eval_batches=2)).run_dir
+    for run_dir, split in ((tiny_run, "train"), (evaluated, "val")):
+        trained = load_trained(run=run_dir, device="cpu")
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        if split == "val":
+            candidates = [r["val_loss"] for r in records if r["kind"] == "eval"]
+        else:  # without evaluations the trainer keeps the training loss at its saves: the tiny run's last step
+            candidates = [[r for r in records if r["kind"] == "train"][-1]["loss"]]
+        best = trained.facts["best_loss"]
+        assert best == pytest.approx(min(candidates))
+        assert f"**best {split} loss**: {best:.4f}" in facts_markdown(trained)
+        assert f"best loss ({split}): {best:.4f}" in (run_dir / "summary.txt").read_text()
 
 
 def test_serve_command_reads_each_model_source_with_share_off_and_the_caps(trained, tiny_run, tmp_path,

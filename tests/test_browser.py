@@ -21,6 +21,9 @@ from gptforge import app
 from gptforge.run_setup import train
 from gptforge.trained import TrainedModel, load_trained
 
+# servers on free ports: run on one pytest-xdist worker, one after another (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("servers")
+
 DOCS_SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "demo.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
@@ -108,11 +111,13 @@ def test_generate_in_a_browser(tmp_path, monkeypatch, capsys) -> None:
             browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1100, "height": 860})
             page.goto(url)
+            stop_idle_at_start = page.locator("#stop").is_disabled()
             page.locator("#prompt textarea").fill(PROMPT)
             page.locator("#generate").click()
             page.wait_for_function(f"() => document.querySelector('#output textarea').value.length > {len(PROMPT)}",
                                    timeout=60_000)
             output = wait_until_quiet(page, "#output textarea")
+            page.wait_for_selector("#stop:disabled", timeout=30_000)  # finished: nothing to stop
             page.screenshot(path=str(tmp_path / "demo.png"))
             if os.environ.get("GPTFORGE_UPDATE_SCREENSHOT") == "1":
                 DOCS_SCREENSHOT.parent.mkdir(exist_ok=True)
@@ -134,6 +139,7 @@ def test_generate_in_a_browser(tmp_path, monkeypatch, capsys) -> None:
         for demo in demos:
             demo.close()
         thread.join(timeout=30)
+    assert stop_idle_at_start
     assert output.startswith(PROMPT)
     assert len(output) > len(PROMPT) + 20
     assert stopped.startswith(LONG_PROMPT) and len(stopped) < LONG_TOKENS // 2, len(stopped)

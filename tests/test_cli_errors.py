@@ -135,7 +135,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "plot missing run": (["plot", "{missing}"], "not found"),
     "plot run without metrics": (["plot", "{empty_dir}"], "no metrics in"),
     "plot to a path under a file": (["plot", "{run}", "--out", "{file}/curves.png"], "could not write"),
-    "plot without a run": (["plot"], "the following arguments are required: RUN"),
+    "plot without a run": (["plot"], "one of the arguments --run RUN is required"),
+    "plot run given twice": (["plot", "--run", "{run}", "{run}"], "not allowed with argument"),
     # --- sample
     "sample negative length": (["sample", "--run", "{run}", "--max-new-tokens", "-1"], "max_new_tokens must be"),
     "sample negative top-k": (["sample", "--run", "{run}", "--top-k", "-1"], "top_k must be positive"),
@@ -152,7 +153,11 @@ CASES: dict[str, tuple[list[str], str]] = {
                                      "cannot read --prompt-file"),
     "sample missing HF folder": (["sample", "--hf", "{missing}"], "model folder not found"),
     "sample two model sources": (["sample", "--run", "{run}", "--checkpoint", "{truncated_ckpt}"], "not allowed with"),
-    "sample no model source": (["sample"], "one of the arguments --run --checkpoint --hf is required"),
+    "sample no model source": (["sample"], "one of the arguments --run RUN --checkpoint --hf is required"),
+    # --- chat
+    "chat no model source": (["chat"], "one of the arguments --run RUN --checkpoint --hf is required"),
+    "chat top-p 0": (["chat", "--run", "{run}", "--top-p", "0"], "top_p must be in (0, 1]"),
+    "chat missing run": (["chat", "{missing}"], "not found"),
     # --- eval
     "eval zero batch": (["eval", "--run", "{run}", "--data", "{corpus}", "--batch-size", "0"], "--batch-size must be"),
     "eval zero batches": (["eval", "--run", "{run}", "--data", "{corpus}", "--max-batches", "0"], "--max-batches"),
@@ -183,6 +188,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "export into a non-empty folder": (["export", "--run", "{run}", "--format", "space", "--out", "{full_dir}"],
                                        "is not empty"),
     "export onto a file": (["export", "--run", "{run}", "--format", "hf", "--out", "{file}"], "is not a folder"),
+    "export push to a name without a user": (["export", "--run", "{run}", "--format", "hf", "--out", "{out}",
+                                              "--push-to-hub", "just-a-name"], "--push-to-hub takes USER/NAME"),
     "export missing run": (["export", "--run", "{missing}", "--format", "hf", "--out", "{out}"], "not found"),
     "export truncated checkpoint": (["export", "--checkpoint", "{truncated_ckpt}", "--format", "hf", "--out",
                                      "{out}"], "truncated.pt"),
@@ -242,6 +249,7 @@ PROCESS_CASES = ["train half-UTF-8 corpus", "resume block size above the model's
                  "serve port above 65535", "export into a non-empty folder"]
 
 
+@pytest.mark.slow
 def test_real_processes_exit_2_with_one_error_line(paths: dict[str, Path], tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     processes = {}

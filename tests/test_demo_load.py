@@ -27,6 +27,9 @@ from gptforge import app
 from gptforge.app import DemoLimits, build_demo
 from gptforge.trained import TrainedModel, load_trained
 
+# servers on free ports: run on one pytest-xdist worker, one after another (make test: --dist loadgroup)
+pytestmark = pytest.mark.xdist_group("servers")
+
 BURST = 50
 NEW_TOKENS = 30
 PROMPT = "ROMEO:"

@@ -39,6 +39,7 @@ TIMEOUT_S = 180
 NEEDS_FSDP2 = pytest.mark.skipif(not hasattr(torch.distributed.fsdp, "fully_shard"),
                                  reason=f"--parallel fsdp needs torch >= 2.6 (this is {torch.__version__})")
 FSDP = pytest.param("fsdp", marks=NEEDS_FSDP2)
+SLOW = pytest.mark.slow
 
 
 def settings(corpus: Path, out: Path, **overrides: Any) -> dict[str, Any]:
@@ -139,7 +140,8 @@ def last_state(run_dir: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("parallel", "grad_accum"), [
-    ("ddp", 1), ("ddp", 2), pytest.param("fsdp", 1, marks=NEEDS_FSDP2), pytest.param("fsdp", 2, marks=NEEDS_FSDP2)])
+    ("ddp", 1), pytest.param("ddp", 2, marks=SLOW), pytest.param("fsdp", 1, marks=[NEEDS_FSDP2, SLOW]),
+    pytest.param("fsdp", 2, marks=[NEEDS_FSDP2, SLOW])])
 def test_two_processes_with_half_the_batch_train_like_one_with_all_of_it(runs: Runs, parallel: str,
                                                                          grad_accum: int) -> None:
     single, ranks = runs.single(grad_accum), runs.two_ranks(parallel, grad_accum)
@@ -156,6 +158,7 @@ def test_two_processes_with_half_the_batch_train_like_one_with_all_of_it(runs: R
         torch.testing.assert_close(ours["model"][name], tensor, atol=10 * TOLERANCE, rtol=0)
 
 
+@pytest.mark.slow
 @NEEDS_FSDP2
 def test_a_sharded_run_saves_the_one_process_checkpoint_layout(runs: Runs) -> None:
     sharded, single = last_state(runs.two_ranks("fsdp", 1)), last_state(runs.single(1))
@@ -165,6 +168,7 @@ def test_a_sharded_run_saves_the_one_process_checkpoint_layout(runs: Runs) -> No
     assert sharded["optimizer"]["param_groups"] == single["optimizer"]["param_groups"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", FSDP])
 def test_resume_under_two_processes_continues_exactly(runs: Runs, parallel: str) -> None:
     straight = runs.two_ranks(parallel, 1)
@@ -206,6 +210,7 @@ def test_muon_under_ddp_trains_like_one_process_and_resumes_exactly(runs: Runs) 
 # --- gradients cross processes once per optimizer step ----------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", FSDP])
 def test_gradients_are_exchanged_only_on_the_last_micro_step(runs: Runs, parallel: str) -> None:
     # DDP: one bucket holds this model's gradients, so one all-reduce a step, not one per micro-step.
@@ -246,6 +251,7 @@ def test_a_nan_on_one_process_stops_both_before_the_update(runs: Runs) -> None:
 # --- one process reads what two wrote --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_ddp_run_samples_on_one_process(runs: Runs, capsys: pytest.CaptureFixture[str]) -> None:
     status = main(["sample", "--run", str(runs.two_ranks("ddp", 1)), "--max-new-tokens", "20", "--seed", "1",
                    "--device", "cpu"])
@@ -253,6 +259,7 @@ def test_a_ddp_run_samples_on_one_process(runs: Runs, capsys: pytest.CaptureFixt
     assert status == 0 and len(out.strip()) >= 10
 
 
+@pytest.mark.slow
 def test_resuming_with_another_number_of_processes_is_one_clear_error(runs: Runs, tmp_path: Path,
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     run_dir = tmp_path / "run"
@@ -266,6 +273,7 @@ def test_resuming_with_another_number_of_processes_is_one_clear_error(runs: Runs
     assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
 
 
+@pytest.mark.slow
 def test_a_one_process_run_resumed_by_two_stops_both_with_the_error_said_once(runs: Runs, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(runs.single(1), run_dir)
@@ -288,6 +296,7 @@ def worker_pid(torchrun_pid: int, rank: int) -> int:
     raise AssertionError(f"no rank {rank} among the children of {torchrun_pid}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["torchrun", "rank 1"])
 def test_sigterm_stops_every_process_after_the_same_step_and_saves_once(runs: Runs, tmp_path: Path,
                                                                         target: str) -> None:
@@ -379,9 +388,8 @@ def run_on_rank0_in_a_group(rank: int, store_path: str, results: str) -> None:
 
 
 def test_a_bug_in_rank_0s_action_stops_the_other_ranks_with_its_name(tmp_path: Path) -> None:
-    started = time.monotonic()
+    # had rank 1 been left waiting, the group's timeout would have ended its wait with a timeout error instead
     torch.multiprocessing.spawn(run_on_rank0_in_a_group, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
     assert (tmp_path / "0").read_text(encoding="utf-8") == "RuntimeError: a simulated bug"  # with its traceback
     assert (tmp_path / "1").read_text(encoding="utf-8") == \
         "UserError: process 0 failed (RuntimeError: a simulated bug); its traceback is above"
-    assert time.monotonic() - started < 50, "rank 1 waited for the collective's timeout"

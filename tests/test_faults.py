@@ -418,6 +418,7 @@ def test_resume_refuses_a_checkpoint_of_another_model_naming_the_difference(
 # --- hostile checkpoints ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_malicious_checkpoints_are_refused_by_real_processes_without_running(run_copy: Path,
                                                                               tmp_path: Path) -> None:

@@ -183,6 +183,7 @@ def sample_once(checkpoint: Path, prompt: str, capsys: pytest.CaptureFixture[str
         assert out == ""
 
 
+@pytest.mark.slow
 @FEW
 @given(prompt=PROMPTS)
 def test_sample_any_prompt_with_the_gpt2_tokenizer(gpt2_checkpoint: Path, prompt: str,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ from conftest import require_transformers_models
 from gptforge.cli import main
 from gptforge.config import GPTConfig, RunConfig, from_preset
 from gptforge.errors import UserError
+from gptforge.generate import SamplingSettings, generate_ids
 from gptforge.hf import CONV1D_SUFFIXES, export_hf, read_hf_folder
 from gptforge.model import GPT
 from gptforge.run_setup import resume_run, start_run
@@ -70,6 +72,10 @@ def random_hf_folder(folder: Path, *, vocab_size: int = GPT2_VOCAB, n_positions:
     return model
 
 
+def generate_ids_list(model: GPT, prompt_ids: list[int], settings: SamplingSettings) -> list[int]:
+    return [int(tokens[0]) for tokens in generate_ids(model, prompt_ids, settings, GPT2_VOCAB)]
+
+
 def write_corpus(folder: Path, data_dir: Path, chars: int = 20_000) -> Path:
     path = folder / "corpus.txt"
     path.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:chars], encoding="utf-8")
@@ -102,7 +108,7 @@ def test_exported_char_run_loads_in_transformers_with_equal_logits(char_run: Pat
         (32, 32, 32, 2, 2)
     assert config["activation_function"] == "gelu_new" and config["layer_norm_epsilon"] == 1e-5
     assert config["bos_token_id"] is None and config["eos_token_id"] is None
-    assert json.loads((char_export / "tokenizer.json").read_text()) == trained.tokenizer.to_dict()
+    assert json.loads((char_export / "gptforge_tokenizer.json").read_text()) == trained.tokenizer.to_dict()
     assert not (char_export / "vocab.json").exists()
 
     idx = torch.randint(0, 65, (3, 32), generator=torch.Generator().manual_seed(1))
@@ -117,17 +123,56 @@ def test_exported_char_run_loads_in_transformers_with_equal_logits(char_run: Pat
     assert all(torch.equal(ours[name], theirs[name]) for name in ours)
 
 
-def test_export_says_char_tokenizer_has_no_transformers_equivalent(char_run: Path, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["export", "--run", str(char_run), "--format", "hf", "--out", str(tmp_path / "hf")]) == 0
-    assert "no transformers equivalent" in capsys.readouterr().out
+def test_every_exported_file_is_readable_by_all_the_weights_too(char_run: Path, tmp_path: Path,
+                                                                usual_umask: None) -> None:
+    export_hf(load_trained(run=char_run, device="cpu"), tmp_path / "hf")
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in (tmp_path / "hf").iterdir()}
+    assert modes["model.safetensors"] == 0o644  # safetensors' save_file alone makes it 0600
+    assert set(modes.values()) == {0o644}, modes
+
+
+def test_char_export_has_a_tokenizer_autotokenizer_loads_that_encodes_like_gptforge(char_run: Path,
+                                                                                    char_export: Path) -> None:
+    ours = load_trained(run=char_run, device="cpu").tokenizer
+    theirs = transformers.AutoTokenizer.from_pretrained(char_export)
+    corpus = "".join(ours.chars) + "\n\nROMEO:\n  What, ho!  Is't so?\n" + "".join(reversed(ours.chars))
+    ids = theirs(corpus)["input_ids"]
+    assert ids == ours.encode(corpus)  # every character, newlines and runs of spaces included
+    assert theirs.decode(ids) == corpus == ours.decode(ids)
+    unknown = next(chr(c) for c in range(0x20, 0x3000) if chr(c) not in ours.chars)
+    with pytest.raises(UserError):
+        ours.encode(f"a{unknown}b")
+    with pytest.raises(Exception, match="UNK"):  # refused, as gptforge refuses it, not mapped to some id
+        theirs(f"a{unknown}b")
+
+
+def test_text_generation_pipeline_runs_on_the_char_export_and_agrees_with_sample(
+        char_run: Path, char_export: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    require_transformers_models(transformers)
+    generator = transformers.pipeline("text-generation", model=str(char_export), device="cpu")
+    text = generator("ROMEO:", max_new_tokens=12, do_sample=False)[0]["generated_text"]
+    capsys.readouterr()
+    assert main(["sample", "--run", str(char_run), "--prompt", "ROMEO:", "--max-new-tokens", "12",
+                 "--temperature", "0", "--device", "cpu"]) == 0
+    assert text + "\n" == capsys.readouterr().out  # greedy: the same 12 characters
+
+
+def test_an_export_from_before_gptforge_tokenizer_json_still_loads_with_hf(char_run: Path, char_export: Path,
+                                                                          tmp_path: Path) -> None:
+    """Older exports put gptforge's description in tokenizer.json itself, and no tokenizer_config.json."""
+    old = tmp_path / "old-export"
+    shutil.copytree(char_export, old)
+    (old / "gptforge_tokenizer.json").replace(old / "tokenizer.json")
+    (old / "tokenizer_config.json").unlink()
+    imported = load_trained(hf=old, device="cpu")
+    assert imported.tokenizer.to_dict() == load_trained(run=char_run, device="cpu").tokenizer.to_dict()
 
 
 def test_round_trip_gives_back_identical_weights(char_run: Path, char_export: Path, data_dir: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     original = load_trained(run=char_run, device="cpu")
     imported = load_trained(hf=char_export, device="cpu")
-    assert imported.tokenizer.to_dict() == original.tokenizer.to_dict()  # from gptforge's tokenizer.json
+    assert imported.tokenizer.to_dict() == original.tokenizer.to_dict()  # from gptforge_tokenizer.json
     ours, back = original.model.state_dict(), imported.model.state_dict()
     assert set(ours) == set(back)
     for name, tensor in ours.items():
@@ -156,7 +201,7 @@ def test_padded_bias_free_gpt2_model_exports_a_standard_gpt2(tmp_path: Path, dat
     trained = TrainedModel(model=model, tokenizer=tokenizer, config=RunConfig(model=model.config),
                            source=tmp_path / "none", facts={})
     out = tmp_path / "hf"
-    assert export_hf(trained, out) == []
+    export_hf(trained, out)
 
     config = json.loads((out / "config.json").read_text())
     assert config["vocab_size"] == GPT2_VOCAB and config["bos_token_id"] == config["eos_token_id"] == 50256
@@ -178,6 +223,13 @@ def test_padded_bias_free_gpt2_model_exports_a_standard_gpt2(tmp_path: Path, dat
     ids = hf_tokenizer(text)["input_ids"]
     assert len(ids) == 338_025
     assert ids == tokenizer.encode(text)
+    assert transformers.AutoTokenizer.from_pretrained(out)(text)["input_ids"] == ids
+
+    generator = transformers.pipeline("text-generation", model=str(out), device="cpu")
+    prompt = "First Citizen:"
+    generated = generator(prompt, max_new_tokens=8, do_sample=False, return_tensors=True)[0]["generated_token_ids"]
+    greedy = SamplingSettings(max_new_tokens=8, temperature=0, stop_at_eot=False)
+    assert list(generated) == [*tokenizer.encode(prompt), *generate_ids_list(model, tokenizer.encode(prompt), greedy)]
 
 
 def test_export_into_a_non_empty_folder_touches_nothing(char_run: Path, tmp_path: Path,
@@ -248,6 +300,7 @@ def run_train(*args: str) -> subprocess.CompletedProcess[str]:
                           timeout=SUBPROCESS_TIMEOUT_S, env=os.environ.copy())
 
 
+@pytest.mark.slow
 def test_train_init_from_hf_cli(tmp_path: Path, data_dir: Path) -> None:
     folder = tmp_path / "gpt2"
     random_hf_folder(folder)
@@ -271,6 +324,7 @@ def test_train_init_from_hf_cli(tmp_path: Path, data_dir: Path) -> None:
     assert saved["train"]["init"] == f"hf:{folder}"
 
 
+@pytest.mark.slow
 def test_finetune_recipe_trains_from_a_gpt2_folder(tmp_path: Path) -> None:
     folder = tmp_path / "gpt2"
     random_hf_folder(folder)

@@ -103,6 +103,7 @@ def test_gpt2_initialisation() -> None:
     assert torch.equal(block.ln_1.weight, torch.ones(256))
 
 
+@pytest.mark.slow
 def test_initial_loss_on_real_text_is_near_uniform(data_dir) -> None:
     text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20000]
     tokens = torch.tensor(GPT2Tokenizer(data_dir / "gpt2.tiktoken").encode(text)[: 4 * 257]).view(4, 257)

@@ -173,3 +173,15 @@ def test_optimizer_steps_tied_weight_once():
     build_optimizer(model, learning_rate=0.1, weight_decay=0.0, betas=(0.9, 0.95), device_type="cpu").step()
     torch.optim.AdamW(reference.parameters(), lr=0.1, weight_decay=0.0, betas=(0.9, 0.95)).step()
     assert torch.allclose(model.wte.weight, reference.wte.weight)
+
+
+@pytest.mark.parametrize("warmup_steps,max_steps", [(100, 60), (100, 100), (100, 101), (30, 100), (26, 100),
+                                                    (25, 100), (5, 60), (0, 10)])
+def test_warmup_warning_says_so_exactly_when_the_peak_is_missed_or_late(warmup_steps, max_steps):
+    peak_reached = any(learning_rate_at(step, max_lr=1.0, min_lr=0.1, warmup_steps=warmup_steps,
+                                        total_steps=max_steps, schedule="cosine") == 1.0 for step in range(max_steps))
+    warning = optim.warmup_warning(warmup_steps, max_steps)
+    assert (warning is not None) == (warmup_steps > max_steps / 4)
+    if warning is not None:
+        assert ("never reaches its peak" in warning) == (not peak_reached)
+        assert f"--warmup-steps {max(1, max_steps // 10)}" in warning

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import run_main
 from gptforge.cli import main
 from gptforge.evaluate import evaluate_text
 from gptforge.trained import load_trained
@@ -60,11 +61,11 @@ def test_sample_bad_input_is_one_error_line(run_dir, args, message) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_sample_needs_a_model_source(run_dir, tmp_path) -> None:
+def test_sample_needs_a_model_source(run_dir, tmp_path, capsys) -> None:
     for args in ([], ["--run", str(tmp_path / "nothing")], ["--checkpoint", str(tmp_path / "none.pt")]):
-        result = run_cli("sample", *args)
-        assert result.returncode == 2, args
-        assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+        status, _, err = run_main(["sample", *args], capsys)  # in this process: the same main, no start-up
+        assert status == 2, args
+        assert err.startswith("error:") and err.count("\n") == 1
 
 
 def test_eval_matches_a_direct_computation(run_dir, tmp_path) -> None:
@@ -88,9 +89,9 @@ def test_eval_matches_a_direct_computation(run_dir, tmp_path) -> None:
     assert result.perplexity == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
-def test_eval_cli_reports_loss_and_perplexity(run_dir) -> None:
+def test_eval_cli_reports_loss_and_perplexity(run_dir, capsys) -> None:
     result = run_cli("eval", "--run", str(run_dir), "--data", "shakespeare", "--max-batches", "2")
     assert result.returncode == 0, result.stderr
     assert "loss" in result.stdout and "perplexity" in result.stdout
-    bad = run_cli("eval", "--run", str(run_dir), "--data", "/no/such/file.txt")
-    assert bad.returncode == 2 and bad.stderr.startswith("error:")
+    status, _, err = run_main(["eval", "--run", str(run_dir), "--data", "/no/such/file.txt"], capsys)
+    assert status == 2 and err.startswith("error:") and err.count("\n") == 1

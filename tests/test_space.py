@@ -3,6 +3,7 @@
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -57,6 +58,13 @@ def test_export_writes_a_space_folder(trained, tmp_path) -> None:
     assert (out / "gptforge" / "app.py").read_text() == Path(app.__file__).read_text()
     assert "build_demo(load_space(" in (out / "app.py").read_text()
     assert not list(tmp_path.glob(".space.*"))  # no staging folder left behind
+
+
+def test_every_file_is_readable_by_all_the_weights_too(trained, tmp_path, usual_umask) -> None:
+    out = export_space(trained, tmp_path / "space")
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in out.iterdir() if path.is_file()}
+    assert modes["model.safetensors"] == 0o644  # safetensors' save_file alone makes it 0600
+    assert set(modes.values()) == {0o644}, modes
 
 
 def test_readme_front_matter_describes_a_gradio_space(trained, tmp_path) -> None:
@@ -156,6 +164,7 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("servers")  # with the other tests that pick a free port, on one worker
 def test_exported_app_py_serves_the_demo(trained, tmp_path) -> None:
     """Runs app.py with this project's Python; the Space imports its own copy of gptforge (a clean-venv
     install from requirements.txt was checked by hand: see the README)."""

@@ -21,6 +21,7 @@ def test_tensorboard_receives_the_logged_scalars(tmp_path) -> None:
     assert [e.step for e in events.Scalars("train/loss")] == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_is_written(tmp_path, monkeypatch) -> None:
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -182,7 +182,9 @@ def test_kill_9_between_saves_then_resume_matches_an_uninterrupted_run(
     assert_same_tensors(final["model"], model_tensors(reference_dir / "checkpoints" / "last.pt"))
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143),
+                                                pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)],
+                         ids=["SIGTERM", "SIGINT"])
 def test_signal_finishes_the_step_saves_and_exits_128_plus_signal(tmp_path: Path, corpus: Path, signum: int,
                                                                    status: int) -> None:
     run_dir = tmp_path / "run"
@@ -227,6 +229,7 @@ def stdout_is_blocked(pid: int, run_dir: Path, seen: dict[str, float]) -> bool:
     return stalled_s > 1.0
 
 
+@pytest.mark.slow
 def test_signal_while_blocked_writing_to_a_full_stdout_pipe_still_saves_and_exits_143(
         tmp_path: Path, corpus: Path) -> None:
     """`gptforge train | tee log` (or a job runner's pipe) that is momentarily not read, then SIGTERM."""

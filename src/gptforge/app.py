@@ -21,7 +21,7 @@ from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, stream_text
 from gptforge.model import GPT
 from gptforge.tokenizer import Tokenizer
-from gptforge.trained import TrainedModel, autocast_for
+from gptforge.trained import TrainedModel, autocast_for, best_loss_label
 
 try:
     import gradio as gr
@@ -184,7 +184,7 @@ def facts_markdown(trained: TrainedModel) -> str:
         ("steps trained", f"{facts.get('steps', 0):,}"),
         ("tokens seen", f"{facts.get('tokens_seen', 0):,}"),
         ("final training loss", _loss(facts.get("final_loss"))),
-        ("best loss", _loss(facts.get("best_loss"))),
+        (best_loss_label(facts), _loss(facts.get("best_loss"))),
         ("tokenizer", f"{facts.get('tokenizer', trained.tokenizer.name)} "
                       f"({trained.tokenizer.vocab_size:,} tokens)"),
         ("context length", f"{facts.get('block_size', trained.config.model.block_size):,} tokens"),
@@ -222,7 +222,8 @@ def build_demo(trained: TrainedModel, limits: DemoLimits = DEFAULT_LIMITS) -> gr
                                     elem_id="prompt")
                 with gr.Row():
                     generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+                    # active only while a generation runs: idle, there is nothing to stop
+                    stop_button = gr.Button("Stop", variant="stop", elem_id="stop", interactive=False)
                 output = gr.Textbox(label="Output", lines=14, max_lines=30, interactive=False, buttons=["copy"],
                                     elem_id="output")
                 examples = example_prompts(trained.tokenizer)
@@ -239,9 +240,12 @@ def build_demo(trained: TrainedModel, limits: DemoLimits = DEFAULT_LIMITS) -> gr
                                   info="sample from the most likely tokens holding this much probability; 1 is off")
                 seed = gr.Number(value=-1, precision=0, label="Seed", info="-1 or blank: a new sample every time")
                 gr.Markdown(facts_markdown(trained))
-        event = generate_button.click(generate, inputs=[prompt, max_new_tokens, temperature, top_k, top_p, seed],
-                                      outputs=output, api_name="generate")
-        stop_button.click(fn=None, cancels=[event])
+        stop_active, stop_idle = (lambda: gr.Button(interactive=True)), (lambda: gr.Button(interactive=False))
+        started = generate_button.click(stop_active, outputs=stop_button, queue=False, api_visibility="private")
+        event = started.then(generate, inputs=[prompt, max_new_tokens, temperature, top_k, top_p, seed],
+                             outputs=output, api_name="generate")
+        event.then(stop_idle, outputs=stop_button, queue=False, api_visibility="private")
+        stop_button.click(stop_idle, outputs=stop_button, cancels=[event], queue=False, api_visibility="private")
     demo.queue(default_concurrency_limit=limits.concurrency, max_size=limits.queue_size)
     return demo
 

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import sys
+import textwrap
 import typing
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -20,14 +21,19 @@ from gptforge.config import (
     PRESETS,
     RECIPES,
     GPTConfig,
+    RunConfig,
     TrainConfig,
     apply_overrides,
     field_types,
     from_preset,
     load_toml,
     padded_vocab_size,
+    preset_table,
 )
 from gptforge.errors import UserError
+
+if typing.TYPE_CHECKING:
+    from gptforge.generate import SamplingSettings
 
 
 class Parser(argparse.ArgumentParser):
@@ -43,15 +49,17 @@ FLAG_NAMES = {"init": "--init-from"}
 
 
 def add_config_flags(parser: argparse.ArgumentParser, classes: Sequence[type], skip: Collection[str] = (),
-                     only: Collection[str] | None = None) -> None:
-    """One `--flag` per config field (the key with dashes); absent flags leave the preset's value."""
+                     only: Collection[str] | None = None, shown: RunConfig | None = None) -> None:
+    """One `--flag` per config field (the key with dashes); absent flags leave the preset's value, which
+    the help shows when `shown` (the preset's config) is given."""
     for cls in classes:
         group = parser.add_argument_group(f"{'model' if cls is GPTConfig else 'training'} settings")
+        defaults = cls() if shown is None else (shown.model if cls is GPTConfig else shown.train)
         for name, annotation in field_types(cls).items():
             if name in skip or (only is not None and name not in only):
                 continue
             flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
-            default = getattr(cls(), name)
+            default = getattr(defaults, name)
             help_text = f"{FIELD_HELP.get(name, '')} (default: {default})".strip()
             args = typing.get_args(annotation)
             if annotation is bool or (bool in args):
@@ -154,7 +162,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from gptforge.generate import SamplingSettings, generate_text, stream_text
+    from gptforge.generate import generate_text, stream_text
     from gptforge.trained import autocast_for, load_trained
 
     if args.prompt is not None and args.prompt_file is not None:
@@ -167,9 +175,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
             raise UserError(f"cannot read --prompt-file {args.prompt_file}: {exc}") from None
     if args.num_samples <= 0:
         raise UserError(f"--num-samples must be positive, got {args.num_samples}")
-    settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_k=args.top_k or None, top_p=args.top_p, seed=args.seed, stop=args.stop)
-    settings.validate()
+    settings = sampling_settings(args)
     trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
                            hf=args.hf)
     if prompt:
@@ -185,6 +191,18 @@ def cmd_sample(args: argparse.Namespace) -> int:
             for i, text in enumerate(generate_text(trained.model, trained.tokenizer, prompt, settings,
                                                    args.num_samples)):
                 print(f"--- sample {i + 1} ---\n{prompt}{text}")
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from gptforge.chat import chat
+    from gptforge.trained import autocast_for, load_trained
+
+    settings = sampling_settings(args)
+    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
+                           hf=args.hf)
+    with autocast_for(trained.model) or contextlib.nullcontext():
+        chat(trained, settings)
     return 0
 
 
@@ -217,17 +235,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from gptforge.trained import load_trained
 
+    if args.push_to_hub:
+        from gptforge.hub import check_can_push
+
+        check_can_push(args.push_to_hub)  # before anything is exported
     trained = load_trained(args.run, args.checkpoint, device="cpu", tokenizer_file=args.tokenizer_file, hf=args.hf)
     if args.format == "hf":
         from gptforge.hf import export_hf
 
-        for note in export_hf(trained, Path(args.out)):
-            print(f"note: {note}")
-        print(f"wrote {args.out} (load it with transformers.GPT2LMHeadModel.from_pretrained)")
-        return 0
-    from gptforge.space import export_space
+        export_hf(trained, Path(args.out))
+        print(f"wrote {args.out} (load it with transformers' GPT2LMHeadModel and AutoTokenizer .from_pretrained)")
+    else:
+        from gptforge.space import export_space
 
-    print(f"wrote {export_space(trained, Path(args.out))}")
+        print(f"wrote {export_space(trained, Path(args.out))}")
+    if args.push_to_hub:
+        from gptforge.hub import push_folder
+
+        repo_type = "model" if args.format == "hf" else "space"
+        print(f"pushed to {push_folder(Path(args.out), args.push_to_hub, repo_type)}")
     return 0
 
 
@@ -257,9 +283,34 @@ BENCH_TRAIN_FLAGS = ("batch_size", "grad_accum", "dtype", "compile", "device", "
                      "loss_chunks")
 
 
+def add_run_argument(group: argparse._MutuallyExclusiveGroup, help_text: str) -> None:
+    """`--run RUN` or a bare RUN: every command that reads a run takes both spellings."""
+    group.add_argument("--run", metavar="RUN", help=help_text)
+    group.add_argument("run_path", nargs="?", metavar="RUN", help="the same as --run RUN")
+
+
+def add_sampling_flags(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens, metavar="N",
+                        help=f"(default: {max_new_tokens})")
+    parser.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy (default: 0.8)")
+    parser.add_argument("--top-k", type=int, default=200, metavar="K", help="0 disables (default: 200)")
+    parser.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling (default: off)")
+    parser.add_argument("--seed", type=int, default=None, help="for repeatable samples")
+
+
+def sampling_settings(args: argparse.Namespace) -> SamplingSettings:
+    from gptforge.generate import SamplingSettings
+
+    settings = SamplingSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_k=args.top_k or None, top_p=args.top_p, seed=args.seed,
+                                stop=getattr(args, "stop", None))
+    settings.validate()
+    return settings
+
+
 def add_model_source(parser: argparse.ArgumentParser, device: bool = True) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run", metavar="DIR", help="run directory (its newest good checkpoint)")
+    add_run_argument(source, "run directory (its newest good checkpoint)")
     source.add_argument("--checkpoint", metavar="FILE", help="a checkpoint file")
     source.add_argument("--hf", metavar="DIR", help="a transformers GPT-2 folder (config.json and model.safetensors "
                         "or pytorch_model.bin)")
@@ -271,23 +322,39 @@ def add_model_source(parser: argparse.ArgumentParser, device: bool = True) -> No
 # --- the parser ------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def preset_asking_for_help(argv: Sequence[str]) -> str | None:
+    """The preset of `train --preset X --help`, whose values that help shows as the defaults."""
+    if "train" not in argv or not {"-h", "--help"} & set(argv):
+        return None
+    finder = argparse.ArgumentParser(add_help=False)
+    finder.add_argument("--preset")
+    preset = finder.parse_known_args(argv)[0].preset
+    return preset if preset in PRESETS else None
+
+
+def build_parser(train_preset: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; `train_preset` makes `train --help` show that preset's values as defaults."""
     parser = Parser(prog="gptforge", description="Train GPT-2-style language models from scratch, sample from them, "
                     "and inspect them.")
     parser.add_argument("--version", action="version", version=f"gptforge {__import__('gptforge').__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
+    shown = "the defaults shown are " + (
+        f"{train_preset}'s" if train_preset else "the base values; `train --preset X --help` shows X's")
     train = commands.add_parser("train", help="train a model (new run or --resume RUN)",
-                                description="Train a GPT. Settings come from --preset, then --config FILE.toml, "
-                                "then flags. With no preset: shakespeare-gpt2 on a CUDA GPU, else "
-                                "shakespeare-char-cpu.")
+                                description=textwrap.fill(
+                                    "Train a GPT. Settings come from --preset, then --config FILE.toml, then flags. "
+                                    "With no preset: shakespeare-gpt2 on a CUDA GPU, else shakespeare-char-cpu; "
+                                    f"{shown}."),
+                                epilog=preset_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--preset", choices=PRESETS, help=f"recipe or model preset (recipes: {', '.join(RECIPES)})")
     train.add_argument("--config", metavar="FILE.toml", help="TOML file with settings (flat keys or [model]/[train])")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its newest good "
                        "checkpoint; training flags (e.g. --max-steps) may change")
     train.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine, one per GPU "
                        "(or N on the CPU): starts torchrun; for several machines run torchrun yourself (README)")
-    add_config_flags(train, [GPTConfig, TrainConfig], skip={"vocab_size"})
+    add_config_flags(train, [GPTConfig, TrainConfig], skip={"vocab_size"},
+                     shown=from_preset(train_preset) if train_preset else None)
     train.set_defaults(func=cmd_train)
 
     summary = commands.add_parser("summary", help="print a model's structure and parameter counts")
@@ -305,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.set_defaults(func=cmd_prepare)
 
     plot = commands.add_parser("plot", help="draw RUN/curves.png from RUN/metrics.jsonl")
-    plot.add_argument("run", metavar="RUN", help="run directory")
+    add_run_argument(plot.add_mutually_exclusive_group(required=True), "run directory")
     plot.add_argument("--out", metavar="FILE.png", help="where to write (default: RUN/curves.png)")
     plot.set_defaults(func=cmd_plot)
 
@@ -313,14 +380,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_source(sample)
     sample.add_argument("--prompt", help="text to continue (default: start from the end-of-text token)")
     sample.add_argument("--prompt-file", metavar="FILE", help="read the prompt from a UTF-8 file")
-    sample.add_argument("--max-new-tokens", type=int, default=500, metavar="N", help="(default: 500)")
-    sample.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy (default: 0.8)")
-    sample.add_argument("--top-k", type=int, default=200, metavar="K", help="0 disables (default: 200)")
-    sample.add_argument("--top-p", type=float, default=None, metavar="P", help="nucleus sampling (default: off)")
+    add_sampling_flags(sample, max_new_tokens=500)
     sample.add_argument("--num-samples", type=int, default=1, metavar="S", help="(default: 1)")
-    sample.add_argument("--seed", type=int, default=None, help="for repeatable samples")
     sample.add_argument("--stop", metavar="TEXT", help="stop when this text is generated")
     sample.set_defaults(func=cmd_sample)
+
+    chat = commands.add_parser("chat", help="a prompt loop: the model stays loaded, each line is continued "
+                               "(streamed); /temp 0.7, /topk, /max, /quit change or end it",
+                               description="Continue each line you type, streamed, with the model loaded once. "
+                               "Lines starting with / change the sampling settings (/help lists them).")
+    add_model_source(chat)
+    add_sampling_flags(chat, max_new_tokens=200)
+    chat.set_defaults(func=cmd_chat)
 
     evaluate = commands.add_parser("eval", help="loss and perplexity of a trained model on any text")
     add_model_source(evaluate)
@@ -364,19 +435,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_source(export, device=False)
     export.add_argument("--format", choices=["space", "hf"], required=True,
                         help="space: a folder ready to push as a Hugging Face Space; hf: a transformers "
-                        "GPT2LMHeadModel folder (with the GPT-2 tokenizer's files)")
+                        "GPT2LMHeadModel folder with a tokenizer AutoTokenizer loads")
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write (must be new or empty)")
+    export.add_argument("--push-to-hub", metavar="USER/NAME", help="then upload the folder to the Hugging Face hub "
+                        "as that model (hf) or Gradio Space (space), created if needed; needs a token "
+                        "(hf auth login or HF_TOKEN)")
     export.set_defaults(func=cmd_export)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(preset_asking_for_help(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
     args.argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc` hands them on to torchrun
+    if getattr(args, "run_path", None) is not None:
+        args.run = args.run_path
     try:
         return args.func(args)
     except UserError as exc:

@@ -205,6 +205,8 @@ FIELD_HELP: dict[str, str] = {
     "grad_clip": "0 disables clipping",
     "loss_chunks": "compute training's output layer and loss in N chunks of tokens, so all the logits are never "
                    "held at once (1: in one piece)",
+    "max_epochs": "stop after this many passes over the training split (fractions such as 0.5 allowed; "
+                  "none: no limit)",
     "time_budget": "wall-clock seconds in the training loop (steps, evals, samples, saves) before stopping",
     "target_loss": "stop once the mean training loss over the last full pass of the data (the last "
                    "ceil(corpus tokens / tokens per step) steps) is below this",
@@ -221,9 +223,11 @@ FIELD_HELP: dict[str, str] = {
     "parallel": "with several processes (torchrun, --nproc): auto or ddp (a model copy per process) or fsdp "
                 "(sharded with FSDP2); one process ignores it",
     "init": "scratch (GPT-2 initialisation) or hf:DIR (fine-tune a transformers GPT-2 folder; its config.json "
-            "sets the model's shape)",
+            "sets the model's shape) or hf:NAME (a hub model such as gpt2, downloaded through huggingface_hub)",
     "out": "run directory; default runs/<timestamp>-<preset>",
     "progress": "progress bar when the output is a terminal",
+    "tensorboard": "log metrics for TensorBoard in RUN/tensorboard (pip install 'gptforge[track]')",
+    "wandb": "log metrics to Weights & Biases (pip install 'gptforge[track]')",
     "block_size": "context length in tokens",
     "vocab_size": "vocabulary size (derived from the tokenizer when training)",
     "n_layer": "transformer blocks",
@@ -335,6 +339,21 @@ def muon_available() -> bool:
     return hasattr(torch.optim, "Muon")
 
 
+def preset_table() -> str:
+    """One line per preset, for `train --help`: what each recipe trains and each model preset's shape."""
+    lines = ["recipes (a model and its training settings):"]
+    for name in RECIPES:
+        config = from_preset(name)
+        model, train = config.model, config.train
+        lines.append(f"  {name:22} {RECIPES[name]['model']}, {train.tokenizer} tokenizer, block {model.block_size}, "
+                     f"batch {train.batch_size}, lr {train.learning_rate:g}, {train.max_steps:,} steps")
+    lines.append("model presets (default training settings):")
+    for name, model in MODEL_PRESETS.items():
+        lines.append(f"  {name:22} {model.n_layer} layers, {model.n_head} heads, width {model.n_embd}, "
+                     f"block {model.block_size}")
+    return "\n".join(lines)
+
+
 def field_types(cls: type) -> dict[str, Any]:
     """The declared type of each dataclass field, resolved from its annotation."""
     hints = typing.get_type_hints(cls)
@@ -407,10 +426,13 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
+    toml_only = "--config takes a TOML file (`key = value` lines, optional [model] / [train] tables)"
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        raise UserError(f"{path} is not TOML: {toml_only}")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot parse config file {path}: {exc}") from None
+        raise UserError(f"cannot parse config file {path} as TOML ({exc}); {toml_only}") from None
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key in ("model", "train") and isinstance(value, dict):

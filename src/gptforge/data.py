@@ -46,6 +46,10 @@ def data_dir() -> Path | None:
 
 def find_dataset(name_or_path: str) -> list[Path]:
     """The text files behind a ``--data`` value: a named dataset, a file, or a folder's .txt files."""
+    if "://" in name_or_path:  # a URL would otherwise end as a puzzling "file not found: https:/..."
+        raise UserError(f"--data takes a named dataset, a text file or a folder, not a URL ({name_or_path}); "
+                        "gptforge downloads only its named datasets: download the file (e.g. curl -LO URL) "
+                        "and pass its path")
     if name_or_path.lower() in NAMED_DATASETS:
         return [_named_dataset(NAMED_DATASETS[name_or_path.lower()])]
     path = Path(name_or_path).expanduser()

@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 from gptforge.errors import UserError
 
@@ -22,6 +22,13 @@ T = TypeVar("T")
 def atomic_write_bytes(path: Path, data: bytes, what: str = "file") -> None:
     """Replace ``path`` with ``data`` so that readers and crashes see the old or the new file, whole."""
     atomic_write(Path(path), lambda file: file.write(data), what)
+
+
+def write_safetensors(path: Path, tensors: dict[str, Any], safetensors_torch: Any) -> None:
+    """Weights in the safetensors format (module `safetensors_torch`), with the mode every other file gets
+    (0644 under the usual umask): safetensors' own save_file leaves 0600, unreadable to anyone else who
+    serves or uploads the folder."""
+    atomic_write_bytes(path, safetensors_torch.save(tensors, metadata={"format": "pt"}), "the weights")
 
 
 def atomic_write_text(path: Path, text: str, what: str = "file") -> None:

@@ -3,8 +3,9 @@
 The parameter names are the same on both sides; HF's Conv1D layers store their weights as (in, out), so
 those four matrices per block are transposed. Our vocabulary may be padded for speed; an export drops
 the padding, so transformers sees a standard vocab-size GPT-2. A folder is what `save_pretrained` writes
-(`config.json` and `model.safetensors`, or an older `pytorch_model.bin`), plus, for the GPT-2 BPE, the
-`vocab.json` / `merges.txt` pair that `GPT2TokenizerFast` reads.
+(`config.json` and `model.safetensors`, or an older `pytorch_model.bin`), plus a tokenizer `AutoTokenizer`
+loads: for the GPT-2 BPE the `vocab.json` / `merges.txt` pair, for characters a tokenizers-library
+`tokenizer.json`. gptforge's own description of the tokenizer goes beside them in `gptforge_tokenizer.json`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,17 @@ import torch
 from gptforge.config import GPT2_VOCAB_SIZE, GPTConfig, RunConfig, TrainConfig
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
-from gptforge.fileio import write_new_folder
+from gptforge.fileio import write_new_folder, write_safetensors
+from gptforge.hub import fetch_model, first_line, is_hub_name
 from gptforge.model import GPT, count_parameters, meta_model
-from gptforge.tokenizer import GPT2_EOT_ID, GPT2Tokenizer, Tokenizer, save_tokenizer, tokenizer_from_dict
+from gptforge.tokenizer import (
+    GPT2_EOT_ID,
+    CharTokenizer,
+    GPT2Tokenizer,
+    Tokenizer,
+    save_tokenizer,
+    tokenizer_from_dict,
+)
 from gptforge.trained import TrainedModel
 
 # Conv1D in transformers: y = x @ W with W (in, out); nn.Linear keeps (out, in).
@@ -32,7 +41,10 @@ NOT_WEIGHTS = (".attn.bias", ".attn.masked_bias")
 CONFIG_FILE = "config.json"
 SAFETENSORS_FILE = "model.safetensors"
 BIN_FILE = "pytorch_model.bin"
-TOKENIZER_FILE = "tokenizer.json"  # gptforge's own description; transformers uses the same name for its own
+TOKENIZER_FILE = "gptforge_tokenizer.json"  # gptforge's own description, under a name transformers leaves alone
+# the tokenizers library's file, which AutoTokenizer reads; exports before gptforge_tokenizer.json put gptforge's
+# own description there, and `--hf DIR` still reads those
+HF_TOKENIZER_FILE = "tokenizer.json"
 INIT_PREFIX = "hf:"
 ENDOFTEXT = "<|endoftext|>"
 EMBEDDING = "transformer.wte.weight"
@@ -120,7 +132,8 @@ class HFCheckpoint:
     weights_file: Path
     shape: GPTConfig  # exact vocabulary, block_size = n_positions
     state: dict[str, torch.Tensor]
-    tokenizer: dict[str, Any] | None  # gptforge's tokenizer.json, when an export from gptforge put one there
+    tokenizer: dict[str, Any] | None  # gptforge's tokenizer description, when an export from gptforge put one there
+    tokenizer_file: Path | None  # the file it came from
 
     def load_into(self, model: GPT) -> None:
         """Copy the weights into `model`, padding its vocabulary and cropping its positions as needed."""
@@ -175,8 +188,7 @@ def _read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     try:
         return path, load(str(path))
     except Exception as exc:  # a corrupt or foreign file fails in each loader's own way (SafetensorError, pickle)
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"cannot read the weights in {path}: {first_line}") from None
+        raise UserError(f"cannot read the weights in {path}: {first_line(exc)}") from None
 
 
 def _hf_names(state: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -189,13 +201,15 @@ def _hf_names(state: dict[str, Any]) -> dict[str, torch.Tensor]:
     return renamed
 
 
-def _gptforge_tokenizer(folder: Path) -> dict[str, Any] | None:
-    """gptforge's tokenizer.json if that is what DIR/tokenizer.json is (transformers writes its own there)."""
-    path = folder / TOKENIZER_FILE
-    if not path.is_file():
-        return None
-    data = _read_json(path)
-    return data if isinstance(data, dict) and data.get("name") in ("gpt2", "char") else None
+def _gptforge_tokenizer(folder: Path) -> tuple[Path, dict[str, Any]] | tuple[None, None]:
+    """gptforge's tokenizer description: gptforge_tokenizer.json, or tokenizer.json where an older export wrote
+    it there (a tokenizers-library tokenizer.json, which transformers writes, is not one)."""
+    for path in (folder / TOKENIZER_FILE, folder / HF_TOKENIZER_FILE):
+        if path.is_file():
+            data = _read_json(path)
+            if isinstance(data, dict) and data.get("name") in ("gpt2", "char"):
+                return path, data
+    return None, None
 
 
 def read_hf_folder(folder: str | Path) -> HFCheckpoint:
@@ -220,8 +234,9 @@ def read_hf_folder(folder: str | Path) -> HFCheckpoint:
         if tuple(state[name].shape) != size:
             raise UserError(f"shape mismatch in {weights_file}: {name} is {tuple(state[name].shape)}, "
                             f"{CONFIG_FILE} implies {size}")
+    tokenizer_file, tokenizer = _gptforge_tokenizer(folder)
     return HFCheckpoint(folder=folder, config_file=config_file, weights_file=weights_file, shape=shape,
-                        state=state, tokenizer=_gptforge_tokenizer(folder))
+                        state=state, tokenizer=tokenizer, tokenizer_file=tokenizer_file)
 
 
 # --- fine-tuning: train --init-from hf:DIR ------------------------------------------------------------
@@ -243,19 +258,21 @@ class FineTuneInit:
                             f"{tokenizer.name} tokenizer has {tokenizer.vocab_size:,}; {hint}")
         saved = self.checkpoint.tokenizer
         if saved is not None and saved != tokenizer.to_dict():
-            raise UserError(f"{self.checkpoint.folder / TOKENIZER_FILE} describes another tokenizer than this "
+            raise UserError(f"{self.checkpoint.tokenizer_file} describes another tokenizer than this "
                             f"run's {tokenizer.name} tokenizer (for char: another corpus' characters)")
 
 
 def prepare_init(config: RunConfig) -> FineTuneInit | None:
-    """For init hf:DIR, read DIR and give the run its model shape; None for a run from scratch.
+    """For init hf:DIR (or hf:NAME, a hub model fetched into huggingface_hub's cache when no folder NAME is
+    here), read it and give the run its model shape; None for a run from scratch.
 
     Called before anything is created, so a bad folder leaves nothing behind. The run keeps its own
     dropout and may use fewer positions (a smaller --block-size crops the position embeddings).
     """
     if not config.train.init.startswith(INIT_PREFIX):
         return None
-    checkpoint = read_hf_folder(config.train.init[len(INIT_PREFIX):])
+    source = config.train.init[len(INIT_PREFIX):]
+    checkpoint = read_hf_folder(fetch_model(source) if is_hub_name(source) else source)
     model, shape = config.model, checkpoint.shape
     adopted = {"n_layer": shape.n_layer, "n_head": shape.n_head, "n_embd": shape.n_embd, "bias": True,
                "block_size": min(model.block_size, shape.block_size)}
@@ -274,7 +291,7 @@ def prepare_init(config: RunConfig) -> FineTuneInit | None:
 
 
 def load_hf_folder(folder: str | Path, device: str = "auto", tokenizer_file: str | None = None) -> TrainedModel:
-    """A transformers GPT-2 folder as a TrainedModel: GPT-2's tokenizer, or gptforge's tokenizer.json in it."""
+    """A transformers GPT-2 folder as a TrainedModel: GPT-2's tokenizer, or the gptforge tokenizer described in it."""
     checkpoint = read_hf_folder(folder)
     if checkpoint.tokenizer is not None:
         tokenizer = tokenizer_from_dict(checkpoint.tokenizer, bpe_file=tokenizer_file)
@@ -282,8 +299,8 @@ def load_hf_folder(folder: str | Path, device: str = "auto", tokenizer_file: str
         tokenizer = GPT2Tokenizer(tokenizer_file)
     if tokenizer.vocab_size != checkpoint.shape.vocab_size:
         raise UserError(f"{checkpoint.config_file} has a vocabulary of {checkpoint.shape.vocab_size:,} tokens, "
-                        f"the {tokenizer.name} tokenizer {tokenizer.vocab_size:,}; put the tokenizer.json of the "
-                        f"gptforge run it came from in {checkpoint.folder}")
+                        f"the {tokenizer.name} tokenizer {tokenizer.vocab_size:,}; copy the tokenizer.json of the "
+                        f"gptforge run it came from to {checkpoint.folder / TOKENIZER_FILE}")
     config = RunConfig(preset=f"hf:{checkpoint.folder.name}", model=checkpoint.shape,
                        train=TrainConfig(tokenizer=tokenizer.name, tokenizer_file=tokenizer_file))
     model = GPT(config.model)
@@ -374,30 +391,54 @@ def _write_gpt2_tokenizer(tokenizer: GPT2Tokenizer, folder: Path, max_length: in
     _write_json(folder / "special_tokens_map.json", special)
 
 
+def char_tokenizer_json(tokenizer: CharTokenizer) -> dict[str, Any]:
+    """The tokenizers library's description of a character tokenizer, for AutoTokenizer.
+
+    Every character is its own piece (the pattern matches any one code point, newlines included) and its
+    own word in a WordLevel vocabulary with gptforge's ids; decoding fuses the pieces with nothing between
+    them. The unknown-token name is in no vocabulary, so a character the corpus lacked is refused, as
+    gptforge refuses it, rather than silently mapped to some id.
+    """
+    return {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": [], "normalizer": None,
+        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": r"[\s\S]"}, "behavior": "Isolated", "invert": False},
+        "post_processor": None,
+        "decoder": {"type": "Fuse"},
+        "model": {"type": "WordLevel", "vocab": {char: index for index, char in enumerate(tokenizer.chars)},
+                  "unk_token": "<unk>"},
+    }
+
+
+def _write_char_tokenizer(tokenizer: CharTokenizer, folder: Path, max_length: int) -> None:
+    _write_json(folder / HF_TOKENIZER_FILE, char_tokenizer_json(tokenizer))
+    # no clean-up of "spaces before punctuation" on decode: the text must come back exactly
+    _write_json(folder / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast",
+                                                   "model_max_length": max_length,
+                                                   "clean_up_tokenization_spaces": False})
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def _write_hf(trained: TrainedModel, folder: Path) -> list[str]:
+def _write_hf(trained: TrainedModel, folder: Path) -> None:
     tokenizer, model = trained.tokenizer, trained.model
     dtype = model.transformer.wte.weight.dtype
-    _safetensors_torch().save_file(to_hf_state_dict(model, tokenizer.vocab_size), str(folder / SAFETENSORS_FILE),
-                                   metadata={"format": "pt"})
+    write_safetensors(folder / SAFETENSORS_FILE, to_hf_state_dict(model, tokenizer.vocab_size), _safetensors_torch())
     _write_json(folder / CONFIG_FILE, hf_config(model.config, tokenizer.vocab_size, tokenizer.eot_id, dtype))
     _write_json(folder / "generation_config.json", {"_from_model_config": True, "bos_token_id": tokenizer.eot_id,
                                                     "eos_token_id": tokenizer.eot_id})
     if isinstance(tokenizer, GPT2Tokenizer):
         _write_gpt2_tokenizer(tokenizer, folder, model.config.block_size)
-        return []
-    save_tokenizer(tokenizer, folder / TOKENIZER_FILE)
-    return [f"the {tokenizer.name} tokenizer has no transformers equivalent: transformers loads the model, and "
-            f"gptforge's {TOKENIZER_FILE} beside it lets `gptforge sample --hf DIR` use it"]
+    else:
+        _write_char_tokenizer(tokenizer, folder, model.config.block_size)
+    save_tokenizer(tokenizer, folder / TOKENIZER_FILE)  # what `--hf DIR` rebuilds gptforge's tokenizer from
 
 
-def export_hf(trained: TrainedModel, out: str | Path) -> list[str]:
-    """Write `out` as a folder `GPT2LMHeadModel.from_pretrained` loads; returns notes for the user.
+def export_hf(trained: TrainedModel, out: str | Path) -> None:
+    """Write `out` as a folder `GPT2LMHeadModel.from_pretrained` and `AutoTokenizer.from_pretrained` load.
 
     Files are written to a hidden folder beside `out` and moved into place at the end, so a failed
     export leaves nothing half-written.
     """
-    return write_new_folder(Path(out), lambda staging: _write_hf(trained, staging), "the model")
+    write_new_folder(Path(out), lambda staging: _write_hf(trained, staging), "the model")

@@ -196,3 +196,20 @@ def learning_rate_at(
     if schedule == "cosine":
         return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
     return max_lr + (min_lr - max_lr) * progress
+
+
+# Warmup longer than this share of the run leaves too few steps at the peak rate to be what a user meant.
+WARMUP_SHARE_LIMIT = 0.25
+
+
+def warmup_warning(warmup_steps: int, max_steps: int) -> str | None:
+    """Why this warmup does not fit a run of `max_steps` (the default 100 steps in a 60-step run never
+    reaches the peak rate), or None when it fits."""
+    if warmup_steps <= WARMUP_SHARE_LIMIT * max_steps:
+        return None
+    suggestion = f"pass --warmup-steps {max(1, max_steps // 10)} (a tenth of the run) or fewer"
+    if warmup_steps > max_steps:
+        return (f"the learning rate never reaches its peak: warmup is {warmup_steps} steps and the run "
+                f"{max_steps}; {suggestion}")
+    return (f"warmup takes {warmup_steps} of the run's {max_steps} steps ({warmup_steps / max_steps:.0%}), "
+            f"so little of it trains at the peak rate; {suggestion}")

@@ -23,7 +23,7 @@ from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_text
 from gptforge.hf import prepare_init
 from gptforge.model import count_parameters, parameter_table
-from gptforge.optim import check_optimizer
+from gptforge.optim import check_optimizer, warmup_warning
 from gptforge.runlog import RunLog
 from gptforge.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_dict
 from gptforge.trackers import Trackers, check_trackers
@@ -113,6 +113,9 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
         for note in init.notes:
             log.info(note)
     describe(trainer, len(tokens), len(train_tokens), len(val_tokens))
+    warning = warmup_warning(train.warmup_steps, train.max_steps)
+    if warning is not None:
+        log.warn(warning)
     return trainer, log
 
 

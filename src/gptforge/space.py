@@ -18,10 +18,10 @@ from gptforge.config import RunConfig
 from gptforge.data import cache_dir, data_dir
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
-from gptforge.fileio import write_new_folder
+from gptforge.fileio import write_new_folder, write_safetensors
 from gptforge.model import GPT
 from gptforge.tokenizer import GPT2_BPE_FILENAME, GPT2_BPE_SHA256, tokenizer_from_dict
-from gptforge.trained import TrainedModel
+from gptforge.trained import TrainedModel, best_loss_label
 
 WEIGHTS_FILE = "model.safetensors"
 TIED_WEIGHT = "lm_head.weight"  # the same tensor as transformer.wte.weight, so stored once
@@ -104,7 +104,7 @@ Type the start of a text and it writes the rest.
 | steps trained | {_fact(facts.get("steps"))} |
 | tokens seen | {_fact(facts.get("tokens_seen"))} |
 | final training loss | {_fact(facts.get("final_loss"), ".4f")} |
-| best loss | {_fact(facts.get("best_loss"), ".4f")} |
+| {best_loss_label(facts)} | {_fact(facts.get("best_loss"), ".4f")} |
 | tokenizer | {trained.tokenizer.name} ({trained.tokenizer.vocab_size:,} tokens) |
 | context length | {trained.config.model.block_size:,} tokens |
 
@@ -121,7 +121,7 @@ def _write_space(trained: TrainedModel, folder: Path) -> None:
     gradio_version = _installed_version("gradio", "pip install 'gptforge[app]' so the Space can name its version")
     weights = {name: tensor.detach().to("cpu").contiguous()
                for name, tensor in trained.model.state_dict().items() if name != TIED_WEIGHT}
-    safetensors_torch.save_file(weights, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    write_safetensors(folder / WEIGHTS_FILE, weights, safetensors_torch)
     facts = {key: value for key, value in trained.facts.items() if key != "checkpoint"}  # a path on this machine
     for name, data in (("config.json", trained.config.to_dict()), ("tokenizer.json", trained.tokenizer.to_dict()),
                        ("facts.json", facts)):

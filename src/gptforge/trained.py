@@ -62,11 +62,19 @@ def load_trained(run: str | Path | None = None, checkpoint: str | Path | None = 
         "tokens_seen": state.get("tokens_seen", 0),
         "final_loss": state.get("last_loss"),
         "best_loss": state.get("best_loss"),
+        # the trainer keeps the best val loss when the run evaluates on a val split, else the best training loss
+        "best_loss_split": "val" if config.train.val_fraction > 0 and config.train.eval_interval > 0 else "train",
         "tokenizer": tokenizer.name,
         "block_size": config.model.block_size,
         "checkpoint": str(path),
     }
     return TrainedModel(model=model, tokenizer=tokenizer, config=config, source=path, facts=facts)
+
+
+def best_loss_label(facts: dict[str, Any]) -> str:
+    """"best val loss" or "best train loss": which loss the trainer kept the best of."""
+    split = facts.get("best_loss_split")
+    return f"best {split} loss" if split else "best loss"
 
 
 def weights_mismatch(model: torch.nn.Module, weights: Any) -> str:

@@ -1,0 +1,113 @@
+"""The Hugging Face hub with the network refused: hub names and pushes fail in one line saying what to do.
+
+The online paths (a download into huggingface_hub's cache, an upload) are a manual check (README)."""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from conftest import run_main
+
+huggingface_hub = pytest.importorskip("huggingface_hub", reason="huggingface_hub comes with the hf and dev extras")
+hub_constants = pytest.importorskip("huggingface_hub.constants")
+
+
+def refuse_connections(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    """Every name lookup and connection attempt raises `error`."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise error
+
+    for owner, name in ((socket.socket, "connect"), (socket, "create_connection"), (socket, "getaddrinfo")):
+        monkeypatch.setattr(owner, name, refuse)
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No network (a connection attempt fails the test), huggingface_hub in offline mode with an empty
+    cache and no token, and a fresh working directory; returns that directory."""
+    refuse_connections(monkeypatch, AssertionError("the network was used"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)  # read once, when it was imported
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(hub_constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return work
+
+
+@pytest.mark.parametrize("name,local", [("gpt2", "gpt2"), ("openai-community/gpt2", "gpt2"),
+                                        ("someone/tiny-gpt.v2", "tiny-gpt.v2")])
+def test_init_from_a_hub_name_offline_is_one_line_saying_how_to_download_it(
+        name: str, local: str, offline: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run_main(["train", "--preset", "shakespeare-finetune", "--init-from", f"hf:{name}",
+                               "--out", str(offline / "run")], capsys)
+    assert status == 2
+    assert err == (f"error: hf:{name}: no network; download it with `hf download {name} "
+                   f"--local-dir {local}` and pass hf:{local}\n")
+    assert list(offline.iterdir()) == []  # no run directory
+
+
+def test_a_missing_path_is_still_a_missing_folder_not_a_hub_name(offline: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    for path in (str(offline / "gpt2"), "./gpt2", "models/../gpt2", "~/no-such-gpt2-folder"):
+        status, _, err = run_main(["train", "--preset", "shakespeare-finetune", "--init-from", f"hf:{path}"],
+                                  capsys)
+        assert status == 2 and "model folder not found" in err, (path, err)
+
+
+# --- export --push-to-hub -----------------------------------------------------------------------------------
+
+
+def export_argv(run: Path, out: Path, fmt: str, repo: str = "someone/tiny-demo") -> list[str]:
+    return ["export", "--run", str(run), "--format", fmt, "--out", str(out), "--push-to-hub", repo]
+
+
+@pytest.mark.parametrize("fmt", ["hf", "space"])
+def test_push_without_a_token_is_one_line_before_anything_is_exported(
+        fmt: str, tiny_run: Path, offline: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)  # online as far as it knows: the token is missing
+    status, _, err = run_main(export_argv(tiny_run, offline / "out", fmt), capsys)
+    assert status == 2
+    assert err == ("error: no Hugging Face token: run `hf auth login` or set HF_TOKEN to a token with write access, "
+                   "then export again\n")
+    assert list(offline.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", ["hf", "space"])
+def test_push_in_offline_mode_is_one_line_before_anything_is_exported(
+        fmt: str, tiny_run: Path, offline: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    status, _, err = run_main(export_argv(tiny_run, offline / "out", fmt), capsys)
+    assert status == 2
+    assert err == ("error: no network: HF_HUB_OFFLINE is set; export without --push-to-hub and upload the folder "
+                   "later with `hf upload`\n")
+    assert list(offline.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt,repo_type", [("hf", "model"), ("space", "space")])
+def test_push_with_the_network_refused_keeps_the_export_and_says_how_to_upload_it(
+        fmt: str, repo_type: str, tiny_run: Path, offline: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    refuse_connections(monkeypatch, socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
+    out = offline / "out"
+    status, stdout, err = run_main(export_argv(tiny_run, out, fmt), capsys)
+    assert status == 2 and f"wrote {out}" in stdout
+    assert err.startswith("error: no network: cannot reach the Hugging Face hub (") and err.count("\n") == 1
+    assert err.endswith(f"{out} is written; upload it later with `hf upload someone/tiny-demo {out} . "
+                        f"--repo-type {repo_type}`\n")
+    assert (out / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("repo", ["tiny-demo", "a/b/c", "someone/", "/abs/path"])
+def test_push_needs_a_user_slash_name(repo: str, tiny_run: Path, offline: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run_main(export_argv(tiny_run, offline / "out", "hf", repo), capsys)
+    assert status == 2 and err == f"error: --push-to-hub takes USER/NAME (a hub repository id), got {repo!r}\n"
