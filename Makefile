@@ -1,4 +1,5 @@
-# The two quick-start commands: `make train` and `make test` (`make test-all` adds the slow tests). Each creates .venv if missing.
+# The two quick-start commands: `make train` and `make test` (`make test-quick` leaves the slow tests out).
+# Each creates .venv if missing.
 # TORCH pins the torch wheel installed first (set TORCH=torch to take your platform's default build).
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,7 +15,7 @@ export GPTFORGE_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: train test test-all lint clean-venv
+.PHONY: train test test-quick lint clean-venv
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -35,16 +36,16 @@ train: $(VENV)/.installed
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
 
-# Tests run on every core (pytest-xdist; tests sharing a resource are grouped onto one worker). `make test`
-# leaves out the tests marked slow (many processes, torch.compile, kill -9 twenty times); `make test-all`,
-# which CI runs, includes them.
+# Tests run on every core (pytest-xdist; tests sharing a resource are grouped onto one worker). `make test`,
+# which CI runs, runs them all; `make test-quick` leaves out those marked slow (many processes,
+# torch.compile, kill -9 twenty times) while you work.
 PYTEST := $(BIN)/python -m pytest -q -rs -n auto --dist loadgroup
 
 test: lint
-	$(PYTEST) -m "not slow"
-
-test-all: lint
 	$(PYTEST)
+
+test-quick: lint
+	$(PYTEST) -m "not slow"
 
 clean-venv:
 	rm -rf $(VENV)

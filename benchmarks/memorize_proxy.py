@@ -5,8 +5,8 @@
 
 `shakespeare-gpt2` trains GPT-2 124M until the mean training loss over a pass of tiny Shakespeare is
 below 0.1: memorization, not generalization. This proxy keeps the recipe's training settings (schedule,
-warmup, weight decay, betas, clipping, sampler, target) and shrinks the rest: a character model of 2 layers,
-4 heads, 64 wide on the first 2,048 characters, 2 x 64 tokens per step (an epoch is 15 steps, as the
+warmup, weight decay, betas, clipping, sampler, target) and shrinks the rest: nanoGPT's CPU character model
+(4 layers, 4 heads, 128 wide) on the first 2,048 characters, 2 x 64 tokens per step (an epoch is 15 steps, as the
 flagship's is 20), 1,000 steps, and a learning rate 10 times the recipe's (a small model takes a higher
 one: on this proxy 3e-3 memorizes and 1e-2 does not, as 3e-4 does and 6e-4 and above do not for GPT-2 124M
 on an H200). Seconds per run on two CPU cores. Each `--try` overrides settings for one run; every run
@@ -29,7 +29,7 @@ from gptforge.config import RunConfig, apply_overrides, from_preset
 from gptforge.data import find_dataset
 from gptforge.run_setup import train
 
-PROXY = {"n_layer": 2, "n_head": 4, "n_embd": 64, "block_size": 64, "tokenizer": "char", "batch_size": 2,
+PROXY = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "tokenizer": "char", "batch_size": 2,
          "max_steps": 1000, "device": "cpu", "compile": False, "progress": False, "sample_tokens": 1,
          "checkpoint_interval": 100_000, "log_interval": 100_000}
 PROXY_CHARS = 2048
