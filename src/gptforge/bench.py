@@ -7,6 +7,7 @@ optimizer and its one host sync) on synthetic tokens, so the figure is what a ru
 from __future__ import annotations
 
 import contextlib
+import math
 import platform
 import resource
 import statistics
@@ -21,11 +22,12 @@ import numpy as np
 import torch
 
 from gptforge.config import GPTConfig, RunConfig
-from gptforge.device import memory_gb, synchronize
+from gptforge.device import memory_gb, resolve_device, synchronize
 from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, generate_ids
 from gptforge.model import count_parameters
 from gptforge.runlog import RunLog
+from gptforge.sizing import check_fits, training_memory
 from gptforge.tokenizer import CharTokenizer
 from gptforge.trainer import Trainer
 
@@ -126,7 +128,12 @@ def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, gen
         raise UserError("--steps, --warmup and --generate-tokens must be zero or more")
     if steps == 0 and generate_tokens == 0:
         raise UserError("nothing to measure: --steps and --generate-tokens are both 0")
+    if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):
+        raise UserError(f"--peak-tflops must be a positive, finite number, got {peak_tflops}")
     config.validate()
+    device = resolve_device(config.train.device)
+    check_fits(training_memory(config.model, config.train.batch_size), device, "this benchmark",
+               "use a smaller --batch-size, --block-size or model")
     model, train = config.model, config.train
     vocab_size = model.vocab_size
     tokens_needed = train.batch_size * model.block_size * train.grad_accum * (steps + warmup + 1) + 1

@@ -112,19 +112,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from gptforge.model import meta_model
+    from gptforge.model import meta_model, parameter_table
 
     config = from_preset(args.preset)
     overrides = given_overrides(args, {f.name for f in dataclasses.fields(GPTConfig)})
     apply_overrides(config, overrides)
+    apply_overrides(config, {"pad_vocab_to": args.pad_vocab_to})
+    config.validate()
     if "vocab_size" not in overrides:
         config.model.vocab_size = padded_vocab_size(config.model.vocab_size, args.pad_vocab_to)
-    model = meta_model(config.model)  # no weights allocated: gpt2-xl costs nothing to count
+    layers = config.model.n_layer
+    # one block on the meta device, scaled: no weights allocated, and a billion layers cost what one does
+    model = meta_model(dataclasses.replace(config.model, n_layer=1))
     print(f"{args.preset}: " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(config.model).items()))
-    print(model)
-    from gptforge.model import parameter_table
-
-    print(parameter_table(model))
+    print(repr(model).replace("(0): Block(", f"(0-{layers - 1}): {layers} x Block(", 1) if layers > 1 else model)
+    print(parameter_table(model, n_layer=layers))
     return 0
 
 
@@ -149,6 +151,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from gptforge.generate import SamplingSettings, generate_text, stream_text
+    from gptforge.sizing import check_fits, inference_memory
     from gptforge.trained import autocast_for, load_trained
 
     if args.prompt is not None and args.prompt_file is not None:
@@ -168,6 +171,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
                            hf=args.hf)
     if prompt:
         trained.tokenizer.encode(prompt)  # an unknown character is a clear error before anything prints
+    check_fits(inference_memory(trained.config.model, args.num_samples, weights=False),
+               trained.model.lm_head.weight.device, f"generating {args.num_samples:,} samples at once",
+               "pass a smaller --num-samples")
     with autocast_for(trained.model) or contextlib.nullcontext():
         if args.num_samples == 1:
             sys.stdout.write(prompt)

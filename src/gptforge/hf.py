@@ -22,6 +22,7 @@ from gptforge.device import resolve_device
 from gptforge.errors import UserError
 from gptforge.fileio import write_new_folder
 from gptforge.model import GPT, count_parameters, meta_model
+from gptforge.sizing import check_fits, inference_memory
 from gptforge.tokenizer import GPT2_EOT_ID, GPT2Tokenizer, Tokenizer, save_tokenizer, tokenizer_from_dict
 from gptforge.trained import TrainedModel
 
@@ -159,6 +160,7 @@ def _read_shape(path: Path) -> GPTConfig:
                       n_layer=data.get("n_layer", 12), n_head=data.get("n_head", 12), n_embd=n_embd, dropout=0.0)
     try:
         shape.validate()
+        check_fits(inference_memory(shape), torch.device("cpu"), "this model", "is the config.json right?")
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     return shape

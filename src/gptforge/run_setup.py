@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gptforge import distributed
 from gptforge.checkpoint import load_latest, new_run_dir
@@ -24,6 +25,7 @@ from gptforge.fileio import atomic_write_text
 from gptforge.hf import prepare_init
 from gptforge.model import count_parameters, parameter_table
 from gptforge.runlog import RunLog
+from gptforge.sizing import check_fits, training_memory
 from gptforge.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_dict
 from gptforge.trackers import Trackers, check_trackers
 from gptforge.trainer import Trainer, checkpoint_path
@@ -50,6 +52,14 @@ def resolve_accumulation(config: RunConfig, world_size: int) -> None:
             f"= {per_micro_step:,}; use a multiple of it, e.g. {nearest:,}"
         )
     train.grad_accum = train.tokens_per_step // per_micro_step
+
+
+def check_training_fits(config: RunConfig, device: torch.device, strategy: str, world_size: int) -> None:
+    """Refuse a model or batch that cannot fit in `device`'s memory before building or writing anything."""
+    shards = world_size if strategy == "fsdp" else 1
+    check_fits(training_memory(config.model, config.train.batch_size, shards), device, "training this model",
+               "use a smaller --batch-size (raise --grad-accum to keep the tokens per step), --block-size, "
+               "--pad-vocab-to or model")
 
 
 def load_data(config: RunConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -90,6 +100,7 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     if train.decay_steps is None:  # fixed now, so a resume that raises max_steps does not stretch the schedule
         train.decay_steps = train.max_steps
     config.validate()
+    check_training_fits(config, device, strategy, world_size)
     console = RunLog(None, enabled=rank == 0)
     tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
 
@@ -133,6 +144,10 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
                         f"{'es' if saved_world_size > 1 else ''}, this run has {world_size}; resume with "
                         "the same number of processes (torchrun --nproc_per_node, or gptforge train --nproc)")
     resolve_accumulation(config, world_size)
+    device = distributed.process_device(resolve_device(config.train.device), world_size)
+    strategy = distributed.resolve_parallel(config.train.parallel, world_size,
+                                            resolve_dtype(config.train.dtype, device))
+    check_training_fits(config, device, strategy, world_size)
     tokenizer_file = run_dir / "tokenizer.json"
     if tokenizer_file.is_file():
         tokenizer = load_tokenizer(tokenizer_file, bpe_file=config.train.tokenizer_file)
