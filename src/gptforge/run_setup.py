@@ -24,6 +24,7 @@ from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_text
 from gptforge.hf import prepare_init
 from gptforge.model import count_parameters, parameter_table
+from gptforge.runlock import lock_run_dir, release_run_dirs
 from gptforge.runlog import RunLog
 from gptforge.sizing import check_fits, training_memory
 from gptforge.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_dict
@@ -106,6 +107,7 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
 
     def create_run_dir() -> Path:
         run_dir = new_run_dir(train.out, config.preset)
+        lock_run_dir(run_dir)
         config.train.out = str(run_dir)
         atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         save_tokenizer(tokenizer, run_dir / "tokenizer.json")
@@ -156,6 +158,7 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     console = RunLog(None, enabled=rank == 0)
     tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
     check_trackers(config.train.tensorboard, config.train.wandb)
+    distributed.run_on_rank0(lambda: lock_run_dir(run_dir), rank, world_size)  # before anything is written
     log = open_log(run_dir, config, rank)
     for warning in warnings:
         log.warn(warning)
@@ -267,6 +270,7 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None,
         distributed.wait_for_all_ranks(world.world_size)
         return outcome
     finally:
+        release_run_dirs()
         distributed.teardown()  # _train has returned: its trainer, which holds the process group, is gone
 
 
