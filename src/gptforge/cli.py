@@ -189,14 +189,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from gptforge.evaluate import evaluate_text
+    from gptforge.evaluate import evaluate_text, trained_corpus
     from gptforge.trained import load_trained
 
     trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
                            hf=args.hf)
-    result = evaluate_text(trained, args.data, split=args.split, val_fraction=args.val_fraction,
+    data = args.data if args.data is not None else trained_corpus(trained)
+    result = evaluate_text(trained, data, split=args.split, val_fraction=args.val_fraction,
                            batch_size=args.batch_size, max_batches=args.max_batches)
-    print(f"{args.data} ({args.split} split, {result.tokens:,} tokens in {result.windows:,} windows of "
+    print(f"{data} ({args.split} split, {result.tokens:,} tokens in {result.windows:,} windows of "
           f"{trained.config.model.block_size}): loss {result.loss:.4f} | perplexity {result.perplexity:,.2f}")
     return 0
 
@@ -323,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="loss and perplexity of a trained model on any text")
     add_model_source(evaluate)
-    evaluate.add_argument("--data", default="shakespeare", help="named dataset, text file or folder")
+    evaluate.add_argument("--data", help="named dataset, text file or folder (default: the text the model was "
+                          "trained on, found where its run recorded it; shakespeare for --hf)")
     evaluate.add_argument("--split", choices=["val", "train", "all"], default="val",
                           help="which part of the text (default: val, the last --val-fraction of it)")
     evaluate.add_argument("--val-fraction", type=float, default=0.1, help="(default: 0.1, as in training)")

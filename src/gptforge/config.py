@@ -272,12 +272,25 @@ FIELD_HELP: dict[str, str] = {
 
 
 @dataclass
+class CorpusRecord:
+    """Which text a run trains on: its absolute path (a file or folder) and the sha256 of the text.
+
+    Kept in the config (and so in every checkpoint), so a resume or an eval finds the corpus from any
+    directory and notices when the text is not the one the run was trained on.
+    """
+
+    path: str
+    sha256: str
+
+
+@dataclass
 class RunConfig:
     """A whole run: which preset it came from, the model's shape and the training settings."""
 
     preset: str = "custom"
     model: GPTConfig = field(default_factory=GPTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    corpus: CorpusRecord | None = None  # set when training starts
 
     def validate(self) -> None:
         self.model.validate()
@@ -285,13 +298,29 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "model": dataclasses.asdict(self.model),
-                "train": dataclasses.asdict(self.train)}
+                "train": dataclasses.asdict(self.train),
+                "corpus": dataclasses.asdict(self.corpus) if self.corpus is not None else None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        config = cls(preset=data.get("preset", "custom"))
-        apply_overrides(config, {**data.get("model", {}), **data.get("train", {})})
+        """The config of a config.json or a checkpoint; a damaged one is a UserError naming the part."""
+        if not isinstance(data, dict):
+            raise UserError(f"the run's config is a {type(data).__name__}, not a table of settings")
+        parts = {name: data.get(name, {}) for name in ("model", "train")}
+        for name, part in parts.items():
+            if not isinstance(part, dict):
+                raise UserError(f"the run's config has {json_name(part)} for {name!r}, not a table of settings")
+        config = cls(preset=str(data.get("preset", "custom")))
+        apply_overrides(config, {**parts["model"], **parts["train"]})
+        corpus = data.get("corpus")
+        if isinstance(corpus, dict) and isinstance(corpus.get("path"), str) and isinstance(corpus.get("sha256"), str):
+            config.corpus = CorpusRecord(path=corpus["path"], sha256=corpus["sha256"])
         return config
+
+
+def json_name(value: Any) -> str:
+    """How a value reads in JSON, for messages about a file: None is `null`."""
+    return "null" if value is None else f"a {type(value).__name__}"
 
 
 # Recipes: a model preset plus training settings. The key names are TrainConfig/GPTConfig fields.

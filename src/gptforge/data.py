@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from gptforge.config import CorpusRecord
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_bytes
 
@@ -101,6 +102,13 @@ def read_corpus(data: str) -> tuple[str, str]:
     if not any(texts):
         raise UserError(f"the corpus {data!r} is empty; give it some text")
     return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def record_corpus(data: str) -> CorpusRecord:
+    """Where the text behind ``data`` lives (absolute: a file, or the folder of .txt files) and its sha256."""
+    folder = Path(data).expanduser()
+    location = folder if data.lower() not in NAMED_DATASETS and folder.is_dir() else find_dataset(data)[0]
+    return CorpusRecord(path=str(location.resolve()), sha256=read_corpus(data)[1])
 
 
 def _read_utf8(path: Path) -> str:

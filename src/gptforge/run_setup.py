@@ -17,8 +17,8 @@ import torch
 
 from gptforge import distributed
 from gptforge.checkpoint import load_latest, new_run_dir
-from gptforge.config import MODEL_KEYS, RunConfig, apply_overrides, padded_vocab_size
-from gptforge.data import check_corpus_size, load_tokens, read_corpus, split_tokens
+from gptforge.config import MODEL_KEYS, CorpusRecord, RunConfig, apply_overrides, json_name, padded_vocab_size
+from gptforge.data import check_corpus_size, load_tokens, read_corpus, record_corpus, split_tokens
 from gptforge.device import resolve_device, resolve_dtype
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_text
@@ -104,6 +104,7 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     check_training_fits(config, device, strategy, world_size)
     console = RunLog(None, enabled=rank == 0)
     tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
+    config.corpus = record_corpus(train.data)
 
     def create_run_dir() -> Path:
         run_dir = new_run_dir(train.out, config.preset)
@@ -150,11 +151,9 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     strategy = distributed.resolve_parallel(config.train.parallel, world_size,
                                             resolve_dtype(config.train.dtype, device))
     check_training_fits(config, device, strategy, world_size)
-    tokenizer_file = run_dir / "tokenizer.json"
-    if tokenizer_file.is_file():
-        tokenizer = load_tokenizer(tokenizer_file, bpe_file=config.train.tokenizer_file)
-    else:
-        tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=config.train.tokenizer_file)
+    tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=config.train.tokenizer_file)
+    check_tokenizer_file(run_dir / "tokenizer.json", tokenizer, path, config.train.tokenizer_file)
+    config.corpus = resume_corpus(config, given_data="data" in overrides)
     console = RunLog(None, enabled=rank == 0)
     tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
     check_trackers(config.train.tensorboard, config.train.wandb)
@@ -188,16 +187,57 @@ def check_checkpoint_fits_run(run_dir: Path, state: dict, path: Path) -> None:
     A resumed run takes its config from the checkpoint, so a `last.pt` copied in from another run would
     otherwise be trained on as if it belonged here and config.json rewritten to match it.
     """
+    config_file = run_dir / "config.json"
     try:
-        run_model = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["model"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # no readable config.json to compare with: the checkpoint's own config is all there is
-    checkpoint_model = state["config"]["model"]
+        run_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return  # no config.json to compare with: the checkpoint's own config is all there is
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {config_file} ({exc}); restore it, or delete it to resume from the "
+                        "checkpoint's own copy") from None
+    run_model = run_config.get("model") if isinstance(run_config, dict) else None
+    if not isinstance(run_model, dict):
+        raise UserError(f"{config_file} is damaged: it has {json_name(run_model)} for \"model\", not the model's "
+                        "settings; restore it, or delete it to resume from the checkpoint's own copy")
+    checkpoint_model = RunConfig.from_dict(state.get("config")).to_dict()["model"]
     differences = [f"{key} {run_model.get(key)} in config.json vs {checkpoint_model.get(key)} in the checkpoint"
                    for key in sorted(MODEL_KEYS) if run_model.get(key) != checkpoint_model.get(key)]
     if differences:
         raise UserError(f"{path} holds another model than the run {run_dir} ({', '.join(differences)}); "
                         "move it out of checkpoints/ or resume the run it came from")
+
+
+def check_tokenizer_file(tokenizer_file: Path, tokenizer: Tokenizer, checkpoint: Path, bpe_file: str | None) -> None:
+    """The checkpoint's own tokenizer is the one its weights learned: an edited tokenizer.json is refused.
+
+    Trusting the file would train on another mapping of ids to text without a word.
+    """
+    if not tokenizer_file.is_file():
+        return
+    on_disk = load_tokenizer(tokenizer_file, bpe_file=bpe_file)
+    if on_disk.to_dict() != tokenizer.to_dict():
+        raise UserError(f"{tokenizer_file} ({on_disk.name}, vocabulary {on_disk.vocab_size:,}) differs from the "
+                        f"tokenizer saved in {checkpoint} ({tokenizer.name}, vocabulary {tokenizer.vocab_size:,}), "
+                        "which its weights were trained with; restore the file or delete it")
+
+
+def resume_corpus(config: RunConfig, given_data: bool) -> CorpusRecord:
+    """Find the run's corpus again (its absolute path, from any directory) and refuse other text.
+
+    A `--data` given on resume is read from the current directory; it must hold the same text.
+    Checkpoints from before the corpus was recorded are trusted as they are.
+    """
+    saved = config.corpus
+    if saved is not None and not given_data:
+        if not Path(saved.path).exists():
+            raise UserError(f"the run's corpus {saved.path} is gone; pass --data with the same text")
+        config.train.data = saved.path
+    current = record_corpus(config.train.data)
+    if saved is not None and current.sha256 != saved.sha256:
+        raise UserError(f"the corpus {current.path} is not the text the run was trained on ({saved.path}): "
+                        f"sha256 {current.sha256[:12]}... now, {saved.sha256[:12]}... in the checkpoint; "
+                        "resume with that text, or start a new run")
+    return current
 
 
 def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens: int) -> None:
