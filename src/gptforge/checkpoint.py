@@ -15,10 +15,10 @@ from __future__ import annotations
 import glob
 import gzip
 import io
+import json
 import pickle
 import random
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -26,14 +26,20 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from gptforge.checkpoint_writer import available_memory_bytes
+from gptforge.config import RunConfig
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write, describe_os_error
+from gptforge.sizing import STATE_BYTES_PER_PARAMETER, parameter_count
 
 CHECKPOINT_FORMAT = 1  # stored under state["format"]; bump when the layout of the state changes
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _STEP_FILE = re.compile(r"step-(\d+)\.pt(\.gz)?")
 _REASON_CHARS = 160
+_CHUNK_BYTES = 1 << 20
+_STATE_SLACK_BYTES = 64 << 20  # the RNG states, counters and the archive's own layout, with room to spare
+MIB = 1 << 20
 
 
 class _BadCheckpoint(Exception):
@@ -96,10 +102,16 @@ def _load(path: Path, map_location: str | torch.device) -> dict:
     if not path.is_file():
         raise _BadCheckpoint("not a file")
     try:
-        if path.stat().st_size == 0:
+        size = path.stat().st_size
+        if size == 0:
             raise _BadCheckpoint("the file is empty (0 bytes); it was probably cut off, use an older checkpoint")
+        cap, bounded_by = size_cap(path)
         with path.open("rb") as file:
-            source: Path | io.BytesIO = _gunzip(file) if file.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC else path
+            compressed = file.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+            if not compressed and cap is not None and size > cap:
+                raise _BadCheckpoint(f"it is {size / MIB:,.0f} MiB, more than {bounded_by} ({cap / MIB:,.0f} MiB); "
+                                     "refused")
+            source: Path | io.BytesIO = _gunzip(file, cap, bounded_by) if compressed else path
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
         raise _BadCheckpoint(f"cannot read it ({_one_line(exc)})") from None
     state = _torch_load(source, map_location)
@@ -107,14 +119,41 @@ def _load(path: Path, map_location: str | torch.device) -> dict:
     return state
 
 
-def _gunzip(file: IO[bytes]) -> io.BytesIO:
-    """Decompress into memory: torch.load seeks around the zip archive, which gzip streams do slowly."""
+def _gunzip(file: IO[bytes], cap: int | None, bounded_by: str) -> io.BytesIO:
+    """Decompress into memory (torch.load seeks around the zip archive, which gzip streams do slowly), but
+    no more than `cap` bytes: a few MB can inflate to many GB, and a bomb is a damaged checkpoint."""
     file.seek(0)
     buffer = io.BytesIO()
     with gzip.GzipFile(fileobj=file, mode="rb") as gz:
-        shutil.copyfileobj(gz, buffer)
+        while chunk := gz.read(_CHUNK_BYTES):
+            buffer.write(chunk)
+            if cap is not None and buffer.tell() > cap:
+                raise _BadCheckpoint(f"it inflates to more than {bounded_by} ({cap / MIB:,.0f} MiB): damaged, or a "
+                                     "decompression bomb; refused")
     buffer.seek(0)
     return buffer
+
+
+def size_cap(path: Path) -> tuple[int | None, str]:
+    """The most bytes the state in checkpoint `path` may take, and what sets that bound.
+
+    Twice the state of the model its run's config.json describes (weights and AdamW's two moments), when
+    the file sits in a run's checkpoints/ folder; never more than half the memory available. None: no bound
+    is known (not Linux, no run).
+    """
+    bounds: list[tuple[int, str]] = []
+    config_file = path.parent.parent / "config.json"
+    if path.parent.name == "checkpoints" and config_file.is_file():
+        try:
+            model = RunConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8"))).model
+            expected = parameter_count(model) * STATE_BYTES_PER_PARAMETER
+            bounds.append((2 * expected + _STATE_SLACK_BYTES, f"what the model in {config_file} can hold"))
+        except (OSError, ValueError, UserError):
+            pass  # a damaged config.json bounds nothing; the memory still does
+    available = available_memory_bytes()
+    if available is not None:
+        bounds.append((available // 2, "half the memory available"))
+    return min(bounds) if bounds else (None, "")
 
 
 def _torch_load(source: Path | io.BytesIO, map_location: str | torch.device) -> Any:

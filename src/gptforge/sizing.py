@@ -20,6 +20,7 @@ from gptforge.errors import UserError
 GIB = 2**30
 FP32 = 4
 OPTIMIZER_BYTES_PER_PARAMETER = 4 * FP32  # weights, gradients and AdamW's two moments
+STATE_BYTES_PER_PARAMETER = 3 * FP32  # what a checkpoint keeps: weights and AdamW's two moments
 ACTIVATIONS_PER_LAYER = 16  # tensors of width n_embd per token a block keeps for backward (qkv, MLP, norms...)
 
 
