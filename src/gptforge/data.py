@@ -8,6 +8,7 @@ integers, identical on every rank, and resuming continues with exactly the next 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -22,7 +23,7 @@ import torch
 
 from gptforge.config import CorpusRecord
 from gptforge.errors import UserError
-from gptforge.fileio import atomic_write_bytes
+from gptforge.fileio import atomic_write_bytes, describe_os_error
 
 if TYPE_CHECKING:
     from gptforge.tokenizer import Tokenizer
@@ -136,11 +137,18 @@ def load_tokens(data: str, tokenizer: Tokenizer, progress: bool = False) -> tupl
     tokens = _open_cached(bin_path)
     if tokens is None:
         ids = tokenizer.encode_corpus(text, progress=progress)
-        _write_atomic(bin_path, ids.tobytes())
         meta = {"dtype": ids.dtype.name, "count": int(ids.size), "source": data,
                 "content_sha256": content_sha256, "tokenizer": tokenizer.to_dict()}
-        # written last: its presence says the .bin beside it is complete
-        _write_atomic(bin_path.with_suffix(".json"), json.dumps(meta, ensure_ascii=False, indent=2).encode())
+        try:
+            _write_atomic(bin_path, ids.tobytes())
+            # written last: its presence says the .bin beside it is complete
+            _write_atomic(bin_path.with_suffix(".json"), json.dumps(meta, ensure_ascii=False, indent=2).encode())
+        except (OSError, UserError) as exc:
+            with contextlib.suppress(OSError):
+                bin_path.unlink(missing_ok=True)  # no .bin without the description that vouches for it
+            reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            raise UserError(f"cannot cache the tokens of {data} in {cache_dir()} ({reason}); set "
+                            "GPTFORGE_CACHE_DIR to a writable folder with free space") from None
         tokens = _open_cached(bin_path)
         assert tokens is not None, f"token cache {bin_path} unreadable right after writing it"
     return tokens, bin_path

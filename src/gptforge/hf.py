@@ -383,8 +383,9 @@ def _write_json(path: Path, data: Any) -> None:
 def _write_hf(trained: TrainedModel, folder: Path) -> list[str]:
     tokenizer, model = trained.tokenizer, trained.model
     dtype = model.transformer.wte.weight.dtype
-    _safetensors_torch().save_file(to_hf_state_dict(model, tokenizer.vocab_size), str(folder / SAFETENSORS_FILE),
-                                   metadata={"format": "pt"})
+    # serialised in memory, then written as a plain file, so that a full disk is an OSError like any other
+    weights = _safetensors_torch().save(to_hf_state_dict(model, tokenizer.vocab_size), metadata={"format": "pt"})
+    (folder / SAFETENSORS_FILE).write_bytes(weights)
     _write_json(folder / CONFIG_FILE, hf_config(model.config, tokenizer.vocab_size, tokenizer.eot_id, dtype))
     _write_json(folder / "generation_config.json", {"_from_model_config": True, "bos_token_id": tokenizer.eot_id,
                                                     "eos_token_id": tokenizer.eot_id})

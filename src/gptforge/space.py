@@ -121,17 +121,22 @@ def _write_space(trained: TrainedModel, folder: Path) -> None:
     gradio_version = _installed_version("gradio", "pip install 'gptforge[app]' so the Space can name its version")
     weights = {name: tensor.detach().to("cpu").contiguous()
                for name, tensor in trained.model.state_dict().items() if name != TIED_WEIGHT}
-    safetensors_torch.save_file(weights, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    # serialised in memory, then written as a plain file: a full disk is then an OSError (safetensors' own
+    # writer reports it as an error of its own kind)
+    (folder / WEIGHTS_FILE).write_bytes(safetensors_torch.save(weights, metadata={"format": "pt"}))
     facts = {key: value for key, value in trained.facts.items() if key != "checkpoint"}  # a path on this machine
-    for name, data in (("config.json", trained.config.to_dict()), ("tokenizer.json", trained.tokenizer.to_dict()),
+    config = {key: value for key, value in trained.config.to_dict().items() if key != "corpus"}  # a path too
+    for name, data in (("config.json", config), ("tokenizer.json", trained.tokenizer.to_dict()),
                        ("facts.json", facts)):
         (folder / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     ranks = _gpt2_ranks_file(trained) if trained.tokenizer.name == "gpt2" else None
     if ranks is not None:
         shutil.copyfile(ranks, folder / GPT2_BPE_FILENAME)
     (folder / "app.py").write_text(SPACE_APP, encoding="utf-8")
-    shutil.copytree(Path(__file__).resolve().parent, folder / "gptforge",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    package = folder / "gptforge"
+    package.mkdir()
+    for module in sorted(Path(__file__).resolve().parent.glob("*.py")):  # file by file: a failed copy is an
+        shutil.copyfile(module, package / module.name)  # OSError of its own (copytree gathers them into a list)
     (folder / "requirements.txt").write_text("\n".join(space_requirements(gradio_version)) + "\n", encoding="utf-8")
     (folder / "README.md").write_text(space_readme(trained, gradio_version, ranks is not None), encoding="utf-8")
 
