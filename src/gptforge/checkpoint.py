@@ -87,6 +87,13 @@ def _remove_leftover_temporaries(path: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def remove_temporaries(checkpoint_dir: Path) -> None:
+    """Delete every temporary file in a run's checkpoint folder: a process about to exit mid-write calls it,
+    and only the process holding the run's lock writes there."""
+    for leftover in Path(checkpoint_dir).glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint written by ``save_checkpoint``; any problem is a one-line UserError."""
     path = Path(path)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import signal
 import sys
+import threading
 import typing
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +80,30 @@ def default_preset(device_flag: str | None) -> str:
 CONFIG_NAMES = {f.name for f in dataclasses.fields(GPTConfig)} | {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+@contextlib.contextmanager
+def sigterm_exits_143() -> Iterator[None]:
+    """SIGTERM outside the training steps (start-up, the final sample) ends the command as Ctrl-C does:
+    through the clean-up on the way out (no temporary file left) with status 143, not killed outright.
+    The trainer's own handler takes over while it trains."""
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    with sigterm_exits_143():
+        return _cmd_train(args)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
     from gptforge.distributed import is_main_process, launch_local, without_flag
     from gptforge.run_setup import train
 
