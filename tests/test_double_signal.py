@@ -60,9 +60,10 @@ def test_two_signals_a_tenth_of_a_second_apart_exit_cleanly_in_every_round(signu
                                         "--out", str(run)], stdout=out, stderr=err, env=env)
         try:
             if round_number % 2:
-                wait_for(lambda: "step 3 |" in stdout.read_text(errors="replace"), process, "step 3")
+                wait_for(lambda out=stdout: "step 3 |" in out.read_text(errors="replace"), process, "step 3")
             else:  # the moment a checkpoint is being written (after the first, so there is one to keep)
-                wait_for(lambda: (run / "checkpoints" / "last.pt").exists() and temporaries(run / "checkpoints"),
+                checkpoints = run / "checkpoints"
+                wait_for(lambda folder=checkpoints: (folder / "last.pt").exists() and temporaries(folder),
                          process, "a checkpoint write in flight")
             process.send_signal(signum)
             time.sleep(SECOND_SIGNAL_AFTER_S)

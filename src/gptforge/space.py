@@ -31,11 +31,11 @@ SPACE_APP = '''"""A gptforge demo as a Hugging Face Space; locally: pip install 
 
 from pathlib import Path
 
-from gptforge.app import build_demo
+from gptforge.app import NO_UPLOADS, build_demo
 from gptforge.space import load_space
 
 if __name__ == "__main__":
-    build_demo(load_space(Path(__file__).resolve().parent)).launch()
+    build_demo(load_space(Path(__file__).resolve().parent)).launch(max_file_size=NO_UPLOADS)
 '''
 
 
