@@ -12,13 +12,16 @@ code on the machine that opens it.
 
 from __future__ import annotations
 
+import errno
 import glob
 import gzip
 import io
 import json
+import os
 import pickle
 import random
 import re
+import stat
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -104,10 +107,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _load(path: Path, map_location: str | torch.device) -> dict:
-    if not path.exists():
-        raise _BadCheckpoint("no such file")
-    if not path.is_file():
-        raise _BadCheckpoint("not a file")
+    _check_regular_file(path)
     try:
         size = path.stat().st_size
         if size == 0:
@@ -124,6 +124,26 @@ def _load(path: Path, map_location: str | torch.device) -> dict:
     state = _torch_load(source, map_location)
     _check_state(state)
     return state
+
+
+_NOT_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+              (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def _check_regular_file(path: Path) -> None:
+    """Refuse what is not a regular file before opening it: reading a FIFO would wait forever, a device
+    (/dev/zero) would never end."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _BadCheckpoint("it is a symbolic link that loops, not a file") from None
+        if path.is_symlink():
+            raise _BadCheckpoint(f"it is a symbolic link to {os.readlink(path)}, which does not exist") from None
+        raise _BadCheckpoint("no such file" if isinstance(exc, FileNotFoundError) else _one_line(exc)) from None
+    for test, kind in _NOT_FILES:
+        if test(mode):
+            raise _BadCheckpoint(f"it is {kind}, not a checkpoint file")
 
 
 def _gunzip(file: IO[bytes], cap: int | None, bounded_by: str) -> io.BytesIO:
@@ -167,10 +187,10 @@ def _torch_load(source: Path | io.BytesIO, map_location: str | torch.device) -> 
     try:
         return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        forbidden = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        forbidden = code_it_would_run(exc)
         if forbidden:
             raise _BadCheckpoint(
-                f"it asks for {forbidden.group(1)} while loading, which could run code; refused "
+                f"it asks for {forbidden} while loading, which could run code; refused "
                 "(only tensors and plain data are loaded)"
             ) from None
         raise _BadCheckpoint(
@@ -180,6 +200,13 @@ def _torch_load(source: Path | io.BytesIO, map_location: str | torch.device) -> 
         raise _BadCheckpoint(
             f"corrupt or truncated, or not a PyTorch checkpoint ({_one_line(exc)}); use an older checkpoint"
         ) from None
+
+
+def code_it_would_run(exc: pickle.UnpicklingError) -> str | None:
+    """The callable a pickle refused by ``weights_only`` asked for (``os.system``...), or None when the
+    file was refused for another reason (not a pickle at all)."""
+    forbidden = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return forbidden.group(1) if forbidden else None
 
 
 def _check_state(state: Any) -> None:
@@ -215,9 +242,7 @@ def checkpoint_candidates(run_dir: Path) -> list[Path]:
     if not checkpoint_dir.is_dir():
         return []
     ranked: list[tuple[int, int, float, Path]] = []
-    for path in checkpoint_dir.iterdir():
-        if not path.is_file():
-            continue
+    for path in checkpoint_dir.iterdir():  # files or not: what is not one is skipped by name when loading
         stem = path.name.removesuffix(".gz")
         step = _STEP_FILE.fullmatch(path.name)
         if stem == "last.pt":
@@ -228,7 +253,7 @@ def checkpoint_candidates(run_dir: Path) -> list[Path]:
             rank, number = 2, 0
         else:
             continue
-        ranked.append((rank, number, -path.stat().st_mtime, path))
+        ranked.append((rank, number, -path.lstat().st_mtime, path))
     return [path for *_, path in sorted(ranked)]
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gptforge.checkpoint import code_it_would_run
 from gptforge.config import GPT2_VOCAB_SIZE, GPTConfig, RunConfig, TrainConfig
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
@@ -176,6 +178,12 @@ def _read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
             else lambda file: torch.load(file, map_location="cpu", weights_only=True))
     try:
         return path, load(str(path))
+    except pickle.UnpicklingError as exc:
+        forbidden = code_it_would_run(exc)
+        if forbidden:  # torch's own text goes on to suggest loading it unsafely: not repeated here
+            raise UserError(f"{path}: refused: this file would run code when loaded (it asks for {forbidden}); "
+                            "use model.safetensors or a file you trust") from None
+        raise UserError(f"cannot read the weights in {path}: not a PyTorch weights file") from None
     except Exception as exc:  # a corrupt or foreign file fails in each loader's own way (SafetensorError, pickle)
         first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot read the weights in {path}: {first_line}") from None
