@@ -69,7 +69,7 @@ def test_train_refuses_an_oversize_run_before_creating_anything(flag: str, value
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("flag", "value"), OVERSIZE_FLAGS)
+@pytest.mark.parametrize(("flag", "value"), [*OVERSIZE_FLAGS, ("--steps", "100000000000")])
 def test_bench_refuses_an_oversize_model_before_allocating(flag: str, value: str,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["bench", "--preset", "tiny", "--device", "cpu", "--n-head", "1", "--steps", "1", flag, value]

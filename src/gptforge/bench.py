@@ -119,6 +119,9 @@ def time_generation(trainer: Trainer, new_tokens: int, use_cache: bool, vocab_si
     return produced / (time.perf_counter() - started)
 
 
+SYNTHETIC_BYTES_PER_TOKEN = 12  # drawn as int64, kept as uint32
+
+
 def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, generate_tokens: int,
               peak_tflops: float | None) -> BenchResult:
     """Build the run's trainer on synthetic tokens, time training steps, then generation."""
@@ -131,12 +134,13 @@ def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, gen
     if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):
         raise UserError(f"--peak-tflops must be a positive, finite number, got {peak_tflops}")
     config.validate()
-    device = resolve_device(config.train.device)
-    check_fits(training_memory(config.model, config.train.batch_size), device, "this benchmark",
-               "use a smaller --batch-size, --block-size or model")
     model, train = config.model, config.train
     vocab_size = model.vocab_size
     tokens_needed = train.batch_size * model.block_size * train.grad_accum * (steps + warmup + 1) + 1
+    estimate = training_memory(model, train.batch_size)
+    estimate.parts["synthetic tokens"] = tokens_needed * SYNTHETIC_BYTES_PER_TOKEN
+    check_fits(estimate, resolve_device(train.device), "this benchmark",
+               "use a smaller --batch-size, --block-size, --steps or model")
     generator = np.random.default_rng(0)
     tokens = generator.integers(0, vocab_size, size=tokens_needed, dtype=np.int64).astype(np.uint32)
     log = RunLog(None, enabled=False)
