@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from conftest import run_main
@@ -138,9 +138,11 @@ def test_a_config_that_validation_accepts_builds_a_run(train_settings: dict, dro
                                        device="cpu", dtype="float32", compile=False, progress=False, out=str(out))
     try:
         trainer, log = start_run(config)
-    except UserError:
+    except UserError as exc:
         assert not out.exists(), "a refused config left a run folder behind"
+        event(f"refused: {str(exc).split(':')[0][:60]}")
         return
+    event("built")
     try:
         for step in (0, config.train.warmup_steps, config.train.decay_steps, config.train.max_steps):
             assert math.isfinite(trainer.learning_rate(step))
