@@ -20,6 +20,7 @@ from conftest import run_main
 from gptforge import sizing
 from gptforge.checkpoint import load_checkpoint, save_checkpoint
 from gptforge.config import GPTConfig, padded_vocab_size
+from gptforge.errors import UserError
 from gptforge.model import Block, count_parameters, meta_model
 from gptforge.tokenizer import build_tokenizer
 
@@ -159,3 +160,23 @@ def test_summary_of_a_model_counts_what_building_it_counts(capsys: pytest.Captur
     model = meta_model(GPTConfig(n_layer=24, n_head=16, n_embd=1024, vocab_size=50304))
     assert status == 0 and f"Total parameters: {count_parameters(model).total:,}" in out
     assert torch.device("meta") == next(model.parameters()).device
+
+
+def test_on_a_gpu_the_free_memory_it_reports_is_what_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA branch's logic, on any machine: free bytes from torch.cuda.mem_get_info, not the host's."""
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * sizing.GIB, 80 * sizing.GIB))
+    monkeypatch.setattr(sizing, "available_memory_bytes", lambda: 1000 * sizing.GIB)
+    assert sizing.device_memory_bytes(torch.device("cuda", 0)) == 3 * sizing.GIB
+    estimate = sizing.MemoryEstimate({"weights": 4 * sizing.GIB})
+    with pytest.raises(UserError, match=r"needs at least 4\.0 GiB .* but cuda:0 has 3\.0 GiB available"):
+        sizing.check_fits(estimate, torch.device("cuda", 0), "this", "smaller")
+
+
+@pytest.mark.gpu
+def test_a_run_beyond_the_gpu_is_refused_naming_its_free_memory(corpus: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    argv = ["train", "--preset", "tiny", "--tokenizer", "char", "--data", str(corpus), "--device", "cuda",
+            "--no-progress", "--out", str(out), "--batch-size", HUGE]
+    assert_refused(*run_main(argv, capsys)[::2], "cuda:0 has")
+    assert not out.exists()
