@@ -56,6 +56,9 @@ class Bounds:
         return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
 
+# far past any useful rate (1e30 still is allowed, to make a run diverge on purpose), yet warmup's
+# rate * (step + 1) stays finite for any step count
+MAX_LEARNING_RATE = 1e100
 POSITIVE_INT = Bounds(1)
 NON_NEGATIVE_INT = Bounds(0)
 POSITIVE = Bounds(0, math.inf, low_open=True)
@@ -207,7 +210,8 @@ MODEL_BOUNDS: dict[str, Bounds] = {
 TRAIN_BOUNDS: dict[str, Bounds] = {
     "pad_vocab_to": POSITIVE_INT, "val_fraction": FRACTION,
     "batch_size": POSITIVE_INT, "grad_accum": POSITIVE_INT, "tokens_per_step": POSITIVE_INT,
-    "learning_rate": POSITIVE, "min_lr_ratio": Bounds(0, 1), "warmup_steps": NON_NEGATIVE_INT,
+    "learning_rate": Bounds(0, MAX_LEARNING_RATE, low_open=True), "min_lr_ratio": Bounds(0, 1),
+    "warmup_steps": NON_NEGATIVE_INT,
     "decay_steps": POSITIVE_INT, "weight_decay": NON_NEGATIVE, "beta1": FRACTION, "beta2": FRACTION,
     "grad_clip": NON_NEGATIVE,
     "max_steps": POSITIVE_INT, "max_epochs": POSITIVE, "time_budget": POSITIVE, "target_loss": POSITIVE,
