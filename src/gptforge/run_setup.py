@@ -27,7 +27,7 @@ from gptforge.model import count_parameters, parameter_table
 from gptforge.runlock import lock_run_dir, release_run_dirs
 from gptforge.runlog import RunLog
 from gptforge.sizing import check_fits, training_memory
-from gptforge.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_dict
+from gptforge.tokenizer import Tokenizer, build_tokenizer, save_tokenizer, tokenizer_from_dict
 from gptforge.trackers import Trackers, check_trackers
 from gptforge.trainer import Trainer, checkpoint_path
 
@@ -152,7 +152,7 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
                                             resolve_dtype(config.train.dtype, device))
     check_training_fits(config, device, strategy, world_size)
     tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=config.train.tokenizer_file)
-    check_tokenizer_file(run_dir / "tokenizer.json", tokenizer, path, config.train.tokenizer_file)
+    check_tokenizer_file(run_dir / "tokenizer.json", tokenizer, path)
     config.corpus = resume_corpus(config, given_data="data" in overrides)
     console = RunLog(None, enabled=rank == 0)
     tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
@@ -207,18 +207,24 @@ def check_checkpoint_fits_run(run_dir: Path, state: dict, path: Path) -> None:
                         "move it out of checkpoints/ or resume the run it came from")
 
 
-def check_tokenizer_file(tokenizer_file: Path, tokenizer: Tokenizer, checkpoint: Path, bpe_file: str | None) -> None:
+def check_tokenizer_file(tokenizer_file: Path, tokenizer: Tokenizer, checkpoint: Path) -> None:
     """The checkpoint's own tokenizer is the one its weights learned: an edited tokenizer.json is refused.
 
-    Trusting the file would train on another mapping of ids to text without a word.
+    Trusting the file would train on another mapping of ids to text without a word. The file is compared
+    as data, so a description of another tokenizer is named even where that tokenizer could not be built.
     """
     if not tokenizer_file.is_file():
         return
-    on_disk = load_tokenizer(tokenizer_file, bpe_file=bpe_file)
-    if on_disk.to_dict() != tokenizer.to_dict():
-        raise UserError(f"{tokenizer_file} ({on_disk.name}, vocabulary {on_disk.vocab_size:,}) differs from the "
-                        f"tokenizer saved in {checkpoint} ({tokenizer.name}, vocabulary {tokenizer.vocab_size:,}), "
-                        "which its weights were trained with; restore the file or delete it")
+    try:
+        on_disk = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {tokenizer_file} ({exc}); restore it, or delete it to resume with the "
+                        "checkpoint's own copy") from None
+    if on_disk != tokenizer.to_dict():
+        found = on_disk.get("name") if isinstance(on_disk, dict) else None
+        raise UserError(f"{tokenizer_file} (tokenizer {found!r}) differs from the {tokenizer.name} tokenizer saved "
+                        f"in {checkpoint}, which its weights were trained with; restore the file, or delete it to "
+                        "resume with the checkpoint's copy")
 
 
 def resume_corpus(config: RunConfig, given_data: bool) -> CorpusRecord:
