@@ -112,9 +112,9 @@ def _load(path: Path, map_location: str | torch.device) -> dict:
         size = path.stat().st_size
         if size == 0:
             raise _BadCheckpoint("the file is empty (0 bytes); it was probably cut off, use an older checkpoint")
-        cap, bounded_by = size_cap(path)
         with path.open("rb") as file:
             compressed = file.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+            cap, bounded_by = size_cap(path, copies=2 if compressed else 1)  # gzip: the archive and the tensors
             if not compressed and cap is not None and size > cap:
                 raise _BadCheckpoint(f"it is {size / MIB:,.0f} MiB, more than {bounded_by} ({cap / MIB:,.0f} MiB); "
                                      "refused")
@@ -161,12 +161,12 @@ def _gunzip(file: IO[bytes], cap: int | None, bounded_by: str) -> io.BytesIO:
     return buffer
 
 
-def size_cap(path: Path) -> tuple[int | None, str]:
+def size_cap(path: Path, copies: int = 1) -> tuple[int | None, str]:
     """The most bytes the state in checkpoint `path` may take, and what sets that bound.
 
     Twice the state of the model its run's config.json describes (weights and AdamW's two moments), when
-    the file sits in a run's checkpoints/ folder; never more than half the memory available. None: no bound
-    is known (not Linux, no run).
+    the file sits in a run's checkpoints/ folder; never more than the memory available shared by the
+    `copies` that loading holds at once. None: no bound is known (not Linux, no run).
     """
     bounds: list[tuple[int, str]] = []
     config_file = path.parent.parent / "config.json"
@@ -179,7 +179,7 @@ def size_cap(path: Path) -> tuple[int | None, str]:
             pass  # a damaged config.json bounds nothing; the memory still does
     available = available_memory_bytes()
     if available is not None:
-        bounds.append((available // 2, "half the memory available"))
+        bounds.append((available // copies, "half the memory available" if copies == 2 else "the memory available"))
     return min(bounds) if bounds else (None, "")
 
 
