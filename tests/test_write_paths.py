@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_main
+from gptforge.runlock import LOCK_FILE
 
 CORPUS_CHARS = 3_000
 
@@ -42,7 +43,7 @@ def mount_refusal() -> str | None:
 
 @pytest.fixture
 def read_only() -> Iterator[Callable[[Path], None]]:
-    """make(folder) -> folder becomes read-only for this process until the test ends."""
+    """make(path) -> the folder (or file) becomes read-only for this process until the test ends."""
     undo: list[Callable[[], None]] = []
 
     def make(folder: Path) -> None:
@@ -107,6 +108,21 @@ def test_resume_of_a_read_only_run_is_one_line_and_changes_nothing(
     read_only(run)
     assert_one_error(*run_main(["train", "--resume", str(run), "--max-steps", "22"], capsys)[::2], str(run))
     assert snapshot(run) == before
+
+
+def test_resume_with_a_read_only_train_log_is_one_line_naming_it(
+        tiny_run: Path, tmp_path: Path, read_only: Callable[[Path], None], capsys: pytest.CaptureFixture[str]) -> None:
+    """The folder is writable (the lock is taken) but its log is not: refused before any step or save."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    read_only(run / "train.log")
+    before = snapshot(run)
+    assert_one_error(*run_main(["train", "--resume", str(run), "--max-steps", "22"], capsys)[::2],
+                     "cannot write the logs", "train.log")
+    after = snapshot(run)
+    assert after.pop(LOCK_FILE) == f"{os.getpid()}\n".encode()  # the lock's note of who holds it is all that changed
+    before.pop(LOCK_FILE, None)
+    assert after == before
 
 
 @pytest.mark.parametrize("export_format", ["hf", "space"])
