@@ -52,6 +52,8 @@ class Bounds:
                 return "positive"
             return {0: "zero or more", 1: "a positive integer"}.get(self.low, f"at least {self.low:g}")
         if self.high > 1e6:
+            if self.low == 0 and self.low_open:
+                return f"positive and at most {self.high:g}"
             return f"between {self.low:g} and {self.high}"
         return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
 
