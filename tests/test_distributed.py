@@ -8,6 +8,7 @@ The sequential sampler gives rank r the r-th half of each global batch, so 2 x B
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -28,6 +29,7 @@ from gptforge.config import apply_overrides, from_preset
 from gptforge.distributed import resolve_parallel, without_flag
 from gptforge.errors import UserError
 from gptforge.run_setup import resolve_accumulation, train
+from gptforge.runlock import LOCK_FILE
 
 CORPUS_CHARS = 20_000
 GLOBAL_BATCH = 4
@@ -282,6 +284,25 @@ def test_a_one_process_run_resumed_by_two_stops_both_with_the_error_said_once(ru
     assert result.returncode != 0  # torchrun's status, passed on by --nproc
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "written by 1 process, this run has 2" in errors[0], result.stderr
+
+
+def test_under_torchrun_process_0_alone_holds_the_run_lock(runs: Runs, tmp_path: Path) -> None:
+    """Rank 0 takes the lock for all (were rank 1 to try, it would be refused by rank 0): a held lock is one
+    error line for the whole job, and a free one lets both processes resume."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.two_ranks("ddp", 1), run_dir)
+    descriptor = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.pwrite(descriptor, b"4242\n", 0)
+        held = runs.torchrun(["train", "--resume", str(run_dir), "--max-steps", str(STEPS + 1)], check=False)
+    finally:
+        os.close(descriptor)
+    assert held.returncode != 0
+    errors = [line for line in held.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "in use by another gptforge train (PID 4242)" in errors[0], held.stderr
+    runs.torchrun(["train", "--resume", str(run_dir), "--max-steps", str(STEPS + 1)])
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == STEPS + 1
 
 
 # --- stopping together -----------------------------------------------------------------------------------

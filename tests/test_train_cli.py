@@ -424,7 +424,7 @@ BAD_TRAIN_INPUTS = {
     "broken TOML": (["--config", "{bad_toml}"], "cannot parse config file"),
     # a CUDA device this machine does not have: cuda:0 without a GPU, cuda:N with N GPUs
     "absent CUDA device": (["--device", f"cuda:{torch.cuda.device_count()}"], "CUDA"),
-    "negative seed with the random sampler": (["--sampler", "random", "--seed", "-1"], "seed must be zero or more"),
+    "negative seed with the random sampler": (["--sampler", "random", "--seed", "-1"], "seed must be between 0 and"),
 }
 
 

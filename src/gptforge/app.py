@@ -250,6 +250,11 @@ def build_demo(trained: TrainedModel, limits: DemoLimits = DEFAULT_LIMITS) -> gr
     return demo
 
 
+# Gradio's upload endpoint answers every page, whatever its components; this demo takes text only, so a
+# file of any size is refused (413) rather than kept in the temporary folder. Pass it to launch().
+NO_UPLOADS = 0  # bytes
+
+
 def check_address(host: str, port: int) -> None:
     """Refuse a port or host that cannot be served before anything binds: Gradio reports these with a
     traceback from its server thread, or a misleading "no empty port" message."""
@@ -270,7 +275,7 @@ def serve(trained: TrainedModel, host: str = "127.0.0.1", port: int = 7860, shar
     try:
         # quiet: the URL is printed below; Gradio still prints the public link (or why it failed) when sharing
         _, local_url, _ = demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True,
-                                      quiet=True)
+                                      quiet=True, max_file_size=NO_UPLOADS)
     except OSError as exc:
         raise UserError(f"cannot serve on {host}:{port} ({exc}); pass a free --port or another --host") from None
     # flushed: the URL must show at once when the output is a pipe (`gptforge serve | tee`, a job runner)

@@ -7,6 +7,7 @@ optimizer and its one host sync) on synthetic tokens, so the figure is what a ru
 from __future__ import annotations
 
 import contextlib
+import math
 import platform
 import resource
 import statistics
@@ -22,11 +23,12 @@ import numpy as np
 import torch
 
 from gptforge.config import GPTConfig, RunConfig
-from gptforge.device import memory_gb, synchronize
+from gptforge.device import memory_gb, resolve_device, synchronize
 from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, generate_ids
 from gptforge.model import count_parameters
 from gptforge.runlog import RunLog
+from gptforge.sizing import check_fits, training_memory
 from gptforge.tokenizer import CharTokenizer
 from gptforge.trainer import Trainer
 
@@ -118,11 +120,21 @@ def time_generation(trainer: Trainer, new_tokens: int, use_cache: bool, vocab_si
     return produced / (time.perf_counter() - started)
 
 
+SYNTHETIC_BYTES_PER_TOKEN = 12  # drawn as int64, kept as uint32
+
+
 @contextlib.contextmanager
 def synthetic_trainer(config: RunConfig, steps: int) -> Iterator[Trainer]:
-    """The run's real Trainer on random tokens, enough for `steps` steps, writing nothing that outlives it."""
+    """The run's real Trainer on random tokens, enough for `steps` steps, writing nothing that outlives it.
+
+    The memory it needs, the synthetic tokens included, is checked first: a huge --steps or --batch-size is
+    one error line rather than an allocation that fails."""
     model, train = config.model, config.train
     tokens_needed = train.batch_size * model.block_size * train.grad_accum * (steps + 1) + 1
+    estimate = training_memory(model, train.batch_size)
+    estimate.parts["synthetic tokens"] = tokens_needed * SYNTHETIC_BYTES_PER_TOKEN
+    check_fits(estimate, resolve_device(train.device), "this benchmark",
+               "use a smaller --batch-size, --block-size, --steps or model")
     generator = np.random.default_rng(0)
     tokens = generator.integers(0, model.vocab_size, size=tokens_needed, dtype=np.int64).astype(np.uint32)
     with tempfile.TemporaryDirectory() as scratch:
@@ -138,6 +150,8 @@ def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, gen
         raise UserError("--steps, --warmup and --generate-tokens must be zero or more")
     if steps == 0 and generate_tokens == 0:
         raise UserError("nothing to measure: --steps and --generate-tokens are both 0")
+    if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):
+        raise UserError(f"--peak-tflops must be a positive, finite number, got {peak_tflops}")
     config.validate()
     model, train = config.model, config.train
     vocab_size = model.vocab_size

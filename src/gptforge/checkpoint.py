@@ -12,13 +12,16 @@ code on the machine that opens it.
 
 from __future__ import annotations
 
+import errno
 import glob
 import gzip
 import io
+import json
+import os
 import pickle
 import random
 import re
-import shutil
+import stat
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -26,14 +29,20 @@ from typing import IO, Any
 import numpy as np
 import torch
 
+from gptforge.checkpoint_writer import available_memory_bytes
+from gptforge.config import RunConfig
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write, describe_os_error
+from gptforge.sizing import STATE_BYTES_PER_PARAMETER, parameter_count
 
 CHECKPOINT_FORMAT = 1  # stored under state["format"]; bump when the layout of the state changes
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _STEP_FILE = re.compile(r"step-(\d+)\.pt(\.gz)?")
 _REASON_CHARS = 160
+_CHUNK_BYTES = 1 << 20
+_STATE_SLACK_BYTES = 64 << 20  # the RNG states, counters and the archive's own layout, with room to spare
+MIB = 1 << 20
 
 
 class _BadCheckpoint(Exception):
@@ -81,6 +90,13 @@ def _remove_leftover_temporaries(path: Path) -> None:
         leftover.unlink(missing_ok=True)
 
 
+def remove_temporaries(checkpoint_dir: Path) -> None:
+    """Delete every temporary file in a run's checkpoint folder: a process about to exit mid-write calls it,
+    and only the process holding the run's lock writes there."""
+    for leftover in Path(checkpoint_dir).glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint written by ``save_checkpoint``; any problem is a one-line UserError."""
     path = Path(path)
@@ -91,15 +107,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _load(path: Path, map_location: str | torch.device) -> dict:
-    if not path.exists():
-        raise _BadCheckpoint("no such file")
-    if not path.is_file():
-        raise _BadCheckpoint("not a file")
+    _check_regular_file(path)
     try:
-        if path.stat().st_size == 0:
+        size = path.stat().st_size
+        if size == 0:
             raise _BadCheckpoint("the file is empty (0 bytes); it was probably cut off, use an older checkpoint")
         with path.open("rb") as file:
-            source: Path | io.BytesIO = _gunzip(file) if file.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC else path
+            compressed = file.read(len(_GZIP_MAGIC)) == _GZIP_MAGIC
+            cap, bounded_by = size_cap(path, copies=2 if compressed else 1)  # gzip: the archive and the tensors
+            if not compressed and cap is not None and size > cap:
+                raise _BadCheckpoint(f"it is {size / MIB:,.0f} MiB, more than {bounded_by} ({cap / MIB:,.0f} MiB); "
+                                     "refused")
+            source: Path | io.BytesIO = _gunzip(file, cap, bounded_by) if compressed else path
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
         raise _BadCheckpoint(f"cannot read it ({_one_line(exc)})") from None
     state = _torch_load(source, map_location)
@@ -107,24 +126,71 @@ def _load(path: Path, map_location: str | torch.device) -> dict:
     return state
 
 
-def _gunzip(file: IO[bytes]) -> io.BytesIO:
-    """Decompress into memory: torch.load seeks around the zip archive, which gzip streams do slowly."""
+_NOT_FILES = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+              (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a folder"))
+
+
+def _check_regular_file(path: Path) -> None:
+    """Refuse what is not a regular file before opening it: reading a FIFO would wait forever, a device
+    (/dev/zero) would never end."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _BadCheckpoint("it is a symbolic link that loops, not a file") from None
+        if path.is_symlink():
+            raise _BadCheckpoint(f"it is a symbolic link to {os.readlink(path)}, which does not exist") from None
+        raise _BadCheckpoint("no such file" if isinstance(exc, FileNotFoundError) else _one_line(exc)) from None
+    for test, kind in _NOT_FILES:
+        if test(mode):
+            raise _BadCheckpoint(f"it is {kind}, not a checkpoint file")
+
+
+def _gunzip(file: IO[bytes], cap: int | None, bounded_by: str) -> io.BytesIO:
+    """Decompress into memory (torch.load seeks around the zip archive, which gzip streams do slowly), but
+    no more than `cap` bytes: a few MB can inflate to many GB, and a bomb is a damaged checkpoint."""
     file.seek(0)
     buffer = io.BytesIO()
     with gzip.GzipFile(fileobj=file, mode="rb") as gz:
-        shutil.copyfileobj(gz, buffer)
+        while chunk := gz.read(_CHUNK_BYTES):
+            buffer.write(chunk)
+            if cap is not None and buffer.tell() > cap:
+                raise _BadCheckpoint(f"it inflates to more than {bounded_by} ({cap / MIB:,.0f} MiB): damaged, or a "
+                                     "decompression bomb; refused")
     buffer.seek(0)
     return buffer
+
+
+def size_cap(path: Path, copies: int = 1) -> tuple[int | None, str]:
+    """The most bytes the state in checkpoint `path` may take, and what sets that bound.
+
+    Twice the state of the model its run's config.json describes (weights and AdamW's two moments), when
+    the file sits in a run's checkpoints/ folder; never more than the memory available shared by the
+    `copies` that loading holds at once. None: no bound is known (not Linux, no run).
+    """
+    bounds: list[tuple[int, str]] = []
+    config_file = path.parent.parent / "config.json"
+    if path.parent.name == "checkpoints" and config_file.is_file():
+        try:
+            model = RunConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8"))).model
+            expected = parameter_count(model) * STATE_BYTES_PER_PARAMETER
+            bounds.append((2 * expected + _STATE_SLACK_BYTES, f"what the model in {config_file} can hold"))
+        except (OSError, ValueError, UserError):
+            pass  # a damaged config.json bounds nothing; the memory still does
+    available = available_memory_bytes()
+    if available is not None:
+        bounds.append((available // copies, "half the memory available" if copies == 2 else "the memory available"))
+    return min(bounds) if bounds else (None, "")
 
 
 def _torch_load(source: Path | io.BytesIO, map_location: str | torch.device) -> Any:
     try:
         return torch.load(source, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        forbidden = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        forbidden = code_it_would_run(exc)
         if forbidden:
             raise _BadCheckpoint(
-                f"it asks for {forbidden.group(1)} while loading, which could run code; refused "
+                f"it asks for {forbidden} while loading, which could run code; refused "
                 "(only tensors and plain data are loaded)"
             ) from None
         raise _BadCheckpoint(
@@ -134,6 +200,13 @@ def _torch_load(source: Path | io.BytesIO, map_location: str | torch.device) -> 
         raise _BadCheckpoint(
             f"corrupt or truncated, or not a PyTorch checkpoint ({_one_line(exc)}); use an older checkpoint"
         ) from None
+
+
+def code_it_would_run(exc: pickle.UnpicklingError) -> str | None:
+    """The callable a pickle refused by ``weights_only`` asked for (``os.system``...), or None when the
+    file was refused for another reason (not a pickle at all)."""
+    forbidden = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    return forbidden.group(1) if forbidden else None
 
 
 def _check_state(state: Any) -> None:
@@ -169,9 +242,7 @@ def checkpoint_candidates(run_dir: Path) -> list[Path]:
     if not checkpoint_dir.is_dir():
         return []
     ranked: list[tuple[int, int, float, Path]] = []
-    for path in checkpoint_dir.iterdir():
-        if not path.is_file():
-            continue
+    for path in checkpoint_dir.iterdir():  # files or not: what is not one is skipped by name when loading
         stem = path.name.removesuffix(".gz")
         step = _STEP_FILE.fullmatch(path.name)
         if stem == "last.pt":
@@ -182,7 +253,7 @@ def checkpoint_candidates(run_dir: Path) -> list[Path]:
             rank, number = 2, 0
         else:
             continue
-        ranked.append((rank, number, -path.stat().st_mtime, path))
+        ranked.append((rank, number, -path.lstat().st_mtime, path))
     return [path for *_, path in sorted(ranked)]
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import signal
 import sys
 import textwrap
+import threading
 import typing
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +90,30 @@ TARGET_NOT_REACHED = 3  # --require-target's exit status; 2 is a usage error
 CONFIG_NAMES = {f.name for f in dataclasses.fields(GPTConfig)} | {f.name for f in dataclasses.fields(TrainConfig)}
 
 
+@contextlib.contextmanager
+def sigterm_exits_143() -> Iterator[None]:
+    """SIGTERM outside the training steps (start-up, the final sample) ends the command as Ctrl-C does:
+    through the clean-up on the way out (no temporary file left) with status 143, not killed outright.
+    The trainer's own handler takes over while it trains."""
+    def terminate(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    with sigterm_exits_143():
+        return _cmd_train(args)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
     from gptforge.distributed import is_main_process, launch_local, without_flag
     from gptforge.run_setup import train
 
@@ -126,19 +151,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from gptforge.model import meta_model
+    from gptforge.model import meta_model, parameter_table
 
     config = from_preset(args.preset)
     overrides = given_overrides(args, {f.name for f in dataclasses.fields(GPTConfig)})
     apply_overrides(config, overrides)
+    apply_overrides(config, {"pad_vocab_to": args.pad_vocab_to})
+    config.validate()
     if "vocab_size" not in overrides:
         config.model.vocab_size = padded_vocab_size(config.model.vocab_size, args.pad_vocab_to)
-    model = meta_model(config.model)  # no weights allocated: gpt2-xl costs nothing to count
+    layers = config.model.n_layer
+    # one block on the meta device, scaled: no weights allocated, and a billion layers cost what one does
+    model = meta_model(dataclasses.replace(config.model, n_layer=1))
     print(f"{args.preset}: " + " ".join(f"{k}={v}" for k, v in dataclasses.asdict(config.model).items()))
-    print(model)
-    from gptforge.model import parameter_table
-
-    print(parameter_table(model))
+    print(repr(model).replace("(0): Block(", f"(0-{layers - 1}): {layers} x Block(", 1) if layers > 1 else model)
+    print(parameter_table(model, n_layer=layers))
     return 0
 
 
@@ -163,6 +190,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from gptforge.generate import generate_text, stream_text
+    from gptforge.sizing import check_fits, inference_memory
     from gptforge.trained import autocast_for, load_trained
 
     if args.prompt is not None and args.prompt_file is not None:
@@ -180,6 +208,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
                            hf=args.hf)
     if prompt:
         trained.tokenizer.encode(prompt)  # an unknown character is a clear error before anything prints
+    check_fits(inference_memory(trained.config.model, args.num_samples, weights=False),
+               trained.model.lm_head.weight.device, f"generating {args.num_samples:,} samples at once",
+               "pass a smaller --num-samples")
     with autocast_for(trained.model) or contextlib.nullcontext():
         if args.num_samples == 1:
             sys.stdout.write(prompt)
@@ -207,14 +238,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from gptforge.evaluate import evaluate_text
+    from gptforge.evaluate import evaluate_text, trained_corpus
     from gptforge.trained import load_trained
 
     trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
                            hf=args.hf)
-    result = evaluate_text(trained, args.data, split=args.split, val_fraction=args.val_fraction,
+    data = args.data if args.data is not None else trained_corpus(trained)
+    result = evaluate_text(trained, data, split=args.split, val_fraction=args.val_fraction,
                            batch_size=args.batch_size, max_batches=args.max_batches)
-    print(f"{args.data} ({args.split} split, {result.tokens:,} tokens in {result.windows:,} windows of "
+    print(f"{data} ({args.split} split, {result.tokens:,} tokens in {result.windows:,} windows of "
           f"{trained.config.model.block_size}): loss {result.loss:.4f} | perplexity {result.perplexity:,.2f}")
     return 0
 
@@ -395,7 +427,8 @@ def build_parser(train_preset: str | None = None) -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="loss and perplexity of a trained model on any text")
     add_model_source(evaluate)
-    evaluate.add_argument("--data", default="shakespeare", help="named dataset, text file or folder")
+    evaluate.add_argument("--data", help="named dataset, text file or folder (default: the text the model was "
+                          "trained on, found where its run recorded it; shakespeare for --hf)")
     evaluate.add_argument("--split", choices=["val", "train", "all"], default="val",
                           help="which part of the text (default: val, the last --val-fraction of it)")
     evaluate.add_argument("--val-fraction", type=float, default=0.1, help="(default: 0.1, as in training)")

@@ -24,6 +24,65 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
+INT64_MAX = 2**63 - 1  # counters and sizes end up in tensors and in C++: beyond this they overflow
+SEED_MAX = 2**64 - 1  # what torch.manual_seed accepts
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The values a numeric field accepts: `low` to `high`, each end included unless marked open.
+
+    Checked when the config is validated, so a value that the optimizer, the RNG or the allocator
+    would refuse later is refused before any file exists.
+    """
+
+    low: float
+    high: float = INT64_MAX
+    low_open: bool = False
+    high_open: bool = False
+
+    def contains(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def describe(self) -> str:
+        if self.high in (INT64_MAX, math.inf):
+            if self.low_open:
+                return "positive"
+            return {0: "zero or more", 1: "a positive integer"}.get(self.low, f"at least {self.low:g}")
+        if self.high > 1e6:
+            if self.low == 0 and self.low_open:
+                return f"positive and at most {self.high:g}"
+            return f"between {self.low:g} and {self.high}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+# far past any useful rate (1e30 still is allowed, to make a run diverge on purpose), yet warmup's
+# rate * (step + 1) stays finite for any step count
+MAX_LEARNING_RATE = 1e100
+POSITIVE_INT = Bounds(1)
+NON_NEGATIVE_INT = Bounds(0)
+POSITIVE = Bounds(0, math.inf, low_open=True)
+NON_NEGATIVE = Bounds(0, math.inf)
+FRACTION = Bounds(0, 1, high_open=True)  # a probability or share that must leave something
+
+
+def check_bounds(config: object, bounds: dict[str, Bounds]) -> None:
+    """Raise a UserError naming the first field whose value is outside its Bounds (None means unset)."""
+    hints = field_types(type(config))
+    for name, allowed in bounds.items():
+        value = getattr(config, name)
+        kinds = (hints[name], *typing.get_args(hints[name]))
+        if value is None and type(None) in kinds:
+            continue
+        number = isinstance(value, int) if int in kinds else isinstance(value, (int, float))
+        if isinstance(value, bool) or not number or math.isnan(value) or not allowed.contains(value):
+            limit = f" and at most {allowed.high}" if number and allowed.high == INT64_MAX and value > INT64_MAX \
+                else ""
+            raise UserError(f"{name} must be {allowed.describe()}{limit}, got {value!r}")
+
+
 @dataclass
 class GPTConfig:
     """The shape of a GPT-2-style model. Field names match nanoGPT's and the HF contract."""
@@ -37,17 +96,12 @@ class GPTConfig:
     bias: bool = True
 
     def validate(self) -> None:
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        check_bounds(self, MODEL_BOUNDS)
         if self.n_embd % self.n_head != 0:
             raise UserError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
                 f"try n_embd={self.n_head * max(1, round(self.n_embd / self.n_head))}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"dropout must be in [0, 1), got {self.dropout}")
 
 
 GPT2_VOCAB_SIZE = 50257
@@ -136,23 +190,7 @@ class TrainConfig:
     wandb: bool = False
 
     def validate(self) -> None:
-        positive = ("batch_size", "grad_accum", "max_steps", "log_interval", "eval_batches",
-                    "checkpoint_interval", "sample_tokens", "pad_vocab_to", "loss_chunks")
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise UserError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("warmup_steps", "eval_interval", "sample_interval", "keep_checkpoints"):
-            if getattr(self, name) < 0:
-                raise UserError(f"{name} must be zero or more, got {getattr(self, name)}")
-        if self.tokens_per_step is not None and self.tokens_per_step <= 0:
-            raise UserError(f"tokens_per_step must be positive, got {self.tokens_per_step}")
-        if self.learning_rate <= 0:
-            raise UserError(f"learning_rate must be positive, got {self.learning_rate}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise UserError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise UserError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        check_bounds(self, TRAIN_BOUNDS)
         if self.schedule not in ("cosine", "constant", "onecycle"):
             raise UserError(f"unknown schedule {self.schedule!r}; choose cosine, constant or onecycle")
         if self.optimizer not in ("adamw", "muon"):
@@ -175,14 +213,27 @@ class TrainConfig:
         if self.init.startswith("hf:") and not self.init[3:].strip():
             raise UserError("init names no folder: pass --init-from hf:DIR with DIR a transformers GPT-2 folder "
                             "(e.g. from `huggingface-cli download gpt2 --local-dir gpt2` on a machine with internet)")
-        for name in ("max_epochs", "time_budget", "target_loss", "checkpoint_every_s"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise UserError(f"{name} must be positive, got {value}")
-        if self.seed < 0:
-            raise UserError(f"seed must be zero or more, got {self.seed}")
-        if self.grad_clip < 0:
-            raise UserError(f"grad_clip must be zero or more, got {self.grad_clip}")
+
+
+MODEL_BOUNDS: dict[str, Bounds] = {
+    "block_size": POSITIVE_INT, "vocab_size": POSITIVE_INT, "n_layer": POSITIVE_INT, "n_head": POSITIVE_INT,
+    "n_embd": POSITIVE_INT, "dropout": FRACTION,
+}
+
+# Every int and float field of TrainConfig; a test checks that none is missing.
+TRAIN_BOUNDS: dict[str, Bounds] = {
+    "pad_vocab_to": POSITIVE_INT, "val_fraction": FRACTION,
+    "batch_size": POSITIVE_INT, "grad_accum": POSITIVE_INT, "tokens_per_step": POSITIVE_INT,
+    "learning_rate": Bounds(0, MAX_LEARNING_RATE, low_open=True), "min_lr_ratio": Bounds(0, 1),
+    "warmup_steps": NON_NEGATIVE_INT,
+    "decay_steps": POSITIVE_INT, "weight_decay": NON_NEGATIVE, "beta1": FRACTION, "beta2": FRACTION,
+    "grad_clip": NON_NEGATIVE,
+    "max_steps": POSITIVE_INT, "max_epochs": POSITIVE, "time_budget": POSITIVE, "target_loss": POSITIVE,
+    "checkpoint_every_s": POSITIVE, "loss_chunks": POSITIVE_INT,
+    "log_interval": POSITIVE_INT, "eval_interval": NON_NEGATIVE_INT, "eval_batches": POSITIVE_INT,
+    "sample_interval": NON_NEGATIVE_INT, "sample_tokens": POSITIVE_INT, "checkpoint_interval": POSITIVE_INT,
+    "keep_checkpoints": NON_NEGATIVE_INT, "seed": Bounds(0, SEED_MAX),
+}
 
 
 # `--help` text for each field; a flag is the field name with dashes.
@@ -251,12 +302,25 @@ FIELD_HELP: dict[str, str] = {
 
 
 @dataclass
+class CorpusRecord:
+    """Which text a run trains on: its absolute path (a file or folder) and the sha256 of the text.
+
+    Kept in the config (and so in every checkpoint), so a resume or an eval finds the corpus from any
+    directory and notices when the text is not the one the run was trained on.
+    """
+
+    path: str
+    sha256: str
+
+
+@dataclass
 class RunConfig:
     """A whole run: which preset it came from, the model's shape and the training settings."""
 
     preset: str = "custom"
     model: GPTConfig = field(default_factory=GPTConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    corpus: CorpusRecord | None = None  # set when training starts
 
     def validate(self) -> None:
         self.model.validate()
@@ -264,13 +328,29 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "model": dataclasses.asdict(self.model),
-                "train": dataclasses.asdict(self.train)}
+                "train": dataclasses.asdict(self.train),
+                "corpus": dataclasses.asdict(self.corpus) if self.corpus is not None else None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunConfig:
-        config = cls(preset=data.get("preset", "custom"))
-        apply_overrides(config, {**data.get("model", {}), **data.get("train", {})})
+        """The config of a config.json or a checkpoint; a damaged one is a UserError naming the part."""
+        if not isinstance(data, dict):
+            raise UserError(f"the run's config is a {type(data).__name__}, not a table of settings")
+        parts = {name: data.get(name, {}) for name in ("model", "train")}
+        for name, part in parts.items():
+            if not isinstance(part, dict):
+                raise UserError(f"the run's config has {json_name(part)} for {name!r}, not a table of settings")
+        config = cls(preset=str(data.get("preset", "custom")))
+        apply_overrides(config, {**parts["model"], **parts["train"]})
+        corpus = data.get("corpus")
+        if isinstance(corpus, dict) and isinstance(corpus.get("path"), str) and isinstance(corpus.get("sha256"), str):
+            config.corpus = CorpusRecord(path=corpus["path"], sha256=corpus["sha256"])
         return config
+
+
+def json_name(value: Any) -> str:
+    """How a value reads in JSON, for messages about a file: None is `null`."""
+    return "null" if value is None else f"a {type(value).__name__}"
 
 
 # Recipes: a model preset plus training settings. The key names are TrainConfig/GPTConfig fields; a recipe

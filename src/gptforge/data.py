@@ -8,6 +8,7 @@ integers, identical on every rank, and resuming continues with exactly the next 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -20,8 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from gptforge.config import CorpusRecord
 from gptforge.errors import UserError
-from gptforge.fileio import atomic_write_bytes
+from gptforge.fileio import atomic_write_bytes, describe_os_error
 
 if TYPE_CHECKING:
     from gptforge.tokenizer import Tokenizer
@@ -107,6 +109,13 @@ def read_corpus(data: str) -> tuple[str, str]:
     return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def record_corpus(data: str) -> CorpusRecord:
+    """Where the text behind ``data`` lives (absolute: a file, or the folder of .txt files) and its sha256."""
+    folder = Path(data).expanduser()
+    location = folder if data.lower() not in NAMED_DATASETS and folder.is_dir() else find_dataset(data)[0]
+    return CorpusRecord(path=str(location.resolve()), sha256=read_corpus(data)[1])
+
+
 def _read_utf8(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8")
@@ -132,11 +141,18 @@ def load_tokens(data: str, tokenizer: Tokenizer, progress: bool = False) -> tupl
     tokens = _open_cached(bin_path)
     if tokens is None:
         ids = tokenizer.encode_corpus(text, progress=progress)
-        _write_atomic(bin_path, ids.tobytes())
         meta = {"dtype": ids.dtype.name, "count": int(ids.size), "source": data,
                 "content_sha256": content_sha256, "tokenizer": tokenizer.to_dict()}
-        # written last: its presence says the .bin beside it is complete
-        _write_atomic(bin_path.with_suffix(".json"), json.dumps(meta, ensure_ascii=False, indent=2).encode())
+        try:
+            _write_atomic(bin_path, ids.tobytes())
+            # written last: its presence says the .bin beside it is complete
+            _write_atomic(bin_path.with_suffix(".json"), json.dumps(meta, ensure_ascii=False, indent=2).encode())
+        except (OSError, UserError) as exc:
+            with contextlib.suppress(OSError):
+                bin_path.unlink(missing_ok=True)  # no .bin without the description that vouches for it
+            reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            raise UserError(f"cannot cache the tokens of {data} in {cache_dir()} ({reason}); set "
+                            "GPTFORGE_CACHE_DIR to a writable folder with free space") from None
         tokens = _open_cached(bin_path)
         assert tokens is not None, f"token cache {bin_path} unreadable right after writing it"
     return tokens, bin_path

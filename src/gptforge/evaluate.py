@@ -10,13 +10,14 @@ import contextlib
 import math
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gptforge.data import check_corpus_size, load_tokens, split_tokens
+from gptforge.data import check_corpus_size, load_tokens, record_corpus, split_tokens
 from gptforge.errors import UserError
 from gptforge.trained import TrainedModel, autocast_for
 
@@ -27,6 +28,21 @@ class EvalResult:
     perplexity: float
     tokens: int  # predicted tokens scored
     windows: int
+
+
+def trained_corpus(trained: TrainedModel) -> str:
+    """The text the model was trained on, by the absolute path its run recorded, so `eval --run R` finds it
+    from any directory; shakespeare for models with no record (HF folders, older checkpoints)."""
+    record = trained.config.corpus
+    if record is None:
+        return "shakespeare"
+    if not Path(record.path).exists():
+        raise UserError(f"the corpus the model was trained on, {record.path}, is gone; pass --data to evaluate "
+                        "on other text")
+    if record_corpus(record.path).sha256 != record.sha256:
+        raise UserError(f"the corpus the model was trained on, {record.path}, has changed since (sha256 "
+                        f"{record.sha256[:12]}... then); pass --data {record.path} to evaluate on it as it is now")
+    return record.path
 
 
 def choose_split(tokens: np.ndarray, split: str, val_fraction: float) -> np.ndarray:

@@ -113,8 +113,11 @@ def write_new_folder(out: Path, fill: Callable[[Path], T], what: str) -> T:
         raise UserError(f"{out} exists and is not a folder; pass a new or empty folder to --out")
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; pass a new or empty folder to --out (nothing was overwritten)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise UserError(f"cannot write {what} to {out}: {describe_os_error(exc)}; nothing was written") from None
     try:
         result = fill(staging)
         staging.chmod(0o755)
@@ -122,7 +125,7 @@ def write_new_folder(out: Path, fill: Callable[[Path], T], what: str) -> T:
             out.rmdir()  # empty, checked above; rmdir refuses if anything appeared since
         os.replace(staging, out)
     except OSError as exc:
-        raise UserError(f"cannot write {what} to {out}: {exc}") from None
+        raise UserError(f"cannot write {what} to {out}: {describe_os_error(exc)}; nothing was written") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return result

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gptforge.checkpoint import code_it_would_run
 from gptforge.config import GPT2_VOCAB_SIZE, GPTConfig, RunConfig, TrainConfig
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
 from gptforge.fileio import write_new_folder, write_safetensors
 from gptforge.hub import fetch_model, first_line, is_hub_name
 from gptforge.model import GPT, count_parameters, meta_model
+from gptforge.sizing import check_fits, inference_memory
 from gptforge.tokenizer import (
     GPT2_EOT_ID,
     CharTokenizer,
@@ -172,6 +175,7 @@ def _read_shape(path: Path) -> GPTConfig:
                       n_layer=data.get("n_layer", 12), n_head=data.get("n_head", 12), n_embd=n_embd, dropout=0.0)
     try:
         shape.validate()
+        check_fits(inference_memory(shape), torch.device("cpu"), "this model", "is the config.json right?")
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     return shape
@@ -187,6 +191,12 @@ def _read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
             else lambda file: torch.load(file, map_location="cpu", weights_only=True))
     try:
         return path, load(str(path))
+    except pickle.UnpicklingError as exc:
+        forbidden = code_it_would_run(exc)
+        if forbidden:  # torch's own text goes on to suggest loading it unsafely: not repeated here
+            raise UserError(f"{path}: refused: this file would run code when loaded (it asks for {forbidden}); "
+                            "use model.safetensors or a file you trust") from None
+        raise UserError(f"cannot read the weights in {path}: not a PyTorch weights file") from None
     except Exception as exc:  # a corrupt or foreign file fails in each loader's own way (SafetensorError, pickle)
         raise UserError(f"cannot read the weights in {path}: {first_line(exc)}") from None
 

@@ -199,16 +199,29 @@ def _describe(module: nn.Module) -> str:
     return type(module).__name__
 
 
-def parameter_table(model: GPT) -> str:
-    """Parameter counts per module (one row per block, then one block's insides) and the totals."""
+MAX_BLOCK_ROWS = 48  # deeper models get one row for all their blocks
+
+
+def parameter_table(model: GPT, n_layer: int | None = None) -> str:
+    """Parameter counts per module (a row per block, then one block's insides) and the totals.
+
+    `n_layer` counts that many blocks like the model's first: `summary` builds one block and scales,
+    so a billion layers cost no more to describe than one.
+    """
     def own(module: nn.Module) -> int:
         return sum(p.numel() for p in module.parameters())
+
+    built = len(model.transformer.h)
+    blocks = built if n_layer is None else n_layer
+    per_block = own(model.transformer.h[0])
+    block_rows = ([(f"transformer.h.{i}", "Block", per_block) for i in range(blocks)] if blocks <= MAX_BLOCK_ROWS
+                  else [(f"transformer.h.0-{blocks - 1}", f"{blocks:,} x Block", blocks * per_block)])
 
     top: list[tuple[str, str, int]] = [
         ("transformer.wte", _describe(model.transformer.wte) + " (shared with lm_head)",
          own(model.transformer.wte)),
         ("transformer.wpe", _describe(model.transformer.wpe), own(model.transformer.wpe)),
-        *((f"transformer.h.{i}", "Block", own(block)) for i, block in enumerate(model.transformer.h)),
+        *block_rows,
         ("transformer.ln_f", _describe(model.transformer.ln_f), own(model.transformer.ln_f)),
         ("lm_head", "Linear (tied to transformer.wte)", 0),
     ]
@@ -223,10 +236,11 @@ def parameter_table(model: GPT) -> str:
     for name, kind, count in rows:
         lines.append(f"{name:<{name_width}}  {kind:<{kind_width}}  {count:>13,}" if kind else name)
     counts = count_parameters(model)
+    unbuilt = (blocks - built) * per_block
     lines += [rule,
-              f"Total parameters: {counts.total:,}",
+              f"Total parameters: {counts.total + unbuilt:,}",
               f"Embedding parameters (wte + wpe): {counts.embedding:,}",
-              f"Non-embedding parameters: {counts.non_embedding:,}"]
+              f"Non-embedding parameters: {counts.non_embedding + unbuilt:,}"]
     return "\n".join(lines)
 
 

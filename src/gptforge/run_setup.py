@@ -13,19 +13,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from gptforge import distributed
 from gptforge.checkpoint import load_latest, new_run_dir
-from gptforge.config import MODEL_KEYS, RunConfig, apply_overrides, padded_vocab_size
-from gptforge.data import check_corpus_size, load_tokens, read_corpus, split_tokens
+from gptforge.config import MODEL_KEYS, CorpusRecord, RunConfig, apply_overrides, json_name, padded_vocab_size
+from gptforge.data import check_corpus_size, load_tokens, read_corpus, record_corpus, split_tokens
 from gptforge.device import resolve_device, resolve_dtype
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_text
 from gptforge.hf import prepare_init
 from gptforge.model import count_parameters, parameter_table
 from gptforge.optim import check_optimizer, warmup_warning
+from gptforge.runlock import lock_run_dir, release_run_dirs
 from gptforge.runlog import RunLog
-from gptforge.tokenizer import Tokenizer, build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_from_dict
+from gptforge.sizing import check_fits, training_memory
+from gptforge.tokenizer import Tokenizer, build_tokenizer, save_tokenizer, tokenizer_from_dict
 from gptforge.trackers import Trackers, check_trackers
 from gptforge.trainer import Trainer, checkpoint_path
 
@@ -53,6 +56,14 @@ def resolve_accumulation(config: RunConfig, world_size: int) -> None:
             f"= {per_micro_step:,}; use a multiple of it, e.g. {nearest:,}"
         )
     train.grad_accum = train.tokens_per_step // per_micro_step
+
+
+def check_training_fits(config: RunConfig, device: torch.device, strategy: str, world_size: int) -> None:
+    """Refuse a model or batch that cannot fit in `device`'s memory before building or writing anything."""
+    shards = world_size if strategy == "fsdp" else 1
+    check_fits(training_memory(config.model, config.train.batch_size, shards), device, "training this model",
+               "use a smaller --batch-size (raise --grad-accum to keep the tokens per step), --block-size, "
+               "--pad-vocab-to or model")
 
 
 def load_data(config: RunConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -94,11 +105,14 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     if train.decay_steps is None:  # fixed now, so a resume that raises max_steps does not stretch the schedule
         train.decay_steps = train.max_steps
     config.validate()
+    check_training_fits(config, device, strategy, world_size)
     console = RunLog(None, enabled=rank == 0)
     tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
+    config.corpus = record_corpus(train.data)
 
     def create_run_dir() -> Path:
         run_dir = new_run_dir(train.out, config.preset)
+        lock_run_dir(run_dir)
         config.train.out = str(run_dir)
         atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
         save_tokenizer(tokenizer, run_dir / "tokenizer.json")
@@ -143,14 +157,17 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
                         f"{'es' if saved_world_size > 1 else ''}, this run has {world_size}; resume with "
                         "the same number of processes (torchrun --nproc_per_node, or gptforge train --nproc)")
     resolve_accumulation(config, world_size)
-    tokenizer_file = run_dir / "tokenizer.json"
-    if tokenizer_file.is_file():
-        tokenizer = load_tokenizer(tokenizer_file, bpe_file=config.train.tokenizer_file)
-    else:
-        tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=config.train.tokenizer_file)
+    device = distributed.process_device(resolve_device(config.train.device), world_size)
+    strategy = distributed.resolve_parallel(config.train.parallel, world_size,
+                                            resolve_dtype(config.train.dtype, device))
+    check_training_fits(config, device, strategy, world_size)
+    tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=config.train.tokenizer_file)
+    check_tokenizer_file(run_dir / "tokenizer.json", tokenizer, path)
+    config.corpus = resume_corpus(config, given_data="data" in overrides)
     console = RunLog(None, enabled=rank == 0)
     tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
     check_trackers(config.train.tensorboard, config.train.wandb)
+    distributed.run_on_rank0(lambda: lock_run_dir(run_dir), rank, world_size)  # before anything is written
     log = open_log(run_dir, config, rank)
     for warning in warnings:
         log.warn(warning)
@@ -180,16 +197,63 @@ def check_checkpoint_fits_run(run_dir: Path, state: dict, path: Path) -> None:
     A resumed run takes its config from the checkpoint, so a `last.pt` copied in from another run would
     otherwise be trained on as if it belonged here and config.json rewritten to match it.
     """
+    config_file = run_dir / "config.json"
     try:
-        run_model = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["model"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # no readable config.json to compare with: the checkpoint's own config is all there is
-    checkpoint_model = state["config"]["model"]
+        run_config = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return  # no config.json to compare with: the checkpoint's own config is all there is
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {config_file} ({exc}); restore it, or delete it to resume from the "
+                        "checkpoint's own copy") from None
+    run_model = run_config.get("model") if isinstance(run_config, dict) else None
+    if not isinstance(run_model, dict):
+        raise UserError(f"{config_file} is damaged: it has {json_name(run_model)} for \"model\", not the model's "
+                        "settings; restore it, or delete it to resume from the checkpoint's own copy")
+    checkpoint_model = RunConfig.from_dict(state.get("config")).to_dict()["model"]
     differences = [f"{key} {run_model.get(key)} in config.json vs {checkpoint_model.get(key)} in the checkpoint"
                    for key in sorted(MODEL_KEYS) if run_model.get(key) != checkpoint_model.get(key)]
     if differences:
         raise UserError(f"{path} holds another model than the run {run_dir} ({', '.join(differences)}); "
                         "move it out of checkpoints/ or resume the run it came from")
+
+
+def check_tokenizer_file(tokenizer_file: Path, tokenizer: Tokenizer, checkpoint: Path) -> None:
+    """The checkpoint's own tokenizer is the one its weights learned: an edited tokenizer.json is refused.
+
+    Trusting the file would train on another mapping of ids to text without a word. The file is compared
+    as data, so a description of another tokenizer is named even where that tokenizer could not be built.
+    """
+    if not tokenizer_file.is_file():
+        return
+    try:
+        on_disk = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {tokenizer_file} ({exc}); restore it, or delete it to resume with the "
+                        "checkpoint's own copy") from None
+    if on_disk != tokenizer.to_dict():
+        found = on_disk.get("name") if isinstance(on_disk, dict) else None
+        raise UserError(f"{tokenizer_file} (tokenizer {found!r}) differs from the {tokenizer.name} tokenizer saved "
+                        f"in {checkpoint}, which its weights were trained with; restore the file, or delete it to "
+                        "resume with the checkpoint's copy")
+
+
+def resume_corpus(config: RunConfig, given_data: bool) -> CorpusRecord:
+    """Find the run's corpus again (its absolute path, from any directory) and refuse other text.
+
+    A `--data` given on resume is read from the current directory; it must hold the same text.
+    Checkpoints from before the corpus was recorded are trusted as they are.
+    """
+    saved = config.corpus
+    if saved is not None and not given_data:
+        if not Path(saved.path).exists():
+            raise UserError(f"the run's corpus {saved.path} is gone; pass --data with the same text")
+        config.train.data = saved.path
+    current = record_corpus(config.train.data)
+    if saved is not None and current.sha256 != saved.sha256:
+        raise UserError(f"the corpus {current.path} is not the text the run was trained on ({saved.path}): "
+                        f"sha256 {current.sha256[:12]}... now, {saved.sha256[:12]}... in the checkpoint; "
+                        "resume with that text, or start a new run")
+    return current
 
 
 def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens: int) -> None:
@@ -265,6 +329,7 @@ def train(config: RunConfig | None = None, *, resume: str | Path | None = None,
         distributed.wait_for_all_ranks(world.world_size)
         return outcome
     finally:
+        release_run_dirs()
         distributed.teardown()  # _train has returned: its trainer, which holds the process group, is gone
 
 

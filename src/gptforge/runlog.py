@@ -28,9 +28,15 @@ class RunLog:
         self._log: TextIO | None = None
         self._metrics: TextIO | None = None
         if enabled and run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self._log = open(run_dir / "train.log", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-            self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                self._log = open(run_dir / "train.log", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+                self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            except OSError as exc:
+                if self._log is not None:
+                    self._log.close()
+                raise UserError(f"cannot write the logs of {run_dir} ({exc.filename}): {describe_os_error(exc)}"
+                                ) from None
         self._want_bar = enabled and progress and sys.stderr.isatty()
         self._bar: tqdm | None = None
 

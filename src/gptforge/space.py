@@ -31,11 +31,11 @@ SPACE_APP = '''"""A gptforge demo as a Hugging Face Space; locally: pip install 
 
 from pathlib import Path
 
-from gptforge.app import build_demo
+from gptforge.app import NO_UPLOADS, build_demo
 from gptforge.space import load_space
 
 if __name__ == "__main__":
-    build_demo(load_space(Path(__file__).resolve().parent)).launch()
+    build_demo(load_space(Path(__file__).resolve().parent)).launch(max_file_size=NO_UPLOADS)
 '''
 
 
@@ -123,15 +123,18 @@ def _write_space(trained: TrainedModel, folder: Path) -> None:
                for name, tensor in trained.model.state_dict().items() if name != TIED_WEIGHT}
     write_safetensors(folder / WEIGHTS_FILE, weights, safetensors_torch)
     facts = {key: value for key, value in trained.facts.items() if key != "checkpoint"}  # a path on this machine
-    for name, data in (("config.json", trained.config.to_dict()), ("tokenizer.json", trained.tokenizer.to_dict()),
+    config = {key: value for key, value in trained.config.to_dict().items() if key != "corpus"}  # a path too
+    for name, data in (("config.json", config), ("tokenizer.json", trained.tokenizer.to_dict()),
                        ("facts.json", facts)):
         (folder / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     ranks = _gpt2_ranks_file(trained) if trained.tokenizer.name == "gpt2" else None
     if ranks is not None:
         shutil.copyfile(ranks, folder / GPT2_BPE_FILENAME)
     (folder / "app.py").write_text(SPACE_APP, encoding="utf-8")
-    shutil.copytree(Path(__file__).resolve().parent, folder / "gptforge",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    package = folder / "gptforge"
+    package.mkdir()
+    for module in sorted(Path(__file__).resolve().parent.glob("*.py")):  # file by file: a failed copy is an
+        shutil.copyfile(module, package / module.name)  # OSError of its own (copytree gathers them into a list)
     (folder / "requirements.txt").write_text("\n".join(space_requirements(gradio_version)) + "\n", encoding="utf-8")
     (folder / "README.md").write_text(space_readme(trained, gradio_version, ranks is not None), encoding="utf-8")
 

@@ -14,6 +14,7 @@ from gptforge.config import RunConfig
 from gptforge.device import gpu_has_bf16, resolve_device
 from gptforge.errors import UserError
 from gptforge.model import GPT, count_parameters
+from gptforge.sizing import check_fits, inference_memory
 from gptforge.tokenizer import Tokenizer, tokenizer_from_dict
 
 
@@ -48,13 +49,16 @@ def load_trained(run: str | Path | None = None, checkpoint: str | Path | None = 
         tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=tokenizer_file)
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path} is not a gptforge training checkpoint (missing {exc})") from None
+    target = resolve_device(device)
+    check_fits(inference_memory(config.model), target, f"the model in {path}",
+               "its config asks for more than this machine has (is the file from this model?)")
     model = GPT(config.model)
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, AttributeError):  # AttributeError: "model" is not a mapping of tensors
         mismatch = weights_mismatch(model, state["model"])
         raise UserError(f"the weights in {path} do not fit its config ({mismatch})") from None
-    model.to(resolve_device(device)).eval()
+    model.to(target).eval()
     facts = {
         "preset": config.preset,
         "parameters": count_parameters(model).total,

@@ -21,7 +21,13 @@ import numpy as np
 import torch
 
 from gptforge import distributed
-from gptforge.checkpoint import capture_rng_state, prune_step_checkpoints, restore_rng_state, save_checkpoint
+from gptforge.checkpoint import (
+    capture_rng_state,
+    prune_step_checkpoints,
+    remove_temporaries,
+    restore_rng_state,
+    save_checkpoint,
+)
 from gptforge.checkpoint_writer import CheckpointWriter
 from gptforge.config import RunConfig
 from gptforge.data import SequentialSampler, make_sampler
@@ -262,8 +268,19 @@ class Trainer:
     def _on_signal(self, signum: int, frame: object) -> None:
         # Only record it: printing here could re-enter a write to stdout that the signal interrupted.
         if self.signal_received is not None:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now (checkpoints on disk are still whole)
+            self._stop_now(signum)
         self.signal_received = signum
+
+    def _stop_now(self, signum: int) -> None:
+        """A second Ctrl-C or SIGTERM: exit at once with 128 + its number, abandoning a checkpoint write in flight.
+
+        The write's temporary file is removed (the checkpoints on disk are whole: writes are atomic), then
+        the process ends without the interpreter's shutdown, which would stop the writer thread inside
+        torch.save's C++ and abort ("terminate called without an active exception").
+        """
+        remove_temporaries(self.checkpoint_dir)
+        os.write(2, b"interrupted\n")  # unbuffered: sys.stderr may be in the middle of a write
+        os._exit(128 + signum)
 
     def _agree_on_stopping(self) -> None:
         """Every rank must stop after the same step, or the others would wait forever in the next

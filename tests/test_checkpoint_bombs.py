@@ -1,0 +1,106 @@
+"""Checkpoints that would take more memory than any state of their model: a .pt.gz that inflates without
+end, a .pt file far larger than its model. Decompression stops at a cap derived from the run's model
+(or from the memory available, for a file outside a run); such a file is damaged: `--resume` and
+`--run` fall back to an older checkpoint and say so, `--checkpoint` is one error line.
+"""
+
+from __future__ import annotations
+
+import shutil
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_main
+from gptforge import checkpoint
+from gptforge.checkpoint import load_checkpoint, save_checkpoint, size_cap
+from gptforge.config import RunConfig
+from gptforge.sizing import STATE_BYTES_PER_PARAMETER, parameter_count
+
+MIB = 1 << 20
+
+
+def gzip_bomb(path: Path, inflated_mib: int) -> Path:
+    """A valid gzip stream of `inflated_mib` MiB of zeros (a few hundred KB on disk)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: gzip framing
+    zeros = bytes(MIB)
+    with path.open("wb") as file:
+        for _ in range(inflated_mib):
+            file.write(compressor.compress(zeros))
+        file.write(compressor.flush())
+    return path
+
+
+def sparse_file(path: Path, mib: int) -> Path:
+    """A file of `mib` MiB that takes no disk space."""
+    with path.open("wb") as file:
+        file.truncate(mib * MIB)
+    return path
+
+
+BOMBS = {"gzip bomb": lambda folder: gzip_bomb(folder / "last.pt.gz", 160),
+         "oversize file": lambda folder: sparse_file(folder / "last.pt", 4096)}
+
+
+OUTSIDE_A_RUN_CAP = {"gzip bomb": "half the memory available (64 MiB)",
+                     "oversize file": "than the memory available (128 MiB)"}
+
+
+@pytest.fixture
+def run(tiny_run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    checkpoints = copy / "checkpoints"
+    (checkpoints / "last.pt").replace(checkpoints / "step-20.pt")  # the good checkpoint to fall back to
+    return copy
+
+
+@pytest.mark.parametrize("bomb", sorted(BOMBS))
+def test_resume_and_run_fall_back_past_a_bomb_and_say_so(bomb: str, run: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    bad = BOMBS[bomb](run / "checkpoints")
+    cap, bounded_by = size_cap(bad)
+    assert cap is not None and cap < 160 * MIB and "config.json" in bounded_by  # set by the model, not memory
+    status, out, err = run_main(["sample", "--run", str(run), "--device", "cpu", "--max-new-tokens", "2"], capsys)
+    assert status == 0 and f"warning: skipping {bad}" in err and "refused" in err, err
+    status, out, err = run_main(["train", "--resume", str(run), "--max-steps", "21", "--sample-tokens", "1"], capsys)
+    assert status == 0, err
+    assert f"skipping {bad}" in out + err and "step-20.pt at step 20" in out + err
+
+
+@pytest.mark.parametrize("bomb", sorted(BOMBS))
+def test_a_bomb_outside_a_run_is_bounded_by_memory_and_one_line_for_every_command(
+        bomb: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """No run beside it to bound it: the memory available does (shrunk here to 128 MiB), halved for a .pt.gz,
+    whose archive and tensors are in memory at once."""
+    monkeypatch.setattr(checkpoint, "available_memory_bytes", lambda: 128 * MIB)
+    bad = BOMBS[bomb](tmp_path)
+    for argv in (["sample", "--checkpoint", str(bad), "--device", "cpu"],
+                 ["eval", "--checkpoint", str(bad), "--device", "cpu"],
+                 ["export", "--checkpoint", str(bad), "--format", "hf", "--out", str(tmp_path / "out")]):
+        status, _, err = run_main(argv, capsys)
+        assert status == 2 and "Traceback" not in err, err
+        lines = err.splitlines()
+        assert len(lines) == 1 and str(bad) in lines[0] and OUTSIDE_A_RUN_CAP[bomb] in lines[0], err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_the_cap_leaves_room_for_every_real_checkpoint_of_the_model(compress: bool, tiny_run: Path,
+                                                                    tmp_path: Path) -> None:
+    """A real state (weights, AdamW moments after a step, RNGs) is well inside the cap its config.json sets,
+    and loads through it; without the slack, twice the expected state still holds it."""
+    state = load_checkpoint(tiny_run / "checkpoints" / "last.pt")
+    model = RunConfig.from_dict(state["config"]).model
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    shutil.copy(tiny_run / "config.json", folder.parent / "config.json")
+    path = save_checkpoint(state, folder / "last.pt", compress=compress)
+    plain = save_checkpoint(state, tmp_path / "plain.pt")
+    assert plain.stat().st_size <= 2 * parameter_count(model) * STATE_BYTES_PER_PARAMETER + MIB
+    cap, _ = size_cap(path)
+    assert cap is not None and plain.stat().st_size < cap
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["model"]["lm_head.weight"], state["model"]["lm_head.weight"])
