@@ -39,7 +39,7 @@ lint: $(VENV)/.installed-dev
 # Tests run on every core (pytest-xdist; tests sharing a resource are grouped onto one worker). `make test`,
 # which CI runs, runs them all; `make test-quick` leaves out those marked slow (many processes,
 # torch.compile, kill -9 twenty times) while you work.
-PYTEST := $(BIN)/python -m pytest -q -rs -n auto --dist loadgroup
+PYTEST := $(BIN)/python -m pytest -q -rs -n auto --dist loadgroup --durations=10
 
 test: lint
 	$(PYTEST)

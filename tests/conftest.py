@@ -1,6 +1,7 @@
 """Shared fixtures: the offline data folder, and a private cache dir so tests never touch ~/.cache."""
 
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,50 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
 @pytest.fixture
 def corpus(tmp_path: Path, data_dir: Path) -> Path:
     """The first 20,000 characters of tiny Shakespeare as a text file: an epoch of a tiny model in a few steps."""
-    path = tmp_path / "corpus.txt"
-    path.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    return write_corpus(tmp_path, data_dir, 20_000)
+
+
+def write_corpus(folder: Path, data_dir: Path, chars: int) -> Path:
+    """The first `chars` characters of tiny Shakespeare as folder/corpus.txt."""
+    path = folder / "corpus.txt"
+    path.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:chars], encoding="utf-8")
     return path
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder` with its bytes: equal before and after means nothing was touched."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def assert_one_error(status: int, err: str, *expected: str) -> None:
+    """Bad input's contract: exit status 2 and one `error: ...` line holding each of `expected`, no traceback."""
+    assert "Traceback" not in err and status == 2, (status, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for text in expected:
+        assert text in lines[0], err
+
+
+def mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, capture_output=True, timeout=30)
+
+
+def mount_refusal() -> str | None:
+    """Why this process cannot mount a tmpfs (not root, no mount command, no capability), or None when it can."""
+    probe = Path(f"/tmp/gptforge-mount-probe-{os.getpid()}")
+    probe.mkdir(exist_ok=True)
+    try:
+        mount("-t", "tmpfs", "-o", "size=4k", "tmpfs", str(probe))
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(getattr(exc, "stderr", b"") or exc).strip() or "mount failed"
+    finally:
+        subprocess.run(["umount", str(probe)], capture_output=True, timeout=30)
+        probe.rmdir()
+    return None
+
+
+def reap(process: subprocess.Popen) -> None:
+    """Kill `process` if it still runs, and wait for it: no test leaves a child behind."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()

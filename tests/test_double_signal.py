@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import reap
 from gptforge.checkpoint import checkpoint_candidates, load_checkpoint
 
-ROUNDS = 8
+ROUNDS = 5
 SECOND_SIGNAL_AFTER_S = 0.1
 SUBPROCESS_TIMEOUT_S = 120
 MODEL = ["--preset", "tiny", "--tokenizer", "char", "--n-layer", "4", "--n-embd", "192", "--n-head", "4",
@@ -70,9 +71,7 @@ def test_two_signals_a_tenth_of_a_second_apart_exit_cleanly_in_every_round(signu
             process.send_signal(signum)
             process.wait(timeout=SUBPROCESS_TIMEOUT_S)
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            reap(process)
         errors = stderr.read_text(errors="replace")
         outcomes.append(process.returncode)
         assert process.returncode == 128 + signum, f"round {round_number}: status {process.returncode}\n{errors}"

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import torch
 
-from conftest import run_main
+from conftest import mount, mount_refusal, run_main
 from gptforge import fileio, runlog
 from gptforge.checkpoint import checkpoint_candidates, load_checkpoint, save_checkpoint
 from gptforge.cli import main
@@ -547,29 +547,11 @@ class QuotaFile:
         self._file.close()
 
 
-def mount(*args: str) -> None:
-    subprocess.run(["mount", *args], check=True, capture_output=True, timeout=30)
-
-
-def tmpfs_refusal() -> str | None:
-    """Why this process cannot mount a tmpfs (not root, no mount command), or None when it can."""
-    probe = Path(f"/tmp/gptforge-tmpfs-probe-{os.getpid()}")
-    probe.mkdir(exist_ok=True)
-    try:
-        mount("-t", "tmpfs", "-o", "size=4k", "tmpfs", str(probe))
-    except (OSError, subprocess.SubprocessError) as exc:
-        return str(getattr(exc, "stderr", b"") or exc).strip()
-    finally:
-        subprocess.run(["umount", str(probe)], capture_output=True, timeout=30)
-        probe.rmdir()
-    return None
-
-
 @pytest.fixture(params=["tmpfs", "simulated"])
 def small_disk(request: pytest.FixtureRequest, tmp_path: Path,
                monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], SmallDisk]]:
     """make(size) -> a SmallDisk; the tmpfs variant needs the right to mount (root), the simulated one nothing."""
-    if request.param == "tmpfs" and (reason := tmpfs_refusal()):
+    if request.param == "tmpfs" and (reason := mount_refusal()):
         pytest.skip(f"cannot mount a tmpfs here ({reason}); the simulated disk checks the same behaviour")
     disks: list[SmallDisk] = []
 

@@ -12,24 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_main
+from conftest import assert_one_error, run_main, snapshot
 from gptforge.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = ["--preset", "tiny", "--tokenizer", "char", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
         "--block-size", "16", "--batch-size", "2", "--device", "cpu", "--no-progress", "--eval-interval", "0",
         "--sample-tokens", "1", "--max-steps", "2"]
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def assert_one_error(status: int, err: str, *expected: str) -> None:
-    assert "Traceback" not in err and status == 2, (status, err)
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for text in expected:
-        assert text in lines[0], err
 
 
 @pytest.fixture(autouse=True)

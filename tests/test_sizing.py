@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import run_main
+from conftest import assert_one_error, run_main, write_corpus
 from gptforge import sizing
 from gptforge.checkpoint import load_checkpoint, save_checkpoint
 from gptforge.config import GPTConfig, padded_vocab_size
@@ -41,18 +41,12 @@ def test_the_analytic_parameter_count_is_the_built_models(n_layer: int, n_head: 
 
 
 def assert_refused(status: int, err: str, *expected: str) -> None:
-    assert "Traceback" not in err and status == 2, (status, err)
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "GiB" in lines[0], err
-    for text in expected:
-        assert text in lines[0], err
+    assert_one_error(status, err, "GiB", *expected)
 
 
 @pytest.fixture
 def corpus(tmp_path: Path, data_dir: Path) -> Path:
-    path = tmp_path / "corpus.txt"
-    path.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:CORPUS_CHARS])
-    return path
+    return write_corpus(tmp_path, data_dir, CORPUS_CHARS)
 
 
 # every flag that scales what a training step allocates, at a size no machine has

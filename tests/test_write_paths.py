@@ -17,28 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_main
+from conftest import assert_one_error, mount, mount_refusal, run_main, snapshot, write_corpus
 from gptforge.runlock import LOCK_FILE
 
 CORPUS_CHARS = 3_000
-
-
-def mount(*args: str) -> None:
-    subprocess.run(["mount", *args], check=True, capture_output=True, timeout=30)
-
-
-def mount_refusal() -> str | None:
-    """Why this process cannot mount (not root, no mount command, no capability), or None when it can."""
-    probe = Path(f"/tmp/gptforge-mount-probe-{os.getpid()}")
-    probe.mkdir(exist_ok=True)
-    try:
-        mount("-t", "tmpfs", "-o", "size=4k", "tmpfs", str(probe))
-    except (OSError, subprocess.SubprocessError) as exc:
-        return str(getattr(exc, "stderr", b"") or exc).strip() or "mount failed"
-    finally:
-        subprocess.run(["umount", str(probe)], capture_output=True, timeout=30)
-        probe.rmdir()
-    return None
 
 
 @pytest.fixture
@@ -81,23 +63,9 @@ def full_disk() -> Iterator[Callable[[Path, int], None]]:
         subprocess.run(["umount", "-l", str(folder)], check=True, timeout=30)
 
 
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def assert_one_error(status: int, err: str, *expected: str) -> None:
-    assert "Traceback" not in err and status == 2, (status, err)
-    lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for text in expected:
-        assert text in lines[0], err
-
-
 @pytest.fixture
 def corpus(tmp_path: Path, data_dir: Path) -> Path:
-    path = tmp_path / "corpus.txt"
-    path.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:CORPUS_CHARS])
-    return path
+    return write_corpus(tmp_path, data_dir, CORPUS_CHARS)
 
 
 def test_resume_of_a_read_only_run_is_one_line_and_changes_nothing(
