@@ -14,6 +14,13 @@ from gptforge.config import RunConfig, from_preset
 from gptforge.run_setup import train
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist every core already runs a worker: one torch thread each, or the workers' threads
+    fight over the cores (torch's spinning threads then run several times slower than one)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked gpu need CUDA: without it they are skipped, with the reason shown (make test passes -rs)."""
     if torch.cuda.is_available():
