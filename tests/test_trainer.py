@@ -21,7 +21,9 @@ import gptforge.trainer as trainer_module
 from conftest import FakeClock
 from gptforge.checkpoint import load_checkpoint, save_checkpoint
 from gptforge.config import RunConfig, apply_overrides, from_preset
+from gptforge.data import SequentialSampler
 from gptforge.errors import UserError
+from gptforge.evaluate import evaluate_text
 from gptforge.model import GPT
 from gptforge.optim import learning_rate_at
 from gptforge.run_setup import start_run, train
@@ -499,3 +501,27 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(
     assert resumed["step"] == 5
     assert all(torch.isfinite(t).all() for t in resumed["model"].values())
     assert [r["step"] for r in read_metrics(run_dir, "train")] == [0, 1, 2, 3, 4]
+
+
+# --- evaluation -----------------------------------------------------------------------------------------
+
+
+def test_the_trainers_val_loss_is_gptforge_evals_on_the_same_windows(tmp_path: Path, corpus: Path) -> None:
+    """One val loss: over the tokenizer's 58 characters, not the 64 rows the vocabulary is padded to."""
+    config = tiny_config(tmp_path / "run", corpus, max_steps=6, eval_interval=6, eval_batches=3, val_fraction=0.2)
+    trainer, log = start_run(config)
+    try:
+        trainer.fit()
+        during_training = trainer.evaluate()
+    finally:
+        log.close()
+    assert trainer.tokenizer.vocab_size < config.model.vocab_size
+    trained = load_trained(None, tmp_path / "run" / "checkpoints" / "last.pt", device="cpu")
+    result = evaluate_text(trained, str(corpus), split="val", val_fraction=0.2, batch_size=config.train.batch_size,
+                           max_batches=config.train.eval_batches, progress=False)
+    assert result.windows == config.train.eval_batches * config.train.batch_size
+    assert during_training == pytest.approx(result.loss, abs=1e-5)
+    windows = SequentialSampler(trainer.val_tokens, config.train.batch_size, config.model.block_size)
+    with torch.no_grad():  # the model's own loss, over all 64 rows: what the trainer used to report
+        padded = sum(trained.model(*windows.next_batch())[1].item() for _ in range(3)) / 3
+    assert abs(padded - result.loss) > 1e-4

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from gptforge.data import check_corpus_size, load_tokens, record_corpus, split_tokens
 from gptforge.errors import UserError
+from gptforge.model import vocabulary_loss
 from gptforge.trained import TrainedModel, autocast_for
 
 
@@ -84,8 +84,7 @@ def evaluate_text(trained: TrainedModel, data: str, split: str = "val", val_frac
         y = torch.from_numpy(rows[1:].reshape(count, length)).to(device)  # (B, T)
         with autocast_for(model) or contextlib.nullcontext():
             logits, _ = model(x)
-        logits = logits[..., :vocab_size].float()  # padded vocabulary rows are not tokens
-        total_loss += F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1), reduction="sum").item()
+        total_loss += vocabulary_loss(logits, y, vocab_size, reduction="sum").item()
         total_tokens += y.numel()
         bar.set_postfix(loss=f"{total_loss / total_tokens:.4f}", refresh=False)
     mean = total_loss / total_tokens

@@ -100,6 +100,15 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def vocabulary_loss(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int,
+                    reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy over the tokenizer's `vocab_size` real tokens: the padded rows of the output layer (GPT-2's
+    50,257 tokens padded to 50,304) are not tokens and take no part in the softmax. Every val loss, the
+    trainer's and `gptforge eval`'s, is this one, and it equals what transformers computes for an export."""
+    logits = logits[..., :vocab_size].float()
+    return F.cross_entropy(logits.reshape(-1, vocab_size), targets.reshape(-1), reduction=reduction)
+
+
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()

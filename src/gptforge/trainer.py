@@ -34,7 +34,7 @@ from gptforge.data import SequentialSampler, make_sampler
 from gptforge.device import Precision, configure_matmul_precision, memory_gb, resolve_device, resolve_dtype
 from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, generate_text
-from gptforge.model import GPT
+from gptforge.model import GPT, vocabulary_loss
 from gptforge.optim import build_optimizer, learning_rate_at
 from gptforge.pass_loss import Milestone, PassLoss
 from gptforge.runlog import RunLog
@@ -179,7 +179,8 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """Mean loss over the first eval_batches windows of the val split (the same ones every time)."""
+        """Mean loss over the first eval_batches windows of the val split (the same ones every time), over the
+        real vocabulary only, as `gptforge eval` computes it (model.vocabulary_loss)."""
         self.model.eval()
         sampler = SequentialSampler(self.val_tokens, self.config.train.batch_size, self.config.model.block_size,
                                     self.rank, self.world_size)
@@ -187,8 +188,8 @@ class Trainer:
         for _ in range(self.config.train.eval_batches):
             x, y = sampler.next_batch()
             with self.precision.autocast():
-                _, loss = self.forward_model(self._to_device(x), self._to_device(y))
-            total += loss.float()
+                logits, _ = self.forward_model(self._to_device(x))
+            total += vocabulary_loss(logits, self._to_device(y), self.tokenizer.vocab_size)
         self.model.train()
         return self._mean_over_ranks(torch.stack([total]))[0] / self.config.train.eval_batches
 
