@@ -18,6 +18,15 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
+# Losses are summed as integers in units of 2**-64: the sum is exact and independent of order, so it can be kept
+# up to date in O(1) a step (a pass can be hundreds of thousands of steps on a large corpus) and a resumed run,
+# which rebuilds it from the saved losses, computes the same bits.
+SCALE = 2**64
+
+
+def _scaled(loss: float) -> int:
+    return round(loss * SCALE)
+
 
 @dataclass
 class Milestone:
@@ -39,6 +48,7 @@ class PassLoss:
         self.steps = max(1, steps)
         self.target = target
         self._losses: deque[float] = deque(maxlen=self.steps)
+        self._sum = 0  # of _scaled(loss) over _losses
         self.best_mean = math.inf
         self.first_batch_below: Milestone | None = None
         self.reached: Milestone | None = None
@@ -47,11 +57,14 @@ class PassLoss:
         """The mean over the last full pass; None until the run has taken a pass's worth of steps."""
         if len(self._losses) < self.steps:
             return None
-        return math.fsum(self._losses) / self.steps  # exact and order-free: a resumed run computes the same bits
+        return self._sum / (SCALE * self.steps)
 
     def add(self, loss: float, at: Milestone) -> float | None:
         """Record one step's loss (`at` describes the moment); return the pass mean if there is one yet."""
+        if len(self._losses) == self.steps:
+            self._sum -= _scaled(self._losses[0])
         self._losses.append(loss)
+        self._sum += _scaled(loss)
         mean = self.mean()
         if mean is not None:
             self.best_mean = min(self.best_mean, mean)
@@ -85,6 +98,7 @@ class PassLoss:
         A resume with another target keeps the losses but not the old target's milestones."""
         self._losses.clear()
         self._losses.extend(float(loss) for loss in state["losses"][-self.steps:])
+        self._sum = sum(_scaled(loss) for loss in self._losses)
         self.best_mean = float(state["best_mean"])
         if state["target"] != self.target:  # milestones of another target mean nothing for this one
             return
