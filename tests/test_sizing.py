@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from conftest import assert_one_error, run_main, write_corpus
 from gptforge import sizing
 from gptforge.checkpoint import load_checkpoint, save_checkpoint
-from gptforge.config import GPTConfig, padded_vocab_size
+from gptforge.config import GPTConfig, from_preset, padded_vocab_size
 from gptforge.errors import UserError
 from gptforge.model import Block, count_parameters, meta_model
 from gptforge.tokenizer import build_tokenizer
@@ -174,3 +174,10 @@ def test_a_run_beyond_the_gpu_is_refused_naming_its_free_memory(corpus: Path, tm
             "--no-progress", "--out", str(out), "--batch-size", HUGE]
     assert_refused(*run_main(argv, capsys)[::2], "cuda:0 has")
     assert not out.exists()
+
+
+def test_loss_chunks_shrink_the_logits_estimate() -> None:
+    model = from_preset("gpt2").model
+    whole, chunked = sizing.training_memory(model, 16), sizing.training_memory(model, 16, loss_chunks=8)
+    assert chunked.parts["logits"] * 8 == whole.parts["logits"]
+    assert chunked.parts["activations"] == whole.parts["activations"]

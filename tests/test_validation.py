@@ -172,3 +172,11 @@ def test_a_run_with_any_setting_on_its_edge_is_built(name: str, tmp_path: Path, 
 def test_a_config_that_validation_accepts_builds_a_run(train_settings: dict, dropout: float, tmp_path: Path,
                                                        data_dir: Path) -> None:
     event(build_or_refuse(train_settings, dropout, tmp_path, data_dir))
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--weight-decay", "inf"), ("--max-steps", "1" + "0" * 400)])
+def test_infinite_or_float_overflowing_values_are_one_error_line(flag: str, value: str, tmp_path, capsys) -> None:
+    status, _, err = run_main(["train", "--preset", "tiny", "--tokenizer", "char", "--device", "cpu", flag, value,
+                               "--out", str(tmp_path / "run")], capsys)
+    assert status == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()

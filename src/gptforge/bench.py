@@ -131,7 +131,7 @@ def synthetic_trainer(config: RunConfig, steps: int) -> Iterator[Trainer]:
     one error line rather than an allocation that fails."""
     model, train = config.model, config.train
     tokens_needed = train.batch_size * model.block_size * train.grad_accum * (steps + 1) + 1
-    estimate = training_memory(model, train.batch_size)
+    estimate = training_memory(model, train.batch_size, loss_chunks=train.loss_chunks)
     estimate.parts["synthetic tokens"] = tokens_needed * SYNTHETIC_BYTES_PER_TOKEN
     check_fits(estimate, resolve_device(train.device), "this benchmark",
                "use a smaller --batch-size, --block-size, --steps or model")

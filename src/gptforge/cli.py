@@ -364,8 +364,11 @@ def preset_asking_for_help(argv: Sequence[str]) -> str | None:
     return preset if preset in PRESETS else None
 
 
-def build_parser(train_preset: str | None = None) -> argparse.ArgumentParser:
-    """The whole command line; `train_preset` makes `train --help` show that preset's values as defaults."""
+def build_parser(train_preset: str | None = None, help_asked: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; `train_preset` makes `train --help` show that preset's values as defaults.
+
+    The preset table (train --help's epilog) is built only when help is asked for: it imports torch (which
+    recipes can use Muon), a second of start-up every other command need not pay."""
     parser = Parser(prog="gptforge", description="Train GPT-2-style language models from scratch, sample from them, "
                     "and inspect them.")
     parser.add_argument("--version", action="version", version=f"gptforge {__import__('gptforge').__version__}")
@@ -378,7 +381,8 @@ def build_parser(train_preset: str | None = None) -> argparse.ArgumentParser:
                                     "Train a GPT. Settings come from --preset, then --config FILE.toml, then flags. "
                                     "With no preset: shakespeare-gpt2 on a CUDA GPU, else shakespeare-char-cpu; "
                                     f"{shown}."),
-                                epilog=preset_table(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=preset_table() if help_asked else None,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     train.add_argument("--preset", choices=PRESETS, help=f"recipe or model preset (recipes: {', '.join(RECIPES)})")
     train.add_argument("--config", metavar="FILE.toml", help="TOML file with settings (flat keys or [model]/[train])")
     train.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its newest good "
@@ -478,7 +482,8 @@ def build_parser(train_preset: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(preset_asking_for_help(sys.argv[1:] if argv is None else argv))
+    argv_seen = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(preset_asking_for_help(argv_seen), help_asked=bool({"-h", "--help"} & set(argv_seen)))
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

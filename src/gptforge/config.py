@@ -77,7 +77,8 @@ def check_bounds(config: object, bounds: dict[str, Bounds]) -> None:
         if value is None and type(None) in kinds:
             continue
         number = isinstance(value, int) if int in kinds else isinstance(value, (int, float))
-        if isinstance(value, bool) or not number or math.isnan(value) or not allowed.contains(value):
+        non_finite = isinstance(value, float) and not math.isfinite(value)  # inf passes no range test we want
+        if isinstance(value, bool) or not number or non_finite or not allowed.contains(value):
             limit = f" and at most {allowed.high}" if number and allowed.high == INT64_MAX and value > INT64_MAX \
                 else ""
             raise UserError(f"{name} must be {allowed.describe()}{limit}, got {value!r}")

@@ -61,9 +61,10 @@ def resolve_accumulation(config: RunConfig, world_size: int) -> None:
 def check_training_fits(config: RunConfig, device: torch.device, strategy: str, world_size: int) -> None:
     """Refuse a model or batch that cannot fit in `device`'s memory before building or writing anything."""
     shards = world_size if strategy == "fsdp" else 1
-    check_fits(training_memory(config.model, config.train.batch_size, shards), device, "training this model",
+    estimate = training_memory(config.model, config.train.batch_size, shards, config.train.loss_chunks)
+    check_fits(estimate, device, "training this model",
                "use a smaller --batch-size (raise --grad-accum to keep the tokens per step), --block-size, "
-               "--pad-vocab-to or model")
+               "--pad-vocab-to, --loss-chunks or model")
 
 
 def load_data(config: RunConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -55,13 +55,14 @@ class MemoryEstimate:
         return f"{self.total / GIB:,.1f} GiB ({shown})"
 
 
-def training_memory(model: GPTConfig, batch_size: int, shards: int = 1) -> MemoryEstimate:
-    """One process's memory for a training step: its share of the optimizer state and its activations."""
+def training_memory(model: GPTConfig, batch_size: int, shards: int = 1, loss_chunks: int = 1) -> MemoryEstimate:
+    """One process's memory for a training step: its share of the optimizer state and its activations (the
+    logits one `--loss-chunks` chunk at a time)."""
     tokens = batch_size * model.block_size
     return MemoryEstimate({
         "weights, gradients and optimizer state": parameter_count(model) * OPTIMIZER_BYTES_PER_PARAMETER // shards,
         "activations": tokens * model.n_layer * ACTIVATIONS_PER_LAYER * model.n_embd * FP32,
-        "logits": 2 * tokens * model.vocab_size * FP32,  # the logits and their gradient
+        "logits": 2 * -(-tokens // loss_chunks) * model.vocab_size * FP32,  # the logits and their gradient
     })
 
 

@@ -343,7 +343,7 @@ class Trainer:
                     self.log.info(f"{signal.Signals(self.stop_signal).name}: saving {self.checkpoint_dir} after "
                                   f"step {stats.step} (press Ctrl-C again to stop at once)")
                 self._after_step(stats, final=reason is not None)
-        except KeyboardInterrupt:  # a second Ctrl-C: stop now, without waiting for a write in flight
+        except KeyboardInterrupt:  # Ctrl-C off the main thread (no handler there): stop now, no waiting for a write
             raise
         except BaseException:
             self._finish_writing()
