@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from gptforge.config import MODEL_PRESETS, from_preset
-from gptforge.host_buffers import HostBuffers, map_tensors
-from gptforge.runlog import RunLog
 from gptforge.tokenizer import CharTokenizer
-from gptforge.trainer import Trainer
+from gptforge.train.host_buffers import HostBuffers, map_tensors
+from gptforge.train.run_log import RunLog
+from gptforge.train.trainer import Trainer
 
 
 def synchronize(device: torch.device) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from gptforge.config import MODEL_PRESETS
 from gptforge.model import GPT
-from gptforge.optim import build_optimizer, param_groups
+from gptforge.train.optim import build_optimizer, param_groups
 
 
 def median_step_seconds(preset: str, batch_size: int, fused: bool, steps: int, warmup: int) -> float:

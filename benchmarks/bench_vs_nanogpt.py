@@ -33,7 +33,7 @@ import torch
 from gptforge.bench import synthetic_trainer
 from gptforge.config import RunConfig, apply_overrides, from_preset, padded_vocab_size
 from gptforge.device import synchronize
-from gptforge.trainer import Trainer
+from gptforge.train.trainer import Trainer
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

@@ -27,7 +27,7 @@ import torch
 
 from gptforge.config import RunConfig, apply_overrides, from_preset
 from gptforge.data import find_dataset
-from gptforge.run_setup import train
+from gptforge.train.session import train
 
 PROXY = {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "tokenizer": "char", "batch_size": 2,
          "max_steps": 1000, "device": "cpu", "compile": False, "progress": False, "sample_tokens": 1,

@@ -11,7 +11,7 @@ import torch
 
 from gptforge.cli import main
 from gptforge.config import RunConfig, from_preset
-from gptforge.run_setup import train
+from gptforge.train.session import train
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -92,7 +92,7 @@ class FakeClock:
 @pytest.fixture
 def fake_clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """Drive every duration the trainer measures with a FakeClock (no tick unless the test sets one)."""
-    from gptforge.trainer import Trainer
+    from gptforge.train.trainer import Trainer
 
     clock = FakeClock()
     monkeypatch.setattr(Trainer, "clock", staticmethod(clock))

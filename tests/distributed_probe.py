@@ -11,8 +11,9 @@ import json
 import os
 import sys
 
-from gptforge import distributed, model, trainer
+from gptforge import model
 from gptforge.cli import main
+from gptforge.train import distributed, trainer
 
 
 def probe_sync() -> None:

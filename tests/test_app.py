@@ -10,10 +10,18 @@ import pytest
 import torch
 
 from conftest import tiny_char_config
-from gptforge.app import DemoLimits, ReplicaPool, build_demo, example_prompts, facts_markdown, generate_stream, serve
 from gptforge.errors import UserError
-from gptforge.run_setup import train
-from gptforge.trained import TrainedModel, load_trained
+from gptforge.train.session import train
+from gptforge.trained_model import TrainedModel, load_trained
+from gptforge.use.app import (
+    DemoLimits,
+    ReplicaPool,
+    build_demo,
+    example_prompts,
+    facts_markdown,
+    generate_stream,
+    serve,
+)
 
 
 @pytest.fixture(scope="module")
@@ -147,9 +155,9 @@ def test_serve_command_reads_each_model_source_with_share_off_and_the_caps(train
                                                                            monkeypatch) -> None:
     """`gptforge serve` hands serve() the model from --run, --checkpoint or --hf, bound to 127.0.0.1, not shared."""
     pytest.importorskip("transformers", reason="--hf needs transformers (the dev extra has it)")
-    from gptforge import app
     from gptforge.cli import main
-    from gptforge.hf import export_hf
+    from gptforge.interop.hf import export_hf
+    from gptforge.use import app
 
     served = []
     monkeypatch.setattr(app, "serve", lambda model, **kwargs: served.append((model, kwargs)))

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_char_config
-from gptforge import app
-from gptforge.run_setup import train
-from gptforge.trained import TrainedModel, load_trained
+from gptforge.train.session import train
+from gptforge.trained_model import TrainedModel, load_trained
+from gptforge.use import app
 
 # servers on free ports: run on one pytest-xdist worker, one after another (make test: --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("servers")

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from gptforge import checkpoint_writer
-from gptforge.checkpoint_writer import CheckpointWriter
 from gptforge.errors import UserError
-from gptforge.host_buffers import HostBuffers
+from gptforge.train import checkpoint_writer
+from gptforge.train.checkpoint_writer import CheckpointWriter
+from gptforge.train.host_buffers import HostBuffers
 
 
 class Recorder:

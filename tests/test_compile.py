@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from gptforge.config import apply_overrides, from_preset
-from gptforge.runlog import RunLog
 from gptforge.tokenizer import CharTokenizer
-from gptforge.trainer import Trainer
+from gptforge.train.run_log import RunLog
+from gptforge.train.trainer import Trainer
 
 STEPS = 3
 

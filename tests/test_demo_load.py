@@ -23,9 +23,9 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from gptforge import app
-from gptforge.app import DemoLimits, build_demo
-from gptforge.trained import TrainedModel, load_trained
+from gptforge.trained_model import TrainedModel, load_trained
+from gptforge.use import app
+from gptforge.use.app import DemoLimits, build_demo
 
 # servers on free ports: run on one pytest-xdist worker, one after another (make test: --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("servers")

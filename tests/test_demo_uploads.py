@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gptforge.space import export_space
-from gptforge.trained import load_trained
+from gptforge.interop.space import export_space
+from gptforge.trained_model import load_trained
 
 START_TIMEOUT_S = 120
 UPLOAD_SIZES = [1, 64 * 1024, 8 * 1024 * 1024]  # bytes

@@ -26,10 +26,10 @@ import torch.distributed.fsdp
 from gptforge.checkpoint import load_checkpoint
 from gptforge.cli import main
 from gptforge.config import apply_overrides, from_preset
-from gptforge.distributed import resolve_parallel, without_flag
 from gptforge.errors import UserError
-from gptforge.run_setup import resolve_accumulation, train
-from gptforge.runlock import LOCK_FILE
+from gptforge.run_dir import LOCK_FILE
+from gptforge.train.distributed import resolve_parallel, without_flag
+from gptforge.train.session import resolve_accumulation, train
 
 CORPUS_CHARS = 20_000
 GLOBAL_BATCH = 4
@@ -391,7 +391,7 @@ def run_on_rank0_in_a_group(rank: int, store_path: str, results: str) -> None:
     on another node): rank 0's action fails like a bug; what each rank saw goes to RESULTS/RANK."""
     from datetime import timedelta
 
-    from gptforge.distributed import run_on_rank0
+    from gptforge.train.distributed import run_on_rank0
 
     store = torch.distributed.FileStore(store_path, 2)
     torch.distributed.init_process_group("gloo", store=store, rank=rank, world_size=2, timeout=timedelta(seconds=60))

@@ -29,9 +29,10 @@ import pytest
 import torch
 
 from conftest import mount, mount_refusal, run_main
-from gptforge import fileio, runlog
+from gptforge import fileio
 from gptforge.checkpoint import checkpoint_candidates, load_checkpoint, save_checkpoint
 from gptforge.cli import main
+from gptforge.train import run_log as runlog
 
 CORPUS_CHARS = 20_000
 SUBPROCESS_TIMEOUT_S = 120

@@ -20,7 +20,6 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from gptforge.app import DemoLimits, generate_stream
 from gptforge.checkpoint import save_checkpoint
 from gptforge.cli import main
 from gptforge.config import apply_overrides, from_preset
@@ -28,7 +27,8 @@ from gptforge.data import load_tokens, read_corpus
 from gptforge.errors import UserError
 from gptforge.model import GPT
 from gptforge.tokenizer import CharTokenizer, GPT2Tokenizer
-from gptforge.trained import TrainedModel, load_trained
+from gptforge.trained_model import TrainedModel, load_trained
+from gptforge.use.app import DemoLimits, generate_stream
 
 # Every character hypothesis can draw, lone surrogates (category Cs) and unassigned code points included.
 ANY_CHARACTER = st.characters(codec=None, categories=["L", "M", "N", "P", "S", "Z", "C"])

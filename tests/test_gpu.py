@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from conftest import tiny_char_config
-from gptforge import distributed
 from gptforge.checkpoint import capture_rng_state, restore_rng_state
 from gptforge.config import GPTConfig
 from gptforge.device import Precision
 from gptforge.model import GPT
-from gptforge.optim import build_optimizer
-from gptforge.run_setup import train
+from gptforge.train import distributed
+from gptforge.train.optim import build_optimizer
+from gptforge.train.session import train
 
 pytestmark = pytest.mark.gpu
 

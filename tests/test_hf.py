@@ -23,11 +23,11 @@ from gptforge.cli import main
 from gptforge.config import GPTConfig, RunConfig, from_preset
 from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, generate_ids
-from gptforge.hf import CONV1D_SUFFIXES, export_hf, read_hf_folder
+from gptforge.interop.hf import CONV1D_SUFFIXES, export_hf, read_hf_folder
 from gptforge.model import GPT
-from gptforge.run_setup import resume_run, start_run
 from gptforge.tokenizer import GPT2Tokenizer
-from gptforge.trained import TrainedModel, load_trained
+from gptforge.train.session import resume_run, start_run
+from gptforge.trained_model import TrainedModel, load_trained
 
 transformers = pytest.importorskip("transformers", reason="transformers is in the dev and hf extras")
 safetensors_torch = pytest.importorskip("safetensors.torch", reason="safetensors is in the dev and hf extras")

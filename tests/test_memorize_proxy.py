@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gptforge.run_setup import train
+from gptforge.train.session import train
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "memorize_proxy.py"
 

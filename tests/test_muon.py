@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from conftest import run_main
-from gptforge import optim
 from gptforge.config import RECIPES, WITHOUT_MUON, GPTConfig, from_preset
 from gptforge.errors import UserError
 from gptforge.model import GPT
-from gptforge.optim import MuonWithAdamW, build_optimizer, check_optimizer, hidden_matrices
-from gptforge.run_setup import train
+from gptforge.train import optim
+from gptforge.train.optim import MuonWithAdamW, build_optimizer, check_optimizer, hidden_matrices
+from gptforge.train.session import train
 
 needs_muon = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason=f"torch {torch.__version__} has no Muon")
 

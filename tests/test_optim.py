@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from gptforge import optim
 from gptforge.errors import UserError
-from gptforge.optim import build_optimizer, learning_rate_at, param_groups, use_fused_adamw
+from gptforge.train import optim
+from gptforge.train.optim import build_optimizer, learning_rate_at, param_groups, use_fused_adamw
 
 MAX_LR, MIN_LR = 1e-3, 1e-4
 

@@ -14,9 +14,9 @@ import pytest
 
 from conftest import run_main
 from gptforge.checkpoint import load_checkpoint
-from gptforge.pass_loss import Milestone, PassLoss
-from gptforge.run_setup import start_run, train
-from gptforge.trainer import StepStats, Trainer
+from gptforge.train.pass_loss import Milestone, PassLoss
+from gptforge.train.session import start_run, train
+from gptforge.train.trainer import StepStats, Trainer
 from test_trainer import read_metrics, tiny_config
 
 

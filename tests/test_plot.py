@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from gptforge.errors import UserError
-from gptforge.plot import plot_run, read_metrics
+from gptforge.train.plot import plot_run, read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -81,7 +81,7 @@ def test_missing_run_dir_is_a_user_error(tmp_path):
 
 
 def test_importing_plot_does_not_import_matplotlib_or_torch():
-    code = "import sys, gptforge.plot; print('matplotlib' in sys.modules, 'torch' in sys.modules)"
+    code = "import sys, gptforge.train.plot; print('matplotlib' in sys.modules, 'torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
 
@@ -89,7 +89,7 @@ def test_importing_plot_does_not_import_matplotlib_or_torch():
 def test_the_loss_panel_draws_the_mean_over_the_last_pass_where_the_run_logged_it():
     from matplotlib.figure import Figure
 
-    from gptforge.plot import _plot_loss
+    from gptforge.train.plot import _plot_loss
 
     train = [{"kind": "train", "step": step, "loss": 1.0 / (step + 1), **({"pass_loss": 0.5} if step >= 3 else {})}
              for step in range(6)]

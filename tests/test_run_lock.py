@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_main
-from gptforge.runlock import LOCK_FILE
+from gptforge.run_dir import LOCK_FILE
 
 SUBPROCESS_TIMEOUT_S = 120
 TINY = ["--preset", "tiny", "--tokenizer", "char", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",

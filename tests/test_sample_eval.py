@@ -11,8 +11,8 @@ import torch
 
 from conftest import run_main
 from gptforge.cli import main
-from gptforge.evaluate import evaluate_text
-from gptforge.trained import load_trained
+from gptforge.trained_model import load_trained
+from gptforge.use.evaluate import evaluate_text
 
 
 @pytest.fixture(scope="module")

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gptforge import app
 from gptforge.cli import main
 from gptforge.errors import UserError
-from gptforge.space import export_space, load_space
-from gptforge.trained import TrainedModel, load_trained
+from gptforge.interop.space import export_space, load_space
+from gptforge.trained_model import TrainedModel, load_trained
+from gptforge.use import app
 
 SPACE_FILES = {"app.py", "requirements.txt", "README.md", "model.safetensors", "config.json", "tokenizer.json",
                "facts.json", "gptforge"}
@@ -57,7 +57,7 @@ def test_export_writes_a_space_folder(trained, tmp_path) -> None:
     requirements = (out / "requirements.txt").read_text().splitlines()
     assert not any(line.startswith("gptforge") for line in requirements)  # not on PyPI: the package is copied
     assert {"torch>=2.4", "tiktoken>=0.5", f"gradio=={version('gradio')}"} <= set(requirements)
-    assert (out / "gptforge" / "app.py").read_text() == Path(app.__file__).read_text()
+    assert (out / "gptforge" / "use" / "app.py").read_text() == Path(app.__file__).read_text()
     assert "build_demo(load_space(" in (out / "app.py").read_text()
     assert not list(tmp_path.glob(".space.*"))  # no staging folder left behind
 

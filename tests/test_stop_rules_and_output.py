@@ -15,8 +15,8 @@ import time
 import pytest
 
 from conftest import tiny_char_config
-from gptforge.run_setup import train
-from gptforge.trainer import Trainer
+from gptforge.train.session import train
+from gptforge.train.trainer import Trainer
 
 
 def records(run_dir, kind: str) -> list[dict]:

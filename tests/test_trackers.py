@@ -2,8 +2,8 @@ import pytest
 
 from conftest import tiny_char_config
 from gptforge.errors import UserError
-from gptforge.run_setup import train
-from gptforge.trackers import check_trackers
+from gptforge.train.session import train
+from gptforge.train.trackers import check_trackers
 
 
 def tiny_config(tmp_path, **train_settings):

@@ -17,17 +17,17 @@ from typing import Any
 import pytest
 import torch
 
-import gptforge.trainer as trainer_module
+import gptforge.train.trainer as trainer_module
 from conftest import FakeClock
 from gptforge.checkpoint import load_checkpoint, save_checkpoint
 from gptforge.config import RunConfig, apply_overrides, from_preset
 from gptforge.data import SequentialSampler
 from gptforge.errors import UserError
-from gptforge.evaluate import evaluate_text
 from gptforge.model import GPT
-from gptforge.optim import learning_rate_at
-from gptforge.run_setup import start_run, train
-from gptforge.trained import load_trained
+from gptforge.train.optim import learning_rate_at
+from gptforge.train.session import start_run, train
+from gptforge.trained_model import load_trained
+from gptforge.use.evaluate import evaluate_text
 
 CORPUS_CHARS = 20_000
 

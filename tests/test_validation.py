@@ -29,7 +29,7 @@ from gptforge.config import (
     from_preset,
 )
 from gptforge.errors import UserError
-from gptforge.run_setup import start_run
+from gptforge.train.session import start_run
 
 CORPUS_CHARS = 3_000
 TINY_MODEL = ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "8"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import assert_one_error, mount, mount_refusal, run_main, snapshot, write_corpus
-from gptforge.runlock import LOCK_FILE
+from gptforge.run_dir import LOCK_FILE
 
 CORPUS_CHARS = 3_000
 

@@ -27,10 +27,10 @@ from gptforge.device import memory_gb, resolve_device, synchronize
 from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, generate_ids
 from gptforge.model import count_parameters
-from gptforge.runlog import RunLog
 from gptforge.sizing import check_fits, training_memory
 from gptforge.tokenizer import CharTokenizer
-from gptforge.trainer import Trainer
+from gptforge.train.run_log import RunLog
+from gptforge.train.trainer import Trainer
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s, without sparsity) by a name fragment of the GPU.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}

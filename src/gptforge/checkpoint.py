@@ -29,11 +29,10 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from gptforge.checkpoint_writer import available_memory_bytes
 from gptforge.config import RunConfig
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write, describe_os_error
-from gptforge.sizing import STATE_BYTES_PER_PARAMETER, parameter_count
+from gptforge.sizing import STATE_BYTES_PER_PARAMETER, available_memory_bytes, parameter_count
 
 CHECKPOINT_FORMAT = 1  # stored under state["format"]; bump when the layout of the state changes
 

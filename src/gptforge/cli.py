@@ -114,8 +114,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from gptforge.distributed import is_main_process, launch_local, without_flag
-    from gptforge.run_setup import train
+    from gptforge.train.distributed import is_main_process, launch_local, without_flag
+    from gptforge.train.session import train
 
     overrides = given_overrides(args, CONFIG_NAMES)
     if args.resume:
@@ -182,7 +182,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from gptforge.plot import plot_run
+    from gptforge.train.plot import plot_run
 
     print(plot_run(args.run, Path(args.out) if args.out else None))
     return 0
@@ -191,7 +191,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from gptforge.generate import generate_text, stream_text
     from gptforge.sizing import check_fits, inference_memory
-    from gptforge.trained import autocast_for, load_trained
+    from gptforge.trained_model import autocast_for, load_trained
 
     if args.prompt is not None and args.prompt_file is not None:
         raise UserError("pass --prompt or --prompt-file, not both")
@@ -226,8 +226,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from gptforge.chat import chat
-    from gptforge.trained import autocast_for, load_trained
+    from gptforge.trained_model import autocast_for, load_trained
+    from gptforge.use.chat import chat
 
     settings = sampling_settings(args)
     trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
@@ -238,8 +238,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from gptforge.evaluate import evaluate_text, trained_corpus
-    from gptforge.trained import load_trained
+    from gptforge.trained_model import load_trained
+    from gptforge.use.evaluate import evaluate_text, trained_corpus
 
     trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
                            hf=args.hf)
@@ -252,8 +252,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gptforge.app import DemoLimits, serve
-    from gptforge.trained import load_trained
+    from gptforge.trained_model import load_trained
+    from gptforge.use.app import DemoLimits, serve
 
     limits = DemoLimits(max_new_tokens=args.max_new_tokens_cap, concurrency=args.concurrency,
                         queue_size=args.queue_size)
@@ -265,24 +265,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from gptforge.trained import load_trained
+    from gptforge.trained_model import load_trained
 
     if args.push_to_hub:
-        from gptforge.hub import check_can_push
+        from gptforge.interop.hub import check_can_push
 
         check_can_push(args.push_to_hub)  # before anything is exported
     trained = load_trained(args.run, args.checkpoint, device="cpu", tokenizer_file=args.tokenizer_file, hf=args.hf)
     if args.format == "hf":
-        from gptforge.hf import export_hf
+        from gptforge.interop.hf import export_hf
 
         export_hf(trained, Path(args.out))
         print(f"wrote {args.out} (load it with transformers' GPT2LMHeadModel and AutoTokenizer .from_pretrained)")
     else:
-        from gptforge.space import export_space
+        from gptforge.interop.space import export_space
 
         print(f"wrote {export_space(trained, Path(args.out))}")
     if args.push_to_hub:
-        from gptforge.hub import push_folder
+        from gptforge.interop.hub import push_folder
 
         repo_type = "model" if args.format == "hf" else "space"
         print(f"pushed to {push_folder(Path(args.out), args.push_to_hub, repo_type)}")
@@ -494,7 +494,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as exc:
-        from gptforge.distributed import is_main_process
+        from gptforge.train.distributed import is_main_process
 
         if is_main_process():  # every process of a multi-process run stops with the same error; say it once
             sys.stderr.write(f"error: {exc}\n")

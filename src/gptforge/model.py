@@ -2,7 +2,7 @@
 
 Parameter names are exactly Hugging Face's GPT2LMHeadModel names (with nn.Linear weights, which HF's
 Conv1D stores transposed), so weights move between the two with one transpose. The model is
-single-device code: parallelism is applied from the outside (gptforge.distributed).
+single-device code: parallelism is applied from the outside (gptforge.train.distributed).
 """
 
 from __future__ import annotations

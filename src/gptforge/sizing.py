@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from gptforge.checkpoint_writer import available_memory_bytes
 from gptforge.config import GPTConfig
 from gptforge.errors import UserError
 
@@ -92,3 +91,15 @@ def check_fits(estimate: MemoryEstimate, device: torch.device, what: str, hint: 
     if available is not None and estimate.total > available:
         raise UserError(f"{what} needs at least {estimate.describe()} but {device} has "
                         f"{available / GIB:,.1f} GiB available; {hint}")
+
+
+def available_memory_bytes() -> int | None:
+    """What Linux says a process can still allocate without swapping (None elsewhere: assumed enough)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

@@ -15,22 +15,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptforge import distributed
 from gptforge.checkpoint import load_latest, new_run_dir
 from gptforge.config import MODEL_KEYS, CorpusRecord, RunConfig, apply_overrides, json_name, padded_vocab_size
 from gptforge.data import check_corpus_size, load_tokens, read_corpus, record_corpus, split_tokens
 from gptforge.device import resolve_device, resolve_dtype
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_text
-from gptforge.hf import prepare_init
+from gptforge.interop.hf import prepare_init
 from gptforge.model import count_parameters, parameter_table
-from gptforge.optim import check_optimizer, warmup_warning
-from gptforge.runlock import lock_run_dir, release_run_dirs
-from gptforge.runlog import RunLog
+from gptforge.run_dir import lock_run_dir, release_run_dirs
 from gptforge.sizing import check_fits, training_memory
 from gptforge.tokenizer import Tokenizer, build_tokenizer, save_tokenizer, tokenizer_from_dict
-from gptforge.trackers import Trackers, check_trackers
-from gptforge.trainer import Trainer, checkpoint_path
+from gptforge.train import distributed
+from gptforge.train.optim import check_optimizer, warmup_warning
+from gptforge.train.run_log import RunLog
+from gptforge.train.trackers import Trackers, check_trackers
+from gptforge.train.trainer import Trainer, checkpoint_path
 
 
 @dataclass
@@ -304,7 +304,7 @@ def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> Tr
         ]
         atomic_write_text(trainer.run_dir / "summary.txt", "\n".join(summary) + "\n")
         try:
-            from gptforge.plot import plot_run
+            from gptforge.train.plot import plot_run
 
             curves = plot_run(trainer.run_dir)
             log.info(f"curves: {curves}")

@@ -21,7 +21,7 @@ from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, stream_text
 from gptforge.model import GPT
 from gptforge.tokenizer import Tokenizer
-from gptforge.trained import TrainedModel, autocast_for, best_loss_label
+from gptforge.trained_model import TrainedModel, autocast_for, best_loss_label
 
 try:
     import gradio as gr

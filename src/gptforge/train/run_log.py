@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from gptforge.errors import UserError
 from gptforge.fileio import describe_os_error
-from gptforge.trackers import Trackers
+from gptforge.train.trackers import Trackers
 
 
 class RunLog:

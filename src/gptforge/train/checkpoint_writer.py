@@ -18,7 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gptforge.host_buffers import HostBuffers, HostCopy
+from gptforge.sizing import available_memory_bytes
+from gptforge.train.host_buffers import HostBuffers, HostCopy
 
 Write = Callable[[dict[str, Any], bool], Path]
 
@@ -75,14 +76,3 @@ class CheckpointWriter:
         if error is not None:
             raise error
 
-
-def available_memory_bytes() -> int | None:
-    """What Linux says a process can still allocate without swapping (None elsewhere: assumed enough)."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None

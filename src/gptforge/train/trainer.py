@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptforge import distributed
 from gptforge.checkpoint import (
     capture_rng_state,
     prune_step_checkpoints,
@@ -28,17 +27,18 @@ from gptforge.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from gptforge.checkpoint_writer import CheckpointWriter
 from gptforge.config import RunConfig
 from gptforge.data import SequentialSampler, make_sampler
 from gptforge.device import Precision, configure_matmul_precision, memory_gb, resolve_device, resolve_dtype
 from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, generate_text
 from gptforge.model import GPT, vocabulary_loss
-from gptforge.optim import build_optimizer, learning_rate_at
-from gptforge.pass_loss import Milestone, PassLoss
-from gptforge.runlog import RunLog
 from gptforge.tokenizer import Tokenizer
+from gptforge.train import distributed
+from gptforge.train.checkpoint_writer import CheckpointWriter
+from gptforge.train.optim import build_optimizer, learning_rate_at
+from gptforge.train.pass_loss import Milestone, PassLoss
+from gptforge.train.run_log import RunLog
 
 
 class NonFiniteLoss(Exception):

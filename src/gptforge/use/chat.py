@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, stream_text
-from gptforge.trained import TrainedModel
+from gptforge.trained_model import TrainedModel
 
 HELP = """commands: /temp T (0 is greedy), /topk K (0 or off), /topp P (or off), /max N (new tokens),
 /seed N (or off: a new draw each time), /settings, /help, /quit; any other line is a prompt to continue"""

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from gptforge.data import check_corpus_size, load_tokens, record_corpus, split_tokens
 from gptforge.errors import UserError
 from gptforge.model import vocabulary_loss
-from gptforge.trained import TrainedModel, autocast_for
+from gptforge.trained_model import TrainedModel, autocast_for
 
 
 @dataclass

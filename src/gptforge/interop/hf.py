@@ -24,7 +24,7 @@ from gptforge.config import GPT2_VOCAB_SIZE, GPTConfig, RunConfig, TrainConfig
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
 from gptforge.fileio import write_new_folder, write_safetensors
-from gptforge.hub import fetch_model, first_line, is_hub_name
+from gptforge.interop.hub import fetch_model, first_line, is_hub_name
 from gptforge.model import GPT, count_parameters, meta_model
 from gptforge.sizing import check_fits, inference_memory
 from gptforge.tokenizer import (
@@ -35,7 +35,7 @@ from gptforge.tokenizer import (
     save_tokenizer,
     tokenizer_from_dict,
 )
-from gptforge.trained import TrainedModel
+from gptforge.trained_model import TrainedModel
 
 # Conv1D in transformers: y = x @ W with W (in, out); nn.Linear keeps (out, in).
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

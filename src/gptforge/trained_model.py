@@ -34,7 +34,7 @@ def load_trained(run: str | Path | None = None, checkpoint: str | Path | None = 
     if sum(source is not None for source in (run, checkpoint, hf)) != 1:
         raise UserError("pass exactly one of --run DIR, --checkpoint FILE or --hf DIR")
     if hf is not None:
-        from gptforge.hf import load_hf_folder  # gptforge.hf imports this module
+        from gptforge.interop.hf import load_hf_folder  # gptforge.interop.hf imports this module
 
         return load_hf_folder(hf, device=device, tokenizer_file=tokenizer_file)
     if run is not None:

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from gptforge.config import MUON_FSDP_ERROR, muon_available
-from gptforge.distributed import is_sharded
 from gptforge.errors import UserError
+from gptforge.train.distributed import is_sharded
 
 SCHEDULES = ("cosine", "constant", "onecycle")
 OPTIMIZERS = ("adamw", "muon")

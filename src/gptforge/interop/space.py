@@ -21,7 +21,7 @@ from gptforge.errors import UserError
 from gptforge.fileio import write_new_folder, write_safetensors
 from gptforge.model import GPT
 from gptforge.tokenizer import GPT2_BPE_FILENAME, GPT2_BPE_SHA256, tokenizer_from_dict
-from gptforge.trained import TrainedModel, best_loss_label
+from gptforge.trained_model import TrainedModel, best_loss_label
 
 WEIGHTS_FILE = "model.safetensors"
 TIED_WEIGHT = "lm_head.weight"  # the same tensor as transformer.wte.weight, so stored once
@@ -31,8 +31,8 @@ SPACE_APP = '''"""A gptforge demo as a Hugging Face Space; locally: pip install 
 
 from pathlib import Path
 
-from gptforge.app import NO_UPLOADS, build_demo
-from gptforge.space import load_space
+from gptforge.use.app import NO_UPLOADS, build_demo
+from gptforge.interop.space import load_space
 
 if __name__ == "__main__":
     build_demo(load_space(Path(__file__).resolve().parent)).launch(max_file_size=NO_UPLOADS)
@@ -131,10 +131,11 @@ def _write_space(trained: TrainedModel, folder: Path) -> None:
     if ranks is not None:
         shutil.copyfile(ranks, folder / GPT2_BPE_FILENAME)
     (folder / "app.py").write_text(SPACE_APP, encoding="utf-8")
-    package = folder / "gptforge"
-    package.mkdir()
-    for module in sorted(Path(__file__).resolve().parent.glob("*.py")):  # file by file: a failed copy is an
-        shutil.copyfile(module, package / module.name)  # OSError of its own (copytree gathers them into a list)
+    source = Path(__file__).resolve().parents[1]  # the gptforge package, its subpackages included
+    for module in sorted(source.rglob("*.py")):  # file by file: a failed copy is an OSError of its own
+        target = folder / "gptforge" / module.relative_to(source)  # (copytree gathers them into a list)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(module, target)
     (folder / "requirements.txt").write_text("\n".join(space_requirements(gradio_version)) + "\n", encoding="utf-8")
     (folder / "README.md").write_text(space_readme(trained, gradio_version, ranks is not None), encoding="utf-8")
 
