@@ -22,9 +22,11 @@ import numpy as np
 import torch
 
 from gptforge.config import MODEL_PRESETS, from_preset
-from gptforge.tokenizer import CharTokenizer
+from gptforge.data import make_sampler
+from gptforge.device import resolve_runtime
+from gptforge.model import GPT
+from gptforge.run_dir import RunDir
 from gptforge.train.host_buffers import HostBuffers, map_tensors
-from gptforge.train.run_log import RunLog
 from gptforge.train.trainer import Trainer
 
 
@@ -76,7 +78,9 @@ def main() -> None:
     config.model.block_size = min(config.model.block_size, 64)
     tokens = np.random.default_rng(0).integers(0, config.model.vocab_size, 4096).astype(np.uint32)
     with tempfile.TemporaryDirectory(dir=args.dir) as scratch:
-        trainer = Trainer(config, Path(scratch), CharTokenizer("ab"), tokens, tokens[:0], RunLog(None, enabled=False))
+        runtime = resolve_runtime(config.train)
+        sampler = make_sampler("sequential", tokens, 1, config.model.block_size, config.train.seed)
+        trainer = Trainer(config, GPT(config.model).to(runtime.device), runtime, sampler, run=RunDir(Path(scratch)))
         trainer.train_step()
         checkpoint = Path(scratch) / "checkpoints" / "last.pt"
         print(f"{args.preset} on {trainer.device}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters; "

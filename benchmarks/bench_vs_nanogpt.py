@@ -60,7 +60,7 @@ def nanogpt_step(nanogpt: ModuleType, config: RunConfig, trainer: Trainer) -> Ca
         model = nanogpt.GPT(shape).to(device)
         optimizer = model.configure_optimizers(train.weight_decay, train.learning_rate,
                                                (train.beta1, train.beta2), device.type)
-    forward = torch.compile(model) if trainer.use_compile else model
+    forward = torch.compile(model) if trainer.runtime.compile else model
     scaler = torch.amp.GradScaler(device.type, enabled=precision.dtype == torch.float16)
     autocast = (contextlib.nullcontext if precision.dtype == torch.float32 else
                 lambda: torch.autocast(device.type, dtype=precision.dtype))
@@ -128,20 +128,21 @@ def main() -> None:
     apply_overrides(config, {key: value for key, value in overrides.items() if value is not None})
     config.model.vocab_size = padded_vocab_size(config.model.vocab_size, config.train.pad_vocab_to)
     nanogpt = load_nanogpt(args.nanogpt_dir)
-    with synthetic_trainer(config, args.warmup + args.steps) as trainer:
-        torch.manual_seed(0)
-        nano = nanogpt_step(nanogpt, config, trainer)
-        ours_times, nano_times = [], []
-        for index in range(args.warmup + args.steps):
-            ours, theirs = timed(trainer.train_step, trainer.device), timed(nano, trainer.device)
-            if index >= args.warmup:
-                ours_times.append(ours)
-                nano_times.append(theirs)
+    trainer = synthetic_trainer(config, args.warmup + args.steps)
+    torch.manual_seed(0)
+    nano = nanogpt_step(nanogpt, config, trainer)
+    ours_times, nano_times = [], []
+    for index in range(args.warmup + args.steps):
+        ours, theirs = timed(trainer.train_step, trainer.device), timed(nano, trainer.device)
+        if index >= args.warmup:
+            ours_times.append(ours)
+            nano_times.append(theirs)
     tokens = trainer.tokens_per_step
     ours_s, nano_s = statistics.median(ours_times), statistics.median(nano_times)
     result = {
         "preset": args.preset, "device": str(trainer.device), "dtype": trainer.precision.name,
-        "compile": trainer.use_compile, "batch_size": config.train.batch_size, "block_size": config.model.block_size,
+        "compile": trainer.runtime.compile, "batch_size": config.train.batch_size,
+        "block_size": config.model.block_size,
         "vocab_size": config.model.vocab_size, "optimizer": args.optimizer, "loss_chunks": args.loss_chunks,
         "steps": args.steps, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "gptforge_ms": ours_s * 1000, "nanogpt_ms": nano_s * 1000,

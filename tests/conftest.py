@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from gptforge.cli import main
-from gptforge.config import RunConfig, from_preset
+from gptforge.config import RunConfig, build_config
 from gptforge.train.session import train
 
 
@@ -57,12 +57,9 @@ def require_transformers_models(transformers: Any) -> None:
 
 def tiny_char_config(out: Path, **train_settings: Any) -> RunConfig:
     """A 2-layer, 32-wide character model on tiny Shakespeare that trains in seconds on two CPU cores."""
-    config = from_preset("tiny")
-    settings = {"tokenizer": "char", "device": "cpu", "progress": False, "max_steps": 20, "batch_size": 4,
-                "eval_interval": 0, "sample_tokens": 8, "out": str(out), **train_settings}
-    for key, value in settings.items():
-        setattr(config.train, key, value)
-    return config
+    return build_config("tiny", flags={"tokenizer": "char", "device": "cpu", "progress": False, "max_steps": 20,
+                                       "batch_size": 4, "eval_interval": 0, "sample_tokens": 8, "out": str(out),
+                                       **train_settings})
 
 
 @pytest.fixture(scope="session")

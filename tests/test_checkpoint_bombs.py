@@ -17,6 +17,7 @@ from conftest import run_main
 from gptforge import checkpoint
 from gptforge.checkpoint import load_checkpoint, save_checkpoint, size_cap
 from gptforge.config import RunConfig
+from gptforge.run_dir import RunDir, load_checkpoint_file
 from gptforge.sizing import STATE_BYTES_PER_PARAMETER, parameter_count
 
 MIB = 1 << 20
@@ -61,7 +62,7 @@ def run(tiny_run: Path, tmp_path: Path) -> Path:
 def test_resume_and_run_fall_back_past_a_bomb_and_say_so(bomb: str, run: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     bad = BOMBS[bomb](run / "checkpoints")
-    cap, bounded_by = size_cap(bad)
+    cap, bounded_by = size_cap(RunDir(run).state_bound())
     assert cap is not None and cap < 160 * MIB and "config.json" in bounded_by  # set by the model, not memory
     status, out, err = run_main(["sample", "--run", str(run), "--device", "cpu", "--max-new-tokens", "2"], capsys)
     assert status == 0 and f"warning: skipping {bad}" in err and "refused" in err, err
@@ -100,7 +101,7 @@ def test_the_cap_leaves_room_for_every_real_checkpoint_of_the_model(compress: bo
     path = save_checkpoint(state, folder / "last.pt", compress=compress)
     plain = save_checkpoint(state, tmp_path / "plain.pt")
     assert plain.stat().st_size <= 2 * parameter_count(model) * STATE_BYTES_PER_PARAMETER + MIB
-    cap, _ = size_cap(path)
+    cap, _ = size_cap(RunDir(folder.parent).state_bound())
     assert cap is not None and plain.stat().st_size < cap
-    loaded = load_checkpoint(path)
+    loaded = load_checkpoint_file(path)
     assert torch.equal(loaded["model"]["lm_head.weight"], state["model"]["lm_head.weight"])

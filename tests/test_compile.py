@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from gptforge.config import apply_overrides, from_preset
-from gptforge.tokenizer import CharTokenizer
-from gptforge.train.run_log import RunLog
+from gptforge.data import make_sampler
+from gptforge.device import resolve_runtime
+from gptforge.train.session import initial_model
 from gptforge.train.trainer import Trainer
 
 STEPS = 3
@@ -30,9 +31,10 @@ def losses_of(tmp_path: Path, device: str, dtype: str, use_compile: bool, paths:
                              "block_size": 16, "batch_size": 4, "grad_accum": 2, "learning_rate": 1e-2,
                              "warmup_steps": 0, "sampler": "sequential", "progress": False, **(paths or {})})
     tokens = np.random.default_rng(0).integers(0, 65, size=4 * 17 * 2 * (STEPS + 1)).astype(np.uint16)
-    trainer = Trainer(config, tmp_path / f"{device}-{use_compile}-{len(paths or {})}", CharTokenizer("ab"), tokens,
-                      tokens[:0], RunLog(None, enabled=False))
-    assert trainer.use_compile == use_compile
+    runtime = resolve_runtime(config.train)
+    sampler = make_sampler("sequential", tokens, 4, 16, config.train.seed)
+    trainer = Trainer(config, initial_model(config, runtime), runtime, sampler)
+    assert trainer.runtime.compile == use_compile
     return [trainer.train_step().loss for _ in range(STEPS)]
 
 

@@ -26,9 +26,10 @@ import torch.distributed.fsdp
 from gptforge.checkpoint import load_checkpoint
 from gptforge.cli import main
 from gptforge.config import apply_overrides, from_preset
+from gptforge.device import resolve_parallel
 from gptforge.errors import UserError
 from gptforge.run_dir import LOCK_FILE
-from gptforge.train.distributed import resolve_parallel, without_flag
+from gptforge.train.distributed import without_flag
 from gptforge.train.session import resolve_accumulation, train
 
 CORPUS_CHARS = 20_000

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from conftest import reap
-from gptforge.checkpoint import checkpoint_candidates, load_checkpoint
+from gptforge.checkpoint import load_checkpoint
+from gptforge.run_dir import RunDir
 
 ROUNDS = 5
 SECOND_SIGNAL_AFTER_S = 0.1
@@ -77,6 +78,6 @@ def test_two_signals_a_tenth_of_a_second_apart_exit_cleanly_in_every_round(signu
         assert process.returncode == 128 + signum, f"round {round_number}: status {process.returncode}\n{errors}"
         assert "terminate called" not in errors and "Traceback" not in errors, errors
         assert temporaries(run / "checkpoints") == [], f"round {round_number} left a temporary file"
-        for path in checkpoint_candidates(run):
+        for path in RunDir(run).checkpoints():
             assert load_checkpoint(path)["step"] >= 1
     assert outcomes == [128 + signum] * ROUNDS

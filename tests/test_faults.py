@@ -30,8 +30,9 @@ import torch
 
 from conftest import mount, mount_refusal, run_main
 from gptforge import fileio
-from gptforge.checkpoint import checkpoint_candidates, load_checkpoint, save_checkpoint
+from gptforge.checkpoint import load_checkpoint, save_checkpoint
 from gptforge.cli import main
+from gptforge.run_dir import RunDir
 from gptforge.train import run_log as runlog
 
 CORPUS_CHARS = 20_000
@@ -207,7 +208,7 @@ def test_kill_9_at_20_random_moments_then_resume_gives_the_uninterrupted_weights
     sessions: list[Session] = []
     verified_resumes = 0
     for round_index in range(KILL_ROUNDS):
-        resume = bool(checkpoint_candidates(run_dir))
+        resume = bool(RunDir(run_dir).checkpoints())
         from_step = load_checkpoint(last)["step"] if resume else 0
         argv = ["train", "--resume", str(run_dir)] if resume else train_argv(corpus, run_dir, *settings)
         output_path = logs / f"round-{round_index}.txt"
@@ -247,7 +248,7 @@ def test_kill_9_at_20_random_moments_then_resume_gives_the_uninterrupted_weights
                                 process.returncode == -signal.SIGKILL, phase_of(output, hit)))
 
     final_output = logs / "final.txt"
-    final_argv = ["train", "--resume", str(run_dir)] if checkpoint_candidates(run_dir) else \
+    final_argv = ["train", "--resume", str(run_dir)] if RunDir(run_dir).checkpoints() else \
         train_argv(corpus, run_dir, *settings)
     final = start(final_argv, final_output)
     assert final.wait(timeout=SUBPROCESS_TIMEOUT_S) == 0, final_output.read_text(errors="replace")

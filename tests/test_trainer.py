@@ -6,6 +6,7 @@ Every run here is a one- or two-layer char model on a 20k-character slice of tin
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import re
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-import gptforge.train.trainer as trainer_module
+import gptforge.checkpoint as checkpoint_module
 from conftest import FakeClock
 from gptforge.checkpoint import load_checkpoint, save_checkpoint
 from gptforge.config import RunConfig, apply_overrides, from_preset
@@ -203,7 +204,7 @@ def test_the_first_step_of_each_session_is_counted_apart_from_training_time(
     monkeypatch.setattr(GPT, "forward", compiling_forward)
     run_dir = tmp_path / "run"
     trainer, log = start_run(tiny_config(run_dir, corpus, max_steps=3, batch_size=64))
-    trainer.use_compile = True  # only for the log line: the model was wrapped without it
+    trainer.runtime = dataclasses.replace(trainer.runtime, compile=True)  # for the log line: wrapped without it
     try:
         trainer.fit()
     finally:
@@ -371,7 +372,7 @@ def test_training_goes_on_while_a_checkpoint_is_written_and_the_last_one_is_wait
             step_3_ran.set()
         return real_forward(x, y)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", slow_disk)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", slow_disk)
     trainer.forward_model = forward
     try:
         assert trainer.fit() == "reached max_steps 6"
@@ -399,7 +400,7 @@ def test_foreground_checkpoints_are_written_before_the_next_step(tmp_path: Path,
         written_at.append((state["step"], trainer.step, threading.current_thread() is threading.main_thread()))
         return save_checkpoint(state, path, compress)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", recording_disk)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", recording_disk)
     try:
         trainer.fit()
     finally:
@@ -462,7 +463,7 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(
             time.sleep(0.5)
         return save_checkpoint(state, path, compress)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", slow_disk)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", slow_disk)
     real_forward = trainer.forward_model
     before: dict[str, Any] = {}
 

@@ -12,24 +12,20 @@ import platform
 import resource
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from gptforge.config import GPTConfig, RunConfig
-from gptforge.device import memory_gb, resolve_device, synchronize
+from gptforge.data import make_sampler
+from gptforge.device import memory_gb, resolve_runtime, synchronize
 from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, generate_ids
-from gptforge.model import count_parameters
+from gptforge.model import GPT, count_parameters
 from gptforge.sizing import check_fits, training_memory
-from gptforge.tokenizer import CharTokenizer
-from gptforge.train.run_log import RunLog
 from gptforge.train.trainer import Trainer
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s, without sparsity) by a name fragment of the GPU.
@@ -123,27 +119,27 @@ def time_generation(trainer: Trainer, new_tokens: int, use_cache: bool, vocab_si
 SYNTHETIC_BYTES_PER_TOKEN = 12  # drawn as int64, kept as uint32
 
 
-@contextlib.contextmanager
-def synthetic_trainer(config: RunConfig, steps: int) -> Iterator[Trainer]:
-    """The run's real Trainer on random tokens, enough for `steps` steps, writing nothing that outlives it.
+def synthetic_trainer(config: RunConfig, steps: int) -> Trainer:
+    """The run's real Trainer (no run folder, tokenizer or val split) on random tokens, enough for `steps` steps.
 
     The memory it needs, the synthetic tokens included, is checked first: a huge --steps or --batch-size is
     one error line rather than an allocation that fails."""
     model, train = config.model, config.train
+    runtime = resolve_runtime(train)
     tokens_needed = train.batch_size * model.block_size * train.grad_accum * (steps + 1) + 1
     estimate = training_memory(model, train.batch_size, loss_chunks=train.loss_chunks)
     estimate.parts["synthetic tokens"] = tokens_needed * SYNTHETIC_BYTES_PER_TOKEN
-    check_fits(estimate, resolve_device(train.device), "this benchmark",
-               "use a smaller --batch-size, --block-size, --steps or model")
+    check_fits(estimate, runtime.device, "this benchmark", "use a smaller --batch-size, --block-size, --steps or model")
     generator = np.random.default_rng(0)
     tokens = generator.integers(0, model.vocab_size, size=tokens_needed, dtype=np.int64).astype(np.uint32)
-    with tempfile.TemporaryDirectory() as scratch:
-        yield Trainer(config, Path(scratch), CharTokenizer("ab"), tokens, tokens[:0], RunLog(None, enabled=False))
+    sampler = make_sampler(train.sampler, tokens, train.batch_size, model.block_size, train.seed)
+    return Trainer(config, GPT(model).to(runtime.device), runtime, sampler)
 
 
 def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, generate_tokens: int,
               peak_tflops: float | None) -> BenchResult:
-    """Build the run's trainer on synthetic tokens, time training steps, then generation."""
+    """Build the run's trainer on synthetic tokens, time training steps, then generation (`config` validated,
+as config.build_config gives it)."""
     if attention not in ATTENTION_BACKENDS:
         raise UserError(f"unknown attention backend {attention!r}; choose {', '.join(ATTENTION_BACKENDS)}")
     if steps < 0 or warmup < 0 or generate_tokens < 0:
@@ -152,10 +148,10 @@ def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, gen
         raise UserError("nothing to measure: --steps and --generate-tokens are both 0")
     if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):
         raise UserError(f"--peak-tflops must be a positive, finite number, got {peak_tflops}")
-    config.validate()
     model, train = config.model, config.train
     vocab_size = model.vocab_size
-    with attention_backend(attention), synthetic_trainer(config, steps + warmup) as trainer:
+    trainer = synthetic_trainer(config, steps + warmup)
+    with attention_backend(attention):
         if trainer.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(trainer.device)
         first_step, step_seconds = time_training(trainer, steps, warmup) if steps else (None, None)
@@ -172,7 +168,7 @@ def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, gen
     mfu = per_token * tokens_per_s / (peak * 1e12) if (peak and tokens_per_s) else None
     return BenchResult(
         preset=config.preset, device=str(trainer.device), dtype=trainer.precision.name,
-        compile=trainer.use_compile, attention=attention, batch_size=train.batch_size,
+        compile=trainer.runtime.compile, attention=attention, batch_size=train.batch_size,
         block_size=model.block_size, grad_accum=train.grad_accum, parameters=parameters,
         flops_per_token=per_token, step_ms=step_seconds * 1000 if step_seconds else None, first_step_s=first_step,
         tokens_per_s=tokens_per_s, mfu=mfu, peak_tflops=peak, peak_memory_gb=memory,

@@ -19,16 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from gptforge.config import (
-    FIELD_HELP,
     PRESETS,
     RECIPES,
     GPTConfig,
     RunConfig,
     TrainConfig,
-    apply_overrides,
+    build_config,
     field_types,
     from_preset,
-    load_toml,
+    help_of,
     padded_vocab_size,
     preset_table,
 )
@@ -62,7 +61,7 @@ def add_config_flags(parser: argparse.ArgumentParser, classes: Sequence[type], s
                 continue
             flag = FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
             default = getattr(defaults, name)
-            help_text = f"{FIELD_HELP.get(name, '')} (default: {default})".strip()
+            help_text = f"{help_of(cls, name)} (default: {default})"
             args = typing.get_args(annotation)
             if annotation is bool or (bool in args):
                 group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
@@ -73,14 +72,6 @@ def add_config_flags(parser: argparse.ArgumentParser, classes: Sequence[type], s
 
 def given_overrides(args: argparse.Namespace, names: set[str]) -> dict[str, Any]:
     return {name: value for name, value in vars(args).items() if name in names}
-
-
-def default_preset(device_flag: str | None) -> str:
-    """The flagship GPU recipe where a CUDA GPU will be used, the CPU recipe otherwise."""
-    import torch
-
-    use_cuda = torch.cuda.is_available() if device_flag in (None, "auto") else device_flag.startswith("cuda")
-    return "shakespeare-gpt2" if use_cuda else "shakespeare-char-cpu"
 
 
 # --- train --------------------------------------------------------------------------------------
@@ -114,7 +105,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from gptforge.train.distributed import is_main_process, launch_local, without_flag
+    from gptforge.device import is_main_process
+    from gptforge.train.distributed import launch_local, without_flag
     from gptforge.train.session import train
 
     overrides = given_overrides(args, CONFIG_NAMES)
@@ -125,19 +117,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             return launch_local(args.nproc, without_flag(args.argv, "--nproc"))
         outcome = train(resume=args.resume, overrides=overrides)
     else:
-        file_settings = load_toml(args.config) if args.config else {}
-        preset = args.preset or file_settings.pop("preset", None)
-        if preset is None:
-            preset = default_preset(overrides.get("device", file_settings.get("device")))
-            if args.nproc is None and is_main_process():
-                print(f"no --preset given: using {preset} "
-                      f"({'a CUDA GPU is available' if preset == 'shakespeare-gpt2' else 'no CUDA GPU in use'})")
-        file_settings.pop("preset", None)
-        config = from_preset(preset, optimizer=overrides.get("optimizer", file_settings.get("optimizer")))
-        apply_overrides(config, file_settings)
-        apply_overrides(config, overrides)
-        if args.nproc is not None:
-            config.validate()  # a bad flag is one error line here rather than a failure report from torchrun
+        config = build_config(args.preset, args.config, overrides)
+        if args.preset is None and args.config is None and args.nproc is None and is_main_process():
+            print(f"no --preset given: using {config.preset} "
+                  f"({'a CUDA GPU is available' if config.preset == 'shakespeare-gpt2' else 'no CUDA GPU in use'})")
+        if args.nproc is not None:  # validated above: a bad flag is one error line, not a report from torchrun
             return launch_local(args.nproc, without_flag(args.argv, "--nproc"))
         outcome = train(config)
     if outcome.signal:
@@ -153,11 +137,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     from gptforge.model import meta_model, parameter_table
 
-    config = from_preset(args.preset)
     overrides = given_overrides(args, {f.name for f in dataclasses.fields(GPTConfig)})
-    apply_overrides(config, overrides)
-    apply_overrides(config, {"pad_vocab_to": args.pad_vocab_to})
-    config.validate()
+    config = build_config(args.preset, flags={**overrides, "pad_vocab_to": args.pad_vocab_to})
     if "vocab_size" not in overrides:
         config.model.vocab_size = padded_vocab_size(config.model.vocab_size, args.pad_vocab_to)
     layers = config.model.n_layer
@@ -294,10 +275,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from gptforge.bench import format_table, run_bench
 
-    config = from_preset(args.preset)
     model_overrides = given_overrides(args, {f.name for f in dataclasses.fields(GPTConfig)})
-    apply_overrides(config, model_overrides)
-    apply_overrides(config, {name: getattr(args, name) for name in BENCH_TRAIN_FLAGS if hasattr(args, name)})
+    train_flags = {name: getattr(args, name) for name in BENCH_TRAIN_FLAGS if hasattr(args, name)}
+    config = build_config(args.preset, flags={**model_overrides, **train_flags})
     if "vocab_size" not in model_overrides:
         config.model.vocab_size = padded_vocab_size(config.model.vocab_size, config.train.pad_vocab_to)
     result = run_bench(config, steps=args.steps, warmup=args.warmup, attention=args.attention,
@@ -494,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as exc:
-        from gptforge.train.distributed import is_main_process
+        from gptforge.device import is_main_process
 
         if is_main_process():  # every process of a multi-process run stops with the same error; say it once
             sys.stderr.write(f"error: {exc}\n")

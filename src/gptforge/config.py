@@ -1,8 +1,9 @@
 """Configuration: the model's shape (GPTConfig), the training run (TrainConfig), and named presets.
 
-A run is fully described by one ``RunConfig`` (model + train). It is built in layers — preset, then
-a TOML file, then command-line overrides — validated once, and written to ``RUN/config.json`` so a
-run can always be rebuilt from its directory.
+A run is fully described by one ``RunConfig`` (model + train). Each field declares its help, and the
+Bounds or choices it accepts, beside it (``setting``). ``build_config`` makes one in layers — preset,
+then a TOML file, then command-line flags — and validates it once; it is written to ``RUN/config.json``
+so a run can always be rebuilt from its directory.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 import sys
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -84,20 +86,36 @@ def check_bounds(config: object, bounds: dict[str, Bounds]) -> None:
             raise UserError(f"{name} must be {allowed.describe()}{limit}, got {value!r}")
 
 
+
+def setting(default: Any, help: str, *, bounds: Bounds | None = None, choices: tuple[str, ...] | None = None) -> Any:
+    """A config field with its `--help` text, the Bounds of a number or the choices of a name: declared once,
+    beside the field, and read by the CLI's help and by `check_fields`."""
+    return field(default=default, metadata={"help": help, "bounds": bounds, "choices": choices})
+
+
+def check_fields(config: object) -> None:
+    """Refuse the first field outside its declared Bounds or choices, naming what it accepts."""
+    for item in fields(config):
+        value, choices = getattr(config, item.name), item.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise UserError(f"unknown {item.name} {value!r}; choose one of: {', '.join(choices)}")
+    check_bounds(config, bounds_of(type(config)))
+
+
 @dataclass
 class GPTConfig:
     """The shape of a GPT-2-style model. Field names match nanoGPT's and the HF contract."""
 
-    block_size: int = 1024
-    vocab_size: int = 50304
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    dropout: float = 0.0
-    bias: bool = True
+    block_size: int = setting(1024, "context length in tokens", bounds=POSITIVE_INT)
+    vocab_size: int = setting(50304, "vocabulary size (derived from the tokenizer when training)", bounds=POSITIVE_INT)
+    n_layer: int = setting(12, "transformer blocks", bounds=POSITIVE_INT)
+    n_head: int = setting(12, "attention heads (must divide n_embd)", bounds=POSITIVE_INT)
+    n_embd: int = setting(768, "embedding width", bounds=POSITIVE_INT)
+    dropout: float = setting(0.0, "dropout probability", bounds=FRACTION)
+    bias: bool = setting(True, "biases in Linear and LayerNorm layers (GPT-2 has them)")
 
     def validate(self) -> None:
-        check_bounds(self, MODEL_BOUNDS)
+        check_fields(self)
         if self.n_embd % self.n_head != 0:
             raise UserError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); "
@@ -138,74 +156,108 @@ MUON_FSDP_ERROR = ("--optimizer muon orthogonalises whole matrices and FSDP hold
 class TrainConfig:
     """Everything about a training run except the model's shape. Each field is a `--flag`."""
 
-    data: str = "shakespeare"
-    tokenizer: str = "gpt2"
-    tokenizer_file: str | None = None
-    pad_vocab_to: int = 64
-    val_fraction: float = 0.1
-    sampler: str = "sequential"
+    data: str = setting("shakespeare", "named dataset, a UTF-8 text file, or a folder of .txt files")
+    tokenizer: str = setting(
+        "gpt2", "gpt2 (GPT-2 BPE via tiktoken) or char (built from the corpus)", choices=("gpt2", "char"))
+    tokenizer_file: str | None = setting(None, "path to gpt2.tiktoken when offline")
+    pad_vocab_to: int = setting(
+        64, "pad the vocabulary up to a multiple of this (1 keeps it exact)", bounds=POSITIVE_INT)
+    val_fraction: float = setting(0.1, "share of tokens held out for validation (0 allowed)", bounds=FRACTION)
+    sampler: str = setting(
+        "sequential",
+        "sequential (epochs of consecutive windows) or random (nanoGPT)",
+        choices=("sequential", "random"))
 
-    batch_size: int = 16
-    grad_accum: int = 1
-    tokens_per_step: int | None = None
+    batch_size: int = setting(16, "sequences per micro-batch (per process)", bounds=POSITIVE_INT)
+    grad_accum: int = setting(
+        1, "micro-batches per optimizer step (derived when tokens_per_step is set)", bounds=POSITIVE_INT)
+    tokens_per_step: int | None = setting(
+        None, "global tokens per optimizer step; sets grad_accum", bounds=POSITIVE_INT)
 
-    optimizer: str = "adamw"
-    learning_rate: float = 6e-4
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 100
-    schedule: str = "cosine"
-    decay_steps: int | None = None
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    loss_chunks: int = 1
+    optimizer: str = setting(
+        "adamw",
+        "adamw, or muon (torch >= 2.9): Muon for the blocks' 2-D weights, AdamW for embeddings, biases "
+        "and norms; one learning rate and schedule serve both; not with --parallel fsdp",
+        choices=("adamw", "muon"))
+    learning_rate: float = setting(6e-4, "peak learning rate", bounds=Bounds(0, MAX_LEARNING_RATE, low_open=True))
+    min_lr_ratio: float = setting(0.1, "cosine decays to learning_rate * min_lr_ratio", bounds=Bounds(0, 1))
+    warmup_steps: int = setting(100, "linear warmup steps", bounds=NON_NEGATIVE_INT)
+    schedule: str = setting("cosine", "cosine, constant, or onecycle", choices=("cosine", "constant", "onecycle"))
+    decay_steps: int | None = setting(
+        None,
+        "length of the schedule; defaults to max_steps, fixed when the run starts (a resume with more "
+        "steps continues at the lowest rate unless this is raised too)",
+        bounds=POSITIVE_INT)
+    weight_decay: float = setting(0.1, "AdamW weight decay on 2D+ tensors", bounds=NON_NEGATIVE)
+    beta1: float = setting(0.9, "AdamW beta1", bounds=FRACTION)
+    beta2: float = setting(0.95, "AdamW beta2", bounds=FRACTION)
+    grad_clip: float = setting(1.0, "0 disables clipping", bounds=NON_NEGATIVE)
+    loss_chunks: int = setting(
+        1,
+        "compute training's output layer and loss in N chunks of tokens, so all the logits are never "
+        "held at once (1: in one piece)",
+        bounds=POSITIVE_INT)
 
-    max_steps: int = 5000
-    max_epochs: float | None = None
-    time_budget: float | None = None
-    target_loss: float | None = None
-    require_target: bool = False
+    max_steps: int = setting(5000, "optimizer steps to train for", bounds=POSITIVE_INT)
+    max_epochs: float | None = setting(
+        None,
+        "stop after this many passes over the training split (fractions such as 0.5 allowed; none: no "
+        "limit)",
+        bounds=POSITIVE)
+    time_budget: float | None = setting(
+        None, "wall-clock seconds in the training loop (steps, evals, samples, saves) before stopping", bounds=POSITIVE)
+    target_loss: float | None = setting(
+        None,
+        "stop once the mean training loss over the last full pass of the data (the last ceil(corpus "
+        "tokens / tokens per step) steps) is below this",
+        bounds=POSITIVE)
+    require_target: bool = setting(
+        False, "exit with status 3 when a --target-loss was not reached (default: 0, the summary says so)")
 
-    log_interval: int = 10
-    eval_interval: int = 250
-    eval_batches: int = 20
-    sample_interval: int = 0
-    sample_tokens: int = 200
-    checkpoint_interval: int = 250
-    checkpoint_every_s: float | None = None
-    keep_checkpoints: int = 0
-    compress_checkpoints: bool = False
-    background_checkpoints: bool = True
+    log_interval: int = setting(10, "log a line every N steps", bounds=POSITIVE_INT)
+    eval_interval: int = setting(250, "evaluate on the val split every N steps (0: never)", bounds=NON_NEGATIVE_INT)
+    eval_batches: int = setting(20, "micro-batches per evaluation", bounds=POSITIVE_INT)
+    sample_interval: int = setting(0, "0 disables periodic samples during training", bounds=NON_NEGATIVE_INT)
+    sample_tokens: int = setting(200, "tokens per sample (periodic and final)", bounds=POSITIVE_INT)
+    checkpoint_interval: int = setting(250, "write checkpoints/last.pt every N steps", bounds=POSITIVE_INT)
+    checkpoint_every_s: float | None = setting(
+        None, "also write last.pt whenever this many seconds of wall time passed since the last save", bounds=POSITIVE)
+    keep_checkpoints: int = setting(
+        0, "also keep the last K step-N.pt files (0: only last.pt and best.pt)", bounds=NON_NEGATIVE_INT)
+    compress_checkpoints: bool = setting(False, "write .pt.gz instead of .pt")
+    background_checkpoints: bool = setting(
+        True,
+        "write checkpoints on a thread while training goes on (the final one is waited for); "
+        "--no-background-checkpoints writes them before the next step")
 
-    device: str = "auto"
-    dtype: str = "auto"
-    compile: bool | None = None
-    parallel: str = "auto"
-    seed: int = 1337
-    init: str = "scratch"
+    device: str = setting("auto", "auto (cuda > mps > cpu), cuda, cuda:N, mps, cpu")
+    dtype: str = setting(
+        "auto",
+        "auto (bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPU), float32, bfloat16, float16",
+        choices=("auto", "float32", "bfloat16", "float16"))
+    compile: bool | None = setting(None, "None: on for CUDA, off elsewhere")
+    parallel: str = setting(
+        "auto",
+        "with several processes (torchrun, --nproc): auto or ddp (a model copy per process) or fsdp "
+        "(sharded with FSDP2); one process ignores it",
+        choices=("auto", "ddp", "fsdp"))
+    seed: int = setting(1337, "random seed", bounds=Bounds(0, SEED_MAX))
+    init: str = setting(
+        "scratch",
+        "scratch (GPT-2 initialisation) or hf:DIR (fine-tune a transformers GPT-2 folder; its "
+        "config.json sets the model's shape) or hf:NAME (a hub model such as gpt2, downloaded through "
+        "huggingface_hub)")
 
-    out: str | None = None
-    progress: bool = True
-    tensorboard: bool = False
-    wandb: bool = False
+    out: str | None = setting(None, "run directory; default runs/<timestamp>-<preset>")
+    progress: bool = setting(True, "progress bar when the output is a terminal")
+    tensorboard: bool = setting(
+        False, "log metrics for TensorBoard in RUN/tensorboard (pip install 'gptforge[track]')")
+    wandb: bool = setting(False, "log metrics to Weights & Biases (pip install 'gptforge[track]')")
 
     def validate(self) -> None:
-        check_bounds(self, TRAIN_BOUNDS)
-        if self.schedule not in ("cosine", "constant", "onecycle"):
-            raise UserError(f"unknown schedule {self.schedule!r}; choose cosine, constant or onecycle")
-        if self.optimizer not in ("adamw", "muon"):
-            raise UserError(f"unknown optimizer {self.optimizer!r}; choose adamw or muon")
+        check_fields(self)
         if self.optimizer == "muon" and self.parallel == "fsdp":
             raise UserError(MUON_FSDP_ERROR)
-        if self.sampler not in ("sequential", "random"):
-            raise UserError(f"unknown sampler {self.sampler!r}; choose sequential or random")
-        if self.tokenizer not in ("gpt2", "char"):
-            raise UserError(f"unknown tokenizer {self.tokenizer!r}; choose gpt2 or char")
-        if self.parallel not in ("auto", "ddp", "fsdp"):
-            raise UserError(f"unknown parallel {self.parallel!r}; choose auto, ddp or fsdp")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise UserError(f"unknown dtype {self.dtype!r}; choose auto, float32, bfloat16 or float16")
         device_kind = self.device.split(":")[0]
         if device_kind not in ("auto", "cpu", "cuda", "mps"):
             raise UserError(f"unknown device {self.device!r}; choose auto, cpu, cuda, cuda:N or mps")
@@ -216,90 +268,23 @@ class TrainConfig:
                             "(e.g. from `huggingface-cli download gpt2 --local-dir gpt2` on a machine with internet)")
 
 
-MODEL_BOUNDS: dict[str, Bounds] = {
-    "block_size": POSITIVE_INT, "vocab_size": POSITIVE_INT, "n_layer": POSITIVE_INT, "n_head": POSITIVE_INT,
-    "n_embd": POSITIVE_INT, "dropout": FRACTION,
-}
-
-# Every int and float field of TrainConfig; a test checks that none is missing.
-TRAIN_BOUNDS: dict[str, Bounds] = {
-    "pad_vocab_to": POSITIVE_INT, "val_fraction": FRACTION,
-    "batch_size": POSITIVE_INT, "grad_accum": POSITIVE_INT, "tokens_per_step": POSITIVE_INT,
-    "learning_rate": Bounds(0, MAX_LEARNING_RATE, low_open=True), "min_lr_ratio": Bounds(0, 1),
-    "warmup_steps": NON_NEGATIVE_INT,
-    "decay_steps": POSITIVE_INT, "weight_decay": NON_NEGATIVE, "beta1": FRACTION, "beta2": FRACTION,
-    "grad_clip": NON_NEGATIVE,
-    "max_steps": POSITIVE_INT, "max_epochs": POSITIVE, "time_budget": POSITIVE, "target_loss": POSITIVE,
-    "checkpoint_every_s": POSITIVE, "loss_chunks": POSITIVE_INT,
-    "log_interval": POSITIVE_INT, "eval_interval": NON_NEGATIVE_INT, "eval_batches": POSITIVE_INT,
-    "sample_interval": NON_NEGATIVE_INT, "sample_tokens": POSITIVE_INT, "checkpoint_interval": POSITIVE_INT,
-    "keep_checkpoints": NON_NEGATIVE_INT, "seed": Bounds(0, SEED_MAX),
-}
+def bounds_of(cls: type) -> dict[str, Bounds]:
+    """The Bounds of each numeric field of a config dataclass, from its metadata."""
+    return {f.name: f.metadata["bounds"] for f in fields(cls) if f.metadata.get("bounds") is not None}
 
 
-# `--help` text for each field; a flag is the field name with dashes.
-FIELD_HELP: dict[str, str] = {
-    "data": "named dataset, a UTF-8 text file, or a folder of .txt files",
-    "tokenizer": "gpt2 (GPT-2 BPE via tiktoken) or char (built from the corpus)",
-    "tokenizer_file": "path to gpt2.tiktoken when offline",
-    "pad_vocab_to": "pad the vocabulary up to a multiple of this (1 keeps it exact)",
-    "val_fraction": "share of tokens held out for validation (0 allowed)",
-    "sampler": "sequential (epochs of consecutive windows) or random (nanoGPT)",
-    "batch_size": "sequences per micro-batch (per process)",
-    "grad_accum": "micro-batches per optimizer step (derived when tokens_per_step is set)",
-    "tokens_per_step": "global tokens per optimizer step; sets grad_accum",
-    "min_lr_ratio": "cosine decays to learning_rate * min_lr_ratio",
-    "schedule": "cosine, constant, or onecycle",
-    "optimizer": "adamw, or muon (torch >= 2.9): Muon for the blocks' 2-D weights, AdamW for embeddings, "
-                 "biases and norms; one learning rate and schedule serve both; not with --parallel fsdp",
-    "decay_steps": "length of the schedule; defaults to max_steps, fixed when the run starts (a resume with "
-                   "more steps continues at the lowest rate unless this is raised too)",
-    "grad_clip": "0 disables clipping",
-    "loss_chunks": "compute training's output layer and loss in N chunks of tokens, so all the logits are never "
-                   "held at once (1: in one piece)",
-    "max_epochs": "stop after this many passes over the training split (fractions such as 0.5 allowed; "
-                  "none: no limit)",
-    "time_budget": "wall-clock seconds in the training loop (steps, evals, samples, saves) before stopping",
-    "target_loss": "stop once the mean training loss over the last full pass of the data (the last "
-                   "ceil(corpus tokens / tokens per step) steps) is below this",
-    "require_target": "exit with status 3 when a --target-loss was not reached (default: 0, the summary says so)",
-    "checkpoint_every_s": "also write last.pt whenever this many seconds of wall time passed since the last save",
-    "sample_interval": "0 disables periodic samples during training",
-    "keep_checkpoints": "also keep the last K step-N.pt files (0: only last.pt and best.pt)",
-    "compress_checkpoints": "write .pt.gz instead of .pt",
-    "background_checkpoints": "write checkpoints on a thread while training goes on (the final one is waited "
-                              "for); --no-background-checkpoints writes them before the next step",
-    "device": "auto (cuda > mps > cpu), cuda, cuda:N, mps, cpu",
-    "dtype": "auto (bf16 on capable GPUs, fp16 on older GPUs, fp32 on CPU), float32, bfloat16, float16",
-    "compile": "None: on for CUDA, off elsewhere",
-    "parallel": "with several processes (torchrun, --nproc): auto or ddp (a model copy per process) or fsdp "
-                "(sharded with FSDP2); one process ignores it",
-    "init": "scratch (GPT-2 initialisation) or hf:DIR (fine-tune a transformers GPT-2 folder; its config.json "
-            "sets the model's shape) or hf:NAME (a hub model such as gpt2, downloaded through huggingface_hub)",
-    "out": "run directory; default runs/<timestamp>-<preset>",
-    "progress": "progress bar when the output is a terminal",
-    "tensorboard": "log metrics for TensorBoard in RUN/tensorboard (pip install 'gptforge[track]')",
-    "wandb": "log metrics to Weights & Biases (pip install 'gptforge[track]')",
-    "block_size": "context length in tokens",
-    "vocab_size": "vocabulary size (derived from the tokenizer when training)",
-    "n_layer": "transformer blocks",
-    "n_head": "attention heads (must divide n_embd)",
-    "n_embd": "embedding width",
-    "dropout": "dropout probability",
-    "bias": "biases in Linear and LayerNorm layers (GPT-2 has them)",
-    "learning_rate": "peak learning rate",
-    "weight_decay": "AdamW weight decay on 2D+ tensors",
-    "beta1": "AdamW beta1",
-    "beta2": "AdamW beta2",
-    "max_steps": "optimizer steps to train for",
-    "log_interval": "log a line every N steps",
-    "eval_interval": "evaluate on the val split every N steps (0: never)",
-    "eval_batches": "micro-batches per evaluation",
-    "sample_tokens": "tokens per sample (periodic and final)",
-    "checkpoint_interval": "write checkpoints/last.pt every N steps",
-    "seed": "random seed",
-    "warmup_steps": "linear warmup steps",
-}
+MODEL_BOUNDS = bounds_of(GPTConfig)
+TRAIN_BOUNDS = bounds_of(TrainConfig)  # every int and float field of TrainConfig; a test checks that none is missing
+
+
+def help_of(cls: type, name: str) -> str:
+    """A field's `--help` text, declared with the field."""
+    return next(f.metadata["help"] for f in fields(cls) if f.name == name)
+
+
+def choices_of(cls: type, name: str) -> tuple[str, ...]:
+    """The values a field accepts, declared with the field; the modules that act on them implement exactly these."""
+    return next(f.metadata["choices"] for f in fields(cls) if f.name == name)
 
 
 @dataclass
@@ -521,3 +506,29 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
+
+
+def default_preset(device: str | None) -> str:
+    """The flagship GPU recipe where a CUDA GPU will be used, the CPU recipe otherwise."""
+    import torch
+
+    use_cuda = torch.cuda.is_available() if device in (None, "auto") else device.startswith("cuda")
+    return "shakespeare-gpt2" if use_cuda else "shakespeare-char-cpu"
+
+
+def build_config(preset: str | None = None, toml: str | Path | None = None,
+                 flags: Mapping[str, Any] | None = None) -> RunConfig:
+    """The one way a config is made: a preset or recipe, then a TOML file's settings, then flags; validated.
+
+    With no preset named (by `preset` or the file's `preset` key), the recipe for this machine
+    (`default_preset`). A recipe tuned for Muon gets its AdamW settings when --optimizer adamw is asked for.
+    """
+    flags = dict(flags or {})
+    file_settings = load_toml(toml) if toml is not None else {}
+    file_preset = file_settings.pop("preset", None)
+    name = preset or file_preset or default_preset(flags.get("device", file_settings.get("device")))
+    config = from_preset(name, optimizer=flags.get("optimizer", file_settings.get("optimizer")))
+    apply_overrides(config, file_settings)
+    apply_overrides(config, flags)
+    config.validate()
+    return config

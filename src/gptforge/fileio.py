@@ -6,6 +6,7 @@ The temporary file lives beside its target so the final os.replace is a rename w
 from __future__ import annotations
 
 import errno
+import glob
 import os
 import secrets
 import shutil
@@ -56,6 +57,15 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], object], what: str = "
         raise UserError(f"could not write {what} {path}: {describe_os_error(cause)}; {kept}") from exc
     _fsync_directory(path.parent)
 
+
+def remove_temporaries(folder: Path, name: str = "*") -> None:
+    """Delete the temporary files that `atomic_write` left in `folder` for the file `name` (every file: "*").
+
+    Only a process killed mid-write leaves one, each as big as what it was writing; callers make sure no
+    write of their own is in flight."""
+    pattern = ".*.tmp" if name == "*" else f".{glob.escape(name)}.*.tmp"
+    for leftover in Path(folder).glob(pattern):
+        leftover.unlink(missing_ok=True)
 
 def _write_and_rename(temporary: Path, path: Path, write: Callable[[IO[bytes]], object]) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)

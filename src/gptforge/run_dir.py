@@ -1,18 +1,38 @@
-"""One trainer per run folder: an exclusive lock on ``RUN/.gptforge.lock`` for as long as it trains.
+"""Every path under a run folder RUN, and what is done with them: create, lock, list the checkpoints, load the
+newest good one, save one (with its best / step-N links), prune, clean up after a killed write.
 
-Two trainers on one folder would interleave their checkpoints, metrics and config.json into a run
-that is neither. The lock is ``fcntl.flock``: the kernel drops it when its holder exits in any way,
-``kill -9`` included, so a lock is never stale; the file only says which process held it last.
-Under torchrun, rank 0 (the one that writes) holds it for all.
+    RUN/config.json       the fully resolved config          RUN/metrics.jsonl   one JSON object per record
+    RUN/tokenizer.json    what rebuilds the tokenizer        RUN/train.log       what the console showed
+    RUN/summary.txt       how the run ended                  RUN/curves.png      the training curves
+    RUN/tensorboard/      with --tensorboard                 RUN/.gptforge.lock  held while a trainer runs
+    RUN/checkpoints/      last.pt, best.pt, step-N.pt (.pt.gz when compressed)
+
+No other module names these files. One trainer per folder: the lock is ``fcntl.flock`` on
+``.gptforge.lock``, which the kernel drops when its holder exits in any way (``kill -9`` included), so it
+is never stale; the file only says which process held it last. Under torchrun, rank 0 (the one that
+writes) holds it for all. torch is imported only by what reads or writes checkpoints, so `gptforge plot`
+starts without it.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from gptforge.config import RunConfig
 from gptforge.errors import UserError
-from gptforge.fileio import describe_os_error
+from gptforge.fileio import describe_os_error, remove_temporaries
+
+if TYPE_CHECKING:
+    import torch
+
+    from gptforge.checkpoint import StateBound
 
 try:
     import fcntl
@@ -20,39 +40,231 @@ except ImportError:  # pragma: no cover - Windows: no flock; runs there are not 
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".gptforge.lock"
+CHECKPOINT_DIR = "checkpoints"
+_STEP_FILE = re.compile(r"step-(\d+)\.pt(\.gz)?")
+_STATE_SLACK_BYTES = 64 << 20  # the RNG states, counters and the archive's own layout, with room to spare
 
 _held: dict[Path, int] = {}  # run folder -> descriptor of its lock file, for the locks this process holds
 
 
-def lock_run_dir(run_dir: Path) -> None:
-    """Take the run folder's lock for this process, or refuse naming the process that holds it."""
-    key = Path(run_dir).resolve()
-    if fcntl is None or key in _held:
-        return
-    path = key / LOCK_FILE
-    try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise UserError(f"cannot lock the run folder {run_dir} ({path}: {describe_os_error(exc)})") from None
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(descriptor)
-        raise UserError(f"{run_dir} is in use by another gptforge train (PID {holder}); wait for it to finish "
-                        "or stop it, or train into another --out") from None
-    except OSError as exc:  # a filesystem without locks (some network mounts)
-        os.close(descriptor)
-        raise UserError(f"cannot lock the run folder {run_dir}: {describe_os_error(exc)}") from None
-    _held[key] = descriptor
-    try:
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
-    except OSError:
-        pass  # the PID only helps the message of a refused second trainer; the lock is what counts
+@dataclass(frozen=True)
+class RunDir:
+    """A run folder: the names of its files, and the operations on its checkpoints."""
+
+    path: Path
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def tokenizer_file(self) -> Path:
+        return self.path / "tokenizer.json"
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def log_file(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def summary_file(self) -> Path:
+        return self.path / "summary.txt"
+
+    @property
+    def curves_file(self) -> Path:
+        return self.path / "curves.png"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / "tensorboard"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / CHECKPOINT_DIR
+
+    def checkpoint_file(self, name: str, compress: bool = False) -> Path:
+        """checkpoints/NAME.pt, or NAME.pt.gz for a compressed one (`name`: last, best, step-N)."""
+        return self.checkpoint_dir / (f"{name}.pt.gz" if compress else f"{name}.pt")
+
+    def checkpoints(self) -> list[Path]:
+        """The checkpoint files, newest first: last, then step-N by N descending, then best.
+
+        best.pt comes last because it can be far older than the others. When a name exists both plain and
+        gzipped (the compression setting changed on resume), the more recently written one wins.
+        """
+        if not self.checkpoint_dir.is_dir():
+            return []
+        ranked: list[tuple[int, int, float, Path]] = []
+        for path in self.checkpoint_dir.iterdir():  # files or not: what is not one is skipped when loading
+            stem = path.name.removesuffix(".gz")
+            step = _STEP_FILE.fullmatch(path.name)
+            if stem == "last.pt":
+                rank, number = 0, 0
+            elif step:
+                rank, number = 1, -int(step.group(1))
+            elif stem == "best.pt":
+                rank, number = 2, 0
+            else:
+                continue
+            ranked.append((rank, number, -path.lstat().st_mtime, path))
+        return [path for *_, path in sorted(ranked)]
+
+    def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict, Path, list[str]]:
+        """Load the newest good checkpoint, falling back past corrupt ones.
+
+        Returns the state, its path and one ``"skipping PATH: reason"`` warning per file passed over, so a
+        crash while writing ``last.pt`` costs at most the steps since the previous checkpoint.
+        """
+        if not self.path.is_dir():
+            raise UserError(f"run directory {self.path} not found; pass a folder made by `gptforge train`")
+        if not self.checkpoint_dir.is_dir():
+            raise UserError(f"{self.path} has no checkpoints/ folder; is it a gptforge run directory?")
+        candidates = self.checkpoints()
+        if not candidates:
+            raise UserError(f"no checkpoints in {self.checkpoint_dir} yet; train longer or pass --checkpoint FILE")
+        from gptforge.checkpoint import BadCheckpoint, read_checkpoint
+
+        warnings: list[str] = []
+        bound = self.state_bound()
+        for path in candidates:
+            try:
+                return read_checkpoint(path, map_location, bound), path, warnings
+            except BadCheckpoint as exc:
+                warnings.append(f"skipping {path}: {exc}")
+        raise UserError(f"none of the {len(candidates)} checkpoints in {self.checkpoint_dir} loads "
+                        f"({'; '.join(warnings)})")
+
+    def state_bound(self) -> StateBound | None:
+        """Twice the state (weights and AdamW's two moments) of the model config.json describes: more than
+        a checkpoint of this run can hold. None when config.json is missing or damaged: it bounds nothing."""
+        from gptforge.sizing import STATE_BYTES_PER_PARAMETER, parameter_count
+
+        if not self.config_file.is_file():
+            return None
+        try:
+            model = RunConfig.from_dict(json.loads(self.config_file.read_text(encoding="utf-8"))).model
+        except (OSError, ValueError, UserError):
+            return None
+        expected = parameter_count(model) * STATE_BYTES_PER_PARAMETER
+        return 2 * expected + _STATE_SLACK_BYTES, f"what the model in {self.config_file} can hold"
+
+    def save_checkpoint(self, state: dict[str, Any], *, best: bool, keep: int, compress: bool) -> Path:
+        """Write last.pt atomically; best.pt, and step-N.pt when `keep` > 0, become links to the same bytes;
+        only the newest `keep` step-N files stay."""
+        from gptforge.checkpoint import save_checkpoint
+
+        last = save_checkpoint(state, self.checkpoint_file("last", compress), compress)
+        remove_temporaries(self.checkpoint_dir, last.name)  # this process writes the run: others were killed
+        if best:
+            link_atomically(last, self.checkpoint_file("best", compress))
+        if keep > 0:
+            link_atomically(last, self.checkpoint_file(f"step-{state['step']}", compress))
+            self.prune_step_checkpoints(keep)
+        return last
+
+    def prune_step_checkpoints(self, keep: int) -> None:
+        """Delete all but the newest ``keep`` step-N files (all of them when ``keep <= 0``) to bound disk use."""
+        if not self.checkpoint_dir.is_dir():
+            return
+        steps = []
+        for path in self.checkpoint_dir.iterdir():
+            match = _STEP_FILE.fullmatch(path.name)
+            if match and path.is_file():
+                steps.append((int(match.group(1)), path.stat().st_mtime, path))
+        steps.sort(reverse=True)
+        for *_, path in steps[max(keep, 0):]:
+            path.unlink(missing_ok=True)
+
+    def remove_temporaries(self) -> None:
+        """Delete every temporary file in checkpoints/: the process holding the run's lock calls it when it
+        must exit in the middle of a write."""
+        remove_temporaries(self.checkpoint_dir)
+
+    def lock(self) -> None:
+        """Take the run folder's lock for this process, or refuse naming the process that holds it."""
+        key = self.path.resolve()
+        if fcntl is None or key in _held:
+            return
+        path = key / LOCK_FILE
+        try:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UserError(f"cannot lock the run folder {self.path} ({path}: {describe_os_error(exc)})") from None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(descriptor)
+            raise UserError(f"{self.path} is in use by another gptforge train (PID {holder}); wait for it to "
+                            "finish or stop it, or train into another --out") from None
+        except OSError as exc:  # a filesystem without locks (some network mounts)
+            os.close(descriptor)
+            raise UserError(f"cannot lock the run folder {self.path}: {describe_os_error(exc)}") from None
+        _held[key] = descriptor
+        try:
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+        except OSError:
+            pass  # the PID only helps the message of a refused second trainer; the lock is what counts
 
 
 def release_run_dirs() -> None:
     """Let other trainers have the folders this process locked (its exit would do the same)."""
     while _held:
         os.close(_held.popitem()[1])
+
+
+def create_run_dir(out: str | None, preset: str) -> RunDir:
+    """Create the folder of a new run (`out`, or runs/<timestamp>-<preset>); never reuse one that already
+    holds a trained model."""
+    if out is not None:
+        return _claim_named_run_dir(Path(out))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{preset}"
+    for attempt in range(1, 1000):
+        candidate = base if attempt == 1 else base.with_name(f"{base.name}-{attempt}")
+        try:
+            candidate.mkdir(parents=True)
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UserError(f"cannot create run directory {candidate}: {exc.strerror}; pass --out DIR") from None
+        return RunDir(candidate)
+    raise UserError(f"too many runs named {base}-N; pass --out DIR")
+
+
+def _claim_named_run_dir(path: Path) -> RunDir:
+    # Only real checkpoints count: a process killed while writing its first one leaves just a hidden
+    # temporary file, and the same command must then be able to start the run again.
+    run = RunDir(path)
+    if run.checkpoints():
+        raise UserError(f"{path} already holds a run with checkpoints; continue it with --resume {path} "
+                        "or choose another --out")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # includes "exists and is a file"
+        raise UserError(f"cannot create run directory {path}: {exc.strerror}; choose another --out") from None
+    return run
+
+
+def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load one checkpoint file; inside a run's checkpoints/ folder, bounded by what that run's model holds."""
+    from gptforge.checkpoint import load_checkpoint
+
+    path = Path(path)
+    run = RunDir(path.parent.parent) if path.parent.name == CHECKPOINT_DIR else None
+    return load_checkpoint(path, map_location, run.state_bound() if run is not None else None)
+
+
+def link_atomically(source: Path, target: Path) -> None:
+    """Make `target` hold the same bytes as `source` without writing them again (copy where links fail)."""
+    temporary = target.with_name(f".{target.name}.link.tmp")
+    temporary.unlink(missing_ok=True)
+    try:
+        os.link(source, temporary)
+    except OSError:
+        shutil.copyfile(source, temporary)
+    os.replace(temporary, target)

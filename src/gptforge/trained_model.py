@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from gptforge.checkpoint import load_checkpoint, load_latest
 from gptforge.config import RunConfig
 from gptforge.device import gpu_has_bf16, resolve_device
 from gptforge.errors import UserError
 from gptforge.model import GPT, count_parameters
+from gptforge.run_dir import RunDir, load_checkpoint_file
 from gptforge.sizing import check_fits, inference_memory
 from gptforge.tokenizer import Tokenizer, tokenizer_from_dict
 
@@ -38,12 +38,12 @@ def load_trained(run: str | Path | None = None, checkpoint: str | Path | None = 
 
         return load_hf_folder(hf, device=device, tokenizer_file=tokenizer_file)
     if run is not None:
-        state, path, skipped = load_latest(run)
+        state, path, skipped = RunDir(Path(run)).load_latest()
         for warning in skipped:  # an older checkpoint is used: say which file was passed over, and why
             print(f"warning: {warning}", file=sys.stderr)
     else:
         path = Path(checkpoint)
-        state = load_checkpoint(path)
+        state = load_checkpoint_file(path)
     try:
         config = RunConfig.from_dict(state["config"])
         tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=tokenizer_file)

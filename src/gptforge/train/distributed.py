@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import os
 import signal
 import subprocess
 import sys
@@ -21,36 +20,10 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from gptforge.device import Precision
+from gptforge.device import Precision, World, world_from_env
 from gptforge.errors import UserError
 
 T = TypeVar("T")
-
-
-# --- where this process sits -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place among those torchrun started; a plain run is rank 0 of 1."""
-
-    rank: int = 0
-    local_rank: int = 0  # index among the processes on this machine: the GPU it drives
-    world_size: int = 1
-
-
-def world_from_env() -> World:
-    """torchrun sets RANK, LOCAL_RANK and WORLD_SIZE for each process; without them there is one process."""
-    try:
-        return World(rank=int(os.environ.get("RANK", "0")), local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-                     world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        raise UserError("RANK, LOCAL_RANK and WORLD_SIZE must be integers (torchrun sets them)") from None
-
-
-def is_main_process() -> bool:
-    """Rank 0 alone speaks for the run (errors, logs), so N processes do not print everything N times."""
-    return world_from_env().rank == 0
 
 
 def setup() -> World:
@@ -87,23 +60,6 @@ def wait_for_all_ranks(world_size: int) -> None:
         torch.distributed.barrier()
 
 
-def process_device(device: torch.device, world_size: int) -> torch.device:
-    """The device this process trains on: under torchrun every process drives its own GPU, cuda:LOCAL_RANK."""
-    if world_size == 1 or device.type == "cpu":
-        return device
-    if device.type != "cuda":
-        raise UserError(f"several processes train on CUDA GPUs or the CPU, not {device.type}; "
-                        "use --device cuda or cpu, or train with one process")
-    if device.index is not None:
-        raise UserError(f"--device {device} puts every process on one GPU; pass --device cuda and each of the "
-                        f"{world_size} processes uses its own (cuda:LOCAL_RANK)")
-    local_rank = world_from_env().local_rank
-    if local_rank >= torch.cuda.device_count():
-        raise UserError(f"process {local_rank} on this machine has no GPU of its own ({torch.cuda.device_count()} "
-                        "visible); start at most that many processes per machine")
-    return torch.device("cuda", local_rank)
-
-
 def run_on_rank0(action: Callable[[], T], rank: int, world_size: int) -> T:
     """Do `action` on rank 0 only (create a folder, write a file) and hand its result to every rank.
 
@@ -138,21 +94,6 @@ def max_over_ranks(values: Sequence[float], device: torch.device) -> list[float]
 
 
 # --- wrapping the model ------------------------------------------------------------------------------
-
-
-def resolve_parallel(parallel: str, world_size: int, dtype: torch.dtype) -> str:
-    """`none` for one process; otherwise DDP (a full copy per process) unless `--parallel fsdp` asks to shard.
-
-    FSDP is limited to bf16 and fp32: fp16's loss scaler would have to see gradients from every shard.
-    """
-    if world_size == 1:
-        return "none"
-    if parallel != "fsdp":
-        return "ddp"
-    if dtype == torch.float16:
-        raise UserError("--parallel fsdp trains in bfloat16 or float32, not float16; pass --dtype bfloat16 "
-                        "(or float32), or use --parallel ddp")
-    return "fsdp"
 
 
 @dataclass

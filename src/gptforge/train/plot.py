@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gptforge.errors import UserError
+from gptforge.run_dir import RunDir
 
 LOG_SCALE_SPAN = 10.0  # switch the loss axis to log scale when the loss spans more than this factor
 
@@ -41,10 +42,10 @@ def read_metrics(path: Path) -> list[dict]:
 
 def plot_run(run_dir: str | Path, out: Path | None = None) -> Path:
     """Draw train/val loss, learning rate, grad norm and throughput against the step; return the file."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
+    run = RunDir(Path(run_dir))
+    if not run.path.is_dir():
         raise UserError(f"run directory {run_dir} not found; pass a folder made by `gptforge train`")
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run.metrics_file
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
@@ -56,14 +57,14 @@ def plot_run(run_dir: str | Path, out: Path | None = None) -> Path:
     from gptforge.fileio import atomic_write_bytes
 
     figure = Figure(figsize=(12, 8), layout="constrained")
-    figure.suptitle(f"gptforge run: {run_dir.resolve().name}")
+    figure.suptitle(f"gptforge run: {run.path.resolve().name}")
     (loss_axes, lr_axes), (grad_axes, speed_axes) = figure.subplots(2, 2)
     _plot_loss(loss_axes, train, evals)
     _plot_series(lr_axes, train, "lr", "learning rate")
     _plot_series(grad_axes, train, "grad_norm", "gradient norm")
     _plot_series(speed_axes, train, "tokens_per_sec", "tokens / s")
 
-    out = Path(out) if out is not None else run_dir / "curves.png"
+    out = Path(out) if out is not None else run.curves_file
     image = io.BytesIO()
     figure.savefig(image, format="png", dpi=100)
     try:

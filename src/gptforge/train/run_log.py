@@ -10,32 +10,32 @@ import contextlib
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
 from gptforge.errors import UserError
 from gptforge.fileio import describe_os_error
+from gptforge.run_dir import RunDir
 from gptforge.train.trackers import Trackers
 
 
 class RunLog:
-    def __init__(self, run_dir: Path | None, *, progress: bool = True, enabled: bool = True,
+    def __init__(self, run: RunDir | None, *, progress: bool = True, enabled: bool = True,
                  trackers: Trackers | None = None) -> None:
         self.enabled = enabled  # False on non-zero ranks: they neither print nor write files
         self.trackers = trackers
         self._log: TextIO | None = None
         self._metrics: TextIO | None = None
-        if enabled and run_dir is not None:
+        if enabled and run is not None:
             try:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                self._log = open(run_dir / "train.log", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-                self._metrics = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+                run.path.mkdir(parents=True, exist_ok=True)
+                self._log = open(run.log_file, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+                self._metrics = open(run.metrics_file, "a", encoding="utf-8")  # noqa: SIM115
             except OSError as exc:
                 if self._log is not None:
                     self._log.close()
-                raise UserError(f"cannot write the logs of {run_dir} ({exc.filename}): {describe_os_error(exc)}"
+                raise UserError(f"cannot write the logs of {run.path} ({exc.filename}): {describe_os_error(exc)}"
                                 ) from None
         self._want_bar = enabled and progress and sys.stderr.isatty()
         self._bar: tqdm | None = None

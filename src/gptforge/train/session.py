@@ -1,7 +1,8 @@
-"""From a config to a running Trainer, and from a finished Trainer to the files a run keeps.
+"""A training session: from a config to a running Trainer, and from a finished Trainer to the files a run keeps.
 
 Everything that can be wrong with the user's input (config, data, tokenizer, resume target) is found
 before the run directory is created, so a bad command leaves nothing behind and touches nothing saved.
+The config arrives validated (config.build_config); the Runtime is resolved here, once.
 """
 
 from __future__ import annotations
@@ -15,22 +16,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptforge.checkpoint import load_latest, new_run_dir
 from gptforge.config import MODEL_KEYS, CorpusRecord, RunConfig, apply_overrides, json_name, padded_vocab_size
-from gptforge.data import check_corpus_size, load_tokens, read_corpus, record_corpus, split_tokens
-from gptforge.device import resolve_device, resolve_dtype
+from gptforge.data import check_corpus_size, load_tokens, make_sampler, read_corpus, record_corpus, split_tokens
+from gptforge.device import Runtime, resolve_runtime
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_text
 from gptforge.interop.hf import prepare_init
-from gptforge.model import count_parameters, parameter_table
-from gptforge.run_dir import lock_run_dir, release_run_dirs
+from gptforge.model import GPT, count_parameters, parameter_table
+from gptforge.run_dir import RunDir, create_run_dir, release_run_dirs
 from gptforge.sizing import check_fits, training_memory
 from gptforge.tokenizer import Tokenizer, build_tokenizer, save_tokenizer, tokenizer_from_dict
 from gptforge.train import distributed
 from gptforge.train.optim import check_optimizer, warmup_warning
 from gptforge.train.run_log import RunLog
 from gptforge.train.trackers import Trackers, check_trackers
-from gptforge.train.trainer import Trainer, checkpoint_path
+from gptforge.train.trainer import Trainer
 
 
 @dataclass
@@ -58,11 +58,11 @@ def resolve_accumulation(config: RunConfig, world_size: int) -> None:
     train.grad_accum = train.tokens_per_step // per_micro_step
 
 
-def check_training_fits(config: RunConfig, device: torch.device, strategy: str, world_size: int) -> None:
-    """Refuse a model or batch that cannot fit in `device`'s memory before building or writing anything."""
-    shards = world_size if strategy == "fsdp" else 1
+def check_training_fits(config: RunConfig, runtime: Runtime) -> None:
+    """Refuse a model or batch that cannot fit in the device's memory before building or writing anything."""
+    shards = runtime.world_size if runtime.strategy == "fsdp" else 1
     estimate = training_memory(config.model, config.train.batch_size, shards, config.train.loss_chunks)
-    check_fits(estimate, device, "training this model",
+    check_fits(estimate, runtime.device, "training this model",
                "use a smaller --batch-size (raise --grad-accum to keep the tokens per step), --block-size, "
                "--pad-vocab-to, --loss-chunks or model")
 
@@ -77,27 +77,39 @@ def load_data(config: RunConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[np.
     return tokens, train_tokens, val_tokens
 
 
-def open_log(run_dir: Path, config: RunConfig, rank: int) -> RunLog:
+def open_log(run: RunDir, config: RunConfig, rank: int) -> RunLog:
     train = config.train
     trackers = None
     if rank == 0 and (train.tensorboard or train.wandb):
-        trackers = Trackers(run_dir, config.to_dict(), tensorboard=train.tensorboard, wandb=train.wandb)
-    return RunLog(run_dir, progress=train.progress, enabled=rank == 0, trackers=trackers)
+        trackers = Trackers(run, config.to_dict(), tensorboard=train.tensorboard, wandb=train.wandb)
+    return RunLog(run, progress=train.progress, enabled=rank == 0, trackers=trackers)
+
+
+def initial_model(config: RunConfig, runtime: Runtime) -> GPT:
+    """The model with GPT-2's initialisation drawn from the run's seed, on this process's device."""
+    torch.manual_seed(config.train.seed)
+    return GPT(config.model).to(runtime.device)
+
+
+def build_trainer(config: RunConfig, runtime: Runtime, model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray,
+                  tokenizer: Tokenizer, run: RunDir, log: RunLog) -> Trainer:
+    train = config.train
+    sampler = make_sampler(train.sampler, train_tokens, train.batch_size, config.model.block_size, train.seed,
+                           runtime.rank, runtime.world_size)
+    return Trainer(config, model, runtime, sampler, val_tokens=val_tokens, tokenizer=tokenizer, run=run, log=log)
 
 
 def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple[Trainer, RunLog]:
-    """A new run: build the tokenizer and data, size the vocabulary, then create the run directory."""
-    config.validate()
+    """A new run from a validated config: build the tokenizer and data, size the vocabulary, then create the
+    run directory."""
     init = prepare_init(config)  # --init-from hf:DIR: read DIR now and take the model's shape from it
     resolve_accumulation(config, world_size)
     train = config.train
     check_trackers(train.tensorboard, train.wandb)
-    # a missing GPU or an impossible parallel setting is an error before any file exists
-    device = distributed.process_device(resolve_device(train.device), world_size)
-    strategy = distributed.resolve_parallel(train.parallel, world_size, resolve_dtype(train.dtype, device))
-    if init is not None and strategy == "fsdp":
+    runtime = resolve_runtime(train, rank, world_size)  # a missing GPU is an error before any file exists
+    if init is not None and runtime.strategy == "fsdp":
         raise UserError("--init-from cannot start a sharded run yet; use --parallel ddp (or one process)")
-    check_optimizer(train.optimizer, sharded=strategy == "fsdp")
+    check_optimizer(train.optimizer, sharded=runtime.strategy == "fsdp")
     text = read_corpus(train.data)[0] if train.tokenizer == "char" else None
     tokenizer = build_tokenizer(train.tokenizer, text=text, bpe_file=train.tokenizer_file)
     if init is not None:
@@ -105,28 +117,28 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     config.model.vocab_size = padded_vocab_size(tokenizer.vocab_size, train.pad_vocab_to)
     if train.decay_steps is None:  # fixed now, so a resume that raises max_steps does not stretch the schedule
         train.decay_steps = train.max_steps
-    config.validate()
-    check_training_fits(config, device, strategy, world_size)
+    check_training_fits(config, runtime)
     console = RunLog(None, enabled=rank == 0)
     tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
     config.corpus = record_corpus(train.data)
 
-    def create_run_dir() -> Path:
-        run_dir = new_run_dir(train.out, config.preset)
-        lock_run_dir(run_dir)
-        config.train.out = str(run_dir)
-        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-        save_tokenizer(tokenizer, run_dir / "tokenizer.json")
-        return run_dir
+    def create() -> Path:
+        run = create_run_dir(train.out, config.preset)
+        run.lock()
+        config.train.out = str(run.path)
+        atomic_write_text(run.config_file, json.dumps(config.to_dict(), indent=2) + "\n")
+        save_tokenizer(tokenizer, run.tokenizer_file)
+        return run.path
 
-    run_dir = distributed.run_on_rank0(create_run_dir, rank, world_size)  # the other ranks learn its name
-    config.train.out = str(run_dir)
-    log = open_log(run_dir, config, rank)
-    trainer = Trainer(config, run_dir, tokenizer, train_tokens, val_tokens, log, rank=rank, world_size=world_size)
+    run = RunDir(distributed.run_on_rank0(create, rank, world_size))  # the other ranks learn its name
+    config.train.out = str(run.path)
+    log = open_log(run, config, rank)
+    model = initial_model(config, runtime)
     if init is not None:
-        init.checkpoint.load_into(trainer.model)
+        init.checkpoint.load_into(model)
         for note in init.notes:
             log.info(note)
+    trainer = build_trainer(config, runtime, model, train_tokens, val_tokens, tokenizer, run, log)
     describe(trainer, len(tokens), len(train_tokens), len(val_tokens))
     warning = warmup_warning(train.warmup_steps, train.max_steps)
     if warning is not None:
@@ -134,12 +146,8 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     return trainer, log
 
 
-def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
-               world_size: int = 1) -> tuple[Trainer, RunLog]:
-    """Continue a run from its newest good checkpoint; training settings may change (e.g. max_steps)."""
-    run_dir = Path(run_dir)
-    state, path, warnings = load_latest(run_dir)
-    check_checkpoint_fits_run(run_dir, state, path)
+def resumed_config(state: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
+    """The run's config from its checkpoint with the given training flags applied, validated: a resume's edge."""
     config = RunConfig.from_dict(state["config"])
     if "init" in overrides:
         raise UserError("--init-from starts a new run; a resumed run continues from its own checkpoint")
@@ -150,55 +158,64 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
         if key.replace("-", "_") in MODEL_KEYS:
             raise UserError(f"--{key.replace('_', '-')} changes the model's shape, which a resumed run cannot do")
     apply_overrides(config, overrides)
-    config.train.out = str(run_dir)
     config.validate()
+    return config
+
+
+def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
+               world_size: int = 1) -> tuple[Trainer, RunLog]:
+    """Continue a run from its newest good checkpoint; training settings may change (e.g. max_steps)."""
+    run = RunDir(Path(run_dir))
+    state, path, warnings = run.load_latest()
+    check_checkpoint_fits_run(run, state, path)
+    config = resumed_config(state, overrides)
+    config.train.out = str(run.path)
     saved_world_size = state.get("world_size", 1)
     if saved_world_size != world_size:  # before anything derived from the number of processes
         raise UserError(f"the checkpoint was written by {saved_world_size} process"
                         f"{'es' if saved_world_size > 1 else ''}, this run has {world_size}; resume with "
                         "the same number of processes (torchrun --nproc_per_node, or gptforge train --nproc)")
     resolve_accumulation(config, world_size)
-    device = distributed.process_device(resolve_device(config.train.device), world_size)
-    strategy = distributed.resolve_parallel(config.train.parallel, world_size,
-                                            resolve_dtype(config.train.dtype, device))
-    check_training_fits(config, device, strategy, world_size)
+    runtime = resolve_runtime(config.train, rank, world_size)
+    check_training_fits(config, runtime)
     tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=config.train.tokenizer_file)
-    check_tokenizer_file(run_dir / "tokenizer.json", tokenizer, path)
+    check_tokenizer_file(run.tokenizer_file, tokenizer, path)
     config.corpus = resume_corpus(config, given_data="data" in overrides)
     console = RunLog(None, enabled=rank == 0)
     tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
     check_trackers(config.train.tensorboard, config.train.wandb)
-    distributed.run_on_rank0(lambda: lock_run_dir(run_dir), rank, world_size)  # before anything is written
-    log = open_log(run_dir, config, rank)
+    distributed.run_on_rank0(run.lock, rank, world_size)  # before anything is written
+    log = open_log(run, config, rank)
     for warning in warnings:
         log.warn(warning)
     train = config.train
     if train.schedule != "constant" and train.decay_steps is not None and train.max_steps > train.decay_steps:
         log.info(f"the learning rate schedule ends at step {train.decay_steps}: later steps train at the lowest "
                  f"rate ({train.learning_rate * train.min_lr_ratio:.2e}); pass --decay-steps to stretch it")
-    trainer = Trainer(config, run_dir, tokenizer, train_tokens, val_tokens, log, rank=rank, world_size=world_size)
+    trainer = build_trainer(config, runtime, initial_model(config, runtime), train_tokens, val_tokens, tokenizer,
+                            run, log)
     trainer.load_state_dict(state)
     if world_size > 1:  # each process picked the newest checkpoint it could read: they must have found the same
         newest, minus_oldest = distributed.max_over_ranks([trainer.step, -trainer.step], trainer.device)
         if newest != -minus_oldest:
-            raise UserError(f"the processes found different newest checkpoints in {run_dir} (steps {-minus_oldest:.0f} "
-                            f"to {newest:.0f}); every process must see the same files: put --out on a filesystem "
-                            "they all share")
+            raise UserError(f"the processes found different newest checkpoints in {run.path} (steps "
+                            f"{-minus_oldest:.0f} to {newest:.0f}); every process must see the same files: put "
+                            "--out on a filesystem they all share")
     if rank == 0:
-        atomic_write_text(run_dir / "config.json", json.dumps(config.to_dict(), indent=2) + "\n")
-    log.info(f"resuming {run_dir} from {path.name} at step {trainer.step} "
+        atomic_write_text(run.config_file, json.dumps(config.to_dict(), indent=2) + "\n")
+    log.info(f"resuming {run.path} from {path.name} at step {trainer.step} "
              f"({trainer.tokens_seen:,} tokens seen, {trainer.elapsed_s:.1f}s trained)")
     describe(trainer, len(tokens), len(train_tokens), len(val_tokens))
     return trainer, log
 
 
-def check_checkpoint_fits_run(run_dir: Path, state: dict, path: Path) -> None:
+def check_checkpoint_fits_run(run: RunDir, state: dict, path: Path) -> None:
     """Refuse a checkpoint whose model is not the one the run's config.json describes.
 
     A resumed run takes its config from the checkpoint, so a `last.pt` copied in from another run would
     otherwise be trained on as if it belonged here and config.json rewritten to match it.
     """
-    config_file = run_dir / "config.json"
+    config_file = run.config_file
     try:
         run_config = json.loads(config_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -214,7 +231,7 @@ def check_checkpoint_fits_run(run_dir: Path, state: dict, path: Path) -> None:
     differences = [f"{key} {run_model.get(key)} in config.json vs {checkpoint_model.get(key)} in the checkpoint"
                    for key in sorted(MODEL_KEYS) if run_model.get(key) != checkpoint_model.get(key)]
     if differences:
-        raise UserError(f"{path} holds another model than the run {run_dir} ({', '.join(differences)}); "
+        raise UserError(f"{path} holds another model than the run {run.path} ({', '.join(differences)}); "
                         "move it out of checkpoints/ or resume the run it came from")
 
 
@@ -261,12 +278,13 @@ def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens
     """The start-of-run report: where, on what, how big, and how the tokens flow."""
     config, train, log = trainer.config, trainer.config.train, trainer.log
     per_rank_micro = train.batch_size * config.model.block_size
-    log.info(f"gptforge train | preset {config.preset} | run {trainer.run_dir}")
-    log.info(f"device {trainer.device} | dtype {trainer.precision.name} | compile {trainer.use_compile} | "
-             f"processes {trainer.world_size}" + (f" ({trainer.strategy})" if trainer.world_size > 1 else ""))
-    if trainer.strategy == "fsdp":
+    runtime, run = trainer.runtime, trainer.run.path
+    log.info(f"gptforge train | preset {config.preset} | run {run}")
+    log.info(f"device {runtime.device} | dtype {runtime.precision.name} | compile {runtime.compile} | "
+             f"processes {runtime.world_size}" + (f" ({runtime.strategy})" if runtime.world_size > 1 else ""))
+    if runtime.strategy == "fsdp":
         log.info("no samples while training: a sharded model needs every process to generate; "
-                 f"sample afterwards with: gptforge sample --run {trainer.run_dir}")
+                 f"sample afterwards with: gptforge sample --run {run}")
     log.info("model: " + " ".join(f"{k}={v}" for k, v in config.to_dict()["model"].items()))
     log.info("train: " + " ".join(f"{k}={v}" for k, v in config.to_dict()["train"].items()))
     log.info(parameter_table(trainer.model))
@@ -282,13 +300,12 @@ def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens
 
 def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> TrainOutcome:
     """Write summary.txt and curves.png, show a sample, and say where everything is."""
-    last = checkpoint_path(trainer.checkpoint_dir, "last", trainer.config.train.compress_checkpoints)
+    run = trainer.run
+    last = run.checkpoint_file("last", trainer.config.train.compress_checkpoints)
     if trainer.rank == 0:
         counts = count_parameters(trainer.model)
-        checkpoints = sorted(p.name for p in trainer.checkpoint_dir.glob("*.pt*")) if trainer.checkpoint_dir.is_dir() \
-            else []
         summary = [
-            f"run: {trainer.run_dir}",
+            f"run: {run.path}",
             f"preset: {trainer.config.preset}",
             f"stopped: {reason}",
             f"steps: {trainer.step}",
@@ -297,26 +314,26 @@ def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> Tr
             f"training time: {trainer.training_s:.1f}s, and {trainer.startup_s:.1f}s in the first "
             f"step of each session (compilation and warm-up) (wall time of this session {time.time() - started:.1f}s)",
             f"final training loss: {trainer.last_loss:.4f}",
-            f"best loss ({'val' if trainer.has_val and trainer.config.train.eval_interval else 'train'}): "
+            f"best loss ({'val' if trainer.evaluates else 'train'}): "
             f"{trainer.best_loss:.4f}",
             f"parameters: {counts.total:,}",
-            f"checkpoints: {', '.join(str(trainer.checkpoint_dir / c) for c in checkpoints) or 'none'}",
+            f"checkpoints: {', '.join(str(path) for path in sorted(run.checkpoints())) or 'none'}",
         ]
-        atomic_write_text(trainer.run_dir / "summary.txt", "\n".join(summary) + "\n")
+        atomic_write_text(run.summary_file, "\n".join(summary) + "\n")
         try:
             from gptforge.train.plot import plot_run
 
-            curves = plot_run(trainer.run_dir)
+            curves = plot_run(run.path)
             log.info(f"curves: {curves}")
         except UserError as exc:
             log.warn(f"no curves: {exc}")
         if trainer.stop_signal is None and trainer.can_sample:
             log.info(f"--- sample ---\n{trainer.sample(trainer.config.train.sample_tokens)}\n---")
         log.info("\n".join(summary))
-        log.info(f"sample more with: gptforge sample --run {trainer.run_dir}")
+        log.info(f"sample more with: gptforge sample --run {run.path}")
     log.close()
     target_reached = None if trainer.config.train.target_loss is None else trainer.pass_loss.reached is not None
-    return TrainOutcome(run_dir=trainer.run_dir, reason=reason, signal=trainer.stop_signal,
+    return TrainOutcome(run_dir=run.path, reason=reason, signal=trainer.stop_signal,
                         last_checkpoint=last if last.is_file() else None, target_reached=target_reached,
                         require_target=trainer.config.train.require_target)
 

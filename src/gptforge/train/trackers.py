@@ -7,10 +7,10 @@ W&B honours its own environment (WANDB_MODE=offline works with no account or net
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 from typing import Any
 
 from gptforge.errors import UserError
+from gptforge.run_dir import RunDir
 
 
 def check_trackers(tensorboard: bool, wandb: bool) -> None:
@@ -24,19 +24,19 @@ def check_trackers(tensorboard: bool, wandb: bool) -> None:
 class Trackers:
     """Numbers of each record go to every tracker that was asked for, keyed by the record's kind."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any], tensorboard: bool, wandb: bool) -> None:
+    def __init__(self, run: RunDir, config: dict[str, Any], tensorboard: bool, wandb: bool) -> None:
         check_trackers(tensorboard, wandb)
         self._tensorboard = None
         self._wandb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tensorboard = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+            self._tensorboard = SummaryWriter(log_dir=str(run.tensorboard_dir))
         if wandb:
             import wandb as wandb_module
 
-            self._wandb = wandb_module.init(project="gptforge", name=run_dir.name, dir=str(run_dir),
-                                            config=config, resume="allow", id=run_dir.name)
+            self._wandb = wandb_module.init(project="gptforge", name=run.path.name, dir=str(run.path),
+                                            config=config, resume="allow", id=run.path.name)
 
     def log(self, kind: str, step: int, record: dict[str, Any]) -> None:
         values = {f"{kind}/{k}": v for k, v in record.items()

@@ -1,14 +1,14 @@
 """The training loop: `Trainer.train_step` is one optimizer step, `Trainer.fit` runs steps until a stop rule.
 
-The trainer owns the model, optimizer, sampler and every piece of state a checkpoint needs, so a run
-stopped anywhere resumes to the same bits. `prepare_run` (run_setup.py) builds one from a config.
+The trainer owns the optimizer, the loss scaler, the counters and every piece of state a checkpoint needs, so a
+run stopped anywhere resumes to the same bits. It is built from a config, a model, a Runtime and a sampler
+(session.py does that for a run; bench.py for a timing), and knows no file names: checkpoints go to a RunDir.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import shutil
 import signal
 import threading
 import time
@@ -22,17 +22,15 @@ import torch
 
 from gptforge.checkpoint import (
     capture_rng_state,
-    prune_step_checkpoints,
-    remove_temporaries,
     restore_rng_state,
-    save_checkpoint,
 )
 from gptforge.config import RunConfig
-from gptforge.data import SequentialSampler, make_sampler
-from gptforge.device import Precision, configure_matmul_precision, memory_gb, resolve_device, resolve_dtype
+from gptforge.data import RandomSampler, SequentialSampler
+from gptforge.device import Precision, Runtime, configure_matmul_precision, memory_gb
 from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, generate_text
 from gptforge.model import GPT, vocabulary_loss
+from gptforge.run_dir import RunDir
 from gptforge.tokenizer import Tokenizer
 from gptforge.train import distributed
 from gptforge.train.checkpoint_writer import CheckpointWriter
@@ -55,49 +53,40 @@ class StepStats:
     seconds: float
 
 
-def checkpoint_path(checkpoint_dir: Path, name: str, compress: bool) -> Path:
-    return checkpoint_dir / (f"{name}.pt.gz" if compress else f"{name}.pt")
-
-
 class Trainer:
     # seconds from an arbitrary origin; every duration the trainer measures reads it, so a test can drive
     # the time budget and the timing figures with a fake clock instead of the machine's speed
     clock: Callable[[], float] = staticmethod(time.perf_counter)
 
-    def __init__(self, config: RunConfig, run_dir: Path, tokenizer: Tokenizer, train_tokens: np.ndarray,
-                 val_tokens: np.ndarray, log: RunLog, *, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(self, config: RunConfig, model: GPT, runtime: Runtime, sampler: SequentialSampler | RandomSampler,
+                 *, val_tokens: np.ndarray | None = None, tokenizer: Tokenizer | None = None, run: RunDir | None = None,
+                 log: RunLog | None = None) -> None:
+        """`model` is on runtime.device and initialised; without `tokenizer` there are no samples, without `run`
+        no checkpoints, without `val_tokens` no evaluation."""
         self.config = config
-        self.run_dir = run_dir
-        self.checkpoint_dir = run_dir / "checkpoints"
+        self.runtime = runtime
+        self.sampler = sampler
+        self.val_tokens = val_tokens if val_tokens is not None else np.zeros(0, dtype=np.uint32)
         self.tokenizer = tokenizer
-        self.log = log
-        self.rank, self.world_size = rank, world_size
+        self.run = run
+        self.log = log if log is not None else RunLog(None, enabled=False)
         train = config.train
-        self.device = distributed.process_device(resolve_device(train.device), world_size)
-        self.precision = Precision(self.device, resolve_dtype(train.dtype, self.device))
-        configure_matmul_precision(self.device)
-        self.use_compile = train.compile if train.compile is not None else self.device.type == "cuda"
-        self.strategy = distributed.resolve_parallel(train.parallel, world_size, self.precision.dtype)
-
-        torch.manual_seed(train.seed)
+        configure_matmul_precision(runtime.device)
         # `model` stays the plain GPT (sharded in place under FSDP) for checkpoints and samples; the
         # training step calls `forward_model`, wrapped for the other ranks and maybe compiled
-        self.model = GPT(config.model).to(self.device)
+        self.model = model
         self.model.loss_chunks = train.loss_chunks
-        wrapped = distributed.wrap_model(self.model, self.strategy, self.precision, self.use_compile)
+        wrapped = distributed.wrap_model(self.model, runtime.strategy, runtime.precision, runtime.compile)
         self.forward_model, self.parallel_model = wrapped.forward, wrapped.parallel
         self.optimizer = build_optimizer(
             self.model, learning_rate=train.learning_rate, weight_decay=train.weight_decay,
             betas=(train.beta1, train.beta2), device_type=self.device.type, optimizer=train.optimizer,
         )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.needs_loss_scaling)
-        self.sampler = make_sampler(train.sampler, train_tokens, train.batch_size, config.model.block_size,
-                                    train.seed, rank, world_size)
-        self.val_tokens = val_tokens
-        self.tokens_per_step = train.batch_size * config.model.block_size * train.grad_accum * world_size
+        self.tokens_per_step = train.batch_size * config.model.block_size * train.grad_accum * self.world_size
         # one pass over the training tokens, in optimizer steps: the window --target-loss is judged on
         self.pass_loss = PassLoss(math.ceil(self.sampler.batches_per_epoch / train.grad_accum), train.target_loss)
-        self.writer = CheckpointWriter(self._write, background=train.background_checkpoints, notice=log.info)
+        self.writer = CheckpointWriter(self._write, background=train.background_checkpoints, notice=self.log.info)
 
         self.step = 0  # optimizer steps completed
         self.tokens_seen = 0
@@ -109,6 +98,22 @@ class Trainer:
         self.last_save_s = 0.0  # elapsed_s at the last periodic save, for --checkpoint-every-s
         self.signal_received: int | None = None  # by this process
         self.stop_signal: int | None = None  # by any process, as all of them agreed after the last step
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def precision(self) -> Precision:
+        return self.runtime.precision
+
+    @property
+    def rank(self) -> int:
+        return self.runtime.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.runtime.world_size
 
     # --- one step ------------------------------------------------------------------------------
 
@@ -177,6 +182,12 @@ class Trainer:
     def has_val(self) -> bool:
         return len(self.val_tokens) > self.config.model.block_size
 
+    @property
+    def evaluates(self) -> bool:
+        """Whether the run evaluates on a val split, so that best_loss is the best val loss (else the best
+        training loss)."""
+        return self.has_val and self.config.train.eval_interval > 0
+
     @torch.no_grad()
     def evaluate(self) -> float:
         """Mean loss over the first eval_batches windows of the val split (the same ones every time), over the
@@ -189,14 +200,19 @@ class Trainer:
             x, y = sampler.next_batch()
             with self.precision.autocast():
                 logits, _ = self.forward_model(self._to_device(x))
-            total += vocabulary_loss(logits, self._to_device(y), self.tokenizer.vocab_size)
+            total += vocabulary_loss(logits, self._to_device(y), self.real_vocab_size)
         self.model.train()
         return self._mean_over_ranks(torch.stack([total]))[0] / self.config.train.eval_batches
 
     @property
+    def real_vocab_size(self) -> int:
+        """The tokenizer's vocabulary: the padded rows beyond it are never a target and never count in a loss."""
+        return self.tokenizer.vocab_size if self.tokenizer is not None else self.config.model.vocab_size
+
+    @property
     def can_sample(self) -> bool:
         """Rank 0 samples alone from the plain model; a sharded (FSDP) model's forward needs every rank."""
-        return self.rank == 0 and self.strategy != "fsdp"
+        return self.rank == 0 and self.runtime.strategy != "fsdp" and self.tokenizer is not None
 
     def sample(self, max_new_tokens: int, prompt: str = "") -> str:
         settings = SamplingSettings(max_new_tokens=max_new_tokens, temperature=0.8, top_k=200,
@@ -219,13 +235,14 @@ class Trainer:
             "elapsed_s": self.elapsed_s,
             "startup_s": self.startup_s,
             "best_loss": self.best_loss,
+            "best_loss_split": "val" if self.evaluates else "train",
             "last_loss": self.last_loss,
             "pass_loss": self.pass_loss.state_dict(),
             "sampler": self.sampler.state_dict(),
             "rng": capture_rng_state(self.device),
             "world_size": self.world_size,
             "config": self.config.to_dict(),
-            "tokenizer": self.tokenizer.to_dict(),
+            "tokenizer": self.tokenizer.to_dict() if self.tokenizer is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -254,15 +271,11 @@ class Trainer:
 
     def _write(self, state: dict[str, Any], best: bool) -> Path:
         # on the writer's thread: everything about this checkpoint comes from `state`, as training goes on
-        compress = self.config.train.compress_checkpoints
-        last = save_checkpoint(state, checkpoint_path(self.checkpoint_dir, "last", compress), compress)
-        if best:
-            link_atomically(last, checkpoint_path(self.checkpoint_dir, "best", compress))
-        keep = self.config.train.keep_checkpoints
-        if keep > 0:
-            link_atomically(last, checkpoint_path(self.checkpoint_dir, f"step-{state['step']}", compress))
-            prune_step_checkpoints(self.checkpoint_dir, keep)
-        return last
+        if self.run is None:
+            raise RuntimeError("this Trainer was built without a run folder, so it cannot save checkpoints")
+        train = self.config.train
+        return self.run.save_checkpoint(state, best=best, keep=train.keep_checkpoints,
+                                        compress=train.compress_checkpoints)
 
     # --- the loop --------------------------------------------------------------------------------
 
@@ -279,7 +292,8 @@ class Trainer:
         the process ends without the interpreter's shutdown, which would stop the writer thread inside
         torch.save's C++ and abort ("terminate called without an active exception").
         """
-        remove_temporaries(self.checkpoint_dir)
+        if self.run is not None and self.rank == 0:  # rank 0 alone writes checkpoints
+            self.run.remove_temporaries()
         os.write(2, b"interrupted\n")  # unbuffered: sys.stderr may be in the middle of a write
         os._exit(128 + signum)
 
@@ -313,6 +327,8 @@ class Trainer:
 
     def fit(self) -> str:
         """Train until a stop rule fires; return why it stopped. Saves last.pt on every way out but a crash."""
+        if self.run is None:
+            raise RuntimeError("fit() saves checkpoints: build the Trainer with a run folder")
         train = self.config.train
         handlers = {}
         if threading.current_thread() is threading.main_thread():  # Python allows handlers only there
@@ -333,14 +349,14 @@ class Trainer:
                 except NonFiniteLoss as exc:
                     raise UserError(
                         f"non-finite values at step {self.step} ({exc}); the optimizer step was not taken and "
-                        f"the last good checkpoint in {self.checkpoint_dir} is kept. Try a lower --learning-rate "
+                        f"the last good checkpoint in {self.run.checkpoint_dir} is kept. Try a lower --learning-rate "
                         "or --dtype bfloat16/float32"
                     ) from None
                 self._agree_on_stopping()
                 self._record_pass_loss(stats)
                 reason = self.stop_reason(stats)
                 if self.stop_signal is not None:
-                    self.log.info(f"{signal.Signals(self.stop_signal).name}: saving {self.checkpoint_dir} after "
+                    self.log.info(f"{signal.Signals(self.stop_signal).name}: saving {self.run.checkpoint_dir} after "
                                   f"step {stats.step} (press Ctrl-C again to stop at once)")
                 self._after_step(stats, final=reason is not None)
         except KeyboardInterrupt:  # Ctrl-C off the main thread (no handler there): stop now, no waiting for a write
@@ -358,7 +374,7 @@ class Trainer:
     def _note_first_step(self, stats: StepStats) -> None:
         """The first step of a session compiles the model and warms the GPU up: count it apart."""
         self.startup_s += stats.seconds
-        if self.use_compile:
+        if self.runtime.compile:
             self.log.info(f"step {stats.step} took {stats.seconds:.1f}s: torch.compile compiled the model (once per "
                           "session); training time in the summary is counted without it")
 
@@ -389,7 +405,7 @@ class Trainer:
         if stats.step % train.log_interval == 0 or final:
             self._log_step(stats)
         improved = False
-        if self.has_val and train.eval_interval and (self.step % train.eval_interval == 0 or final):
+        if self.evaluates and (self.step % train.eval_interval == 0 or final):
             val_loss = self.evaluate()
             self.log.info(f"step {stats.step} | val loss {val_loss:.4f}")
             self.log.record("eval", step=stats.step, val_loss=val_loss, elapsed_s=round(self.elapsed_s, 3))
@@ -400,7 +416,7 @@ class Trainer:
             self.log.info(f"--- sample at step {stats.step} ---\n{text}\n---")
             self.log.record("sample", step=stats.step, text=text)
         if self.step % train.checkpoint_interval == 0 or final or improved or self._checkpoint_time_due():
-            if not self.has_val or not train.eval_interval:
+            if not self.evaluates:
                 improved = stats.loss < self.best_loss
                 self.best_loss = min(self.best_loss, stats.loss)
             self.save(best=improved, wait=final)
@@ -430,13 +446,3 @@ class Trainer:
                         tokens_per_sec=round(tokens_per_sec, 1), tokens_seen=self.tokens_seen,
                         elapsed_s=round(self.elapsed_s, 3), **({"mem_gb": round(memory, 3)} if memory else {}))
 
-
-def link_atomically(source: Path, target: Path) -> None:
-    """Make `target` hold the same bytes as `source` without writing them again (copy where links fail)."""
-    temporary = target.with_name(f".{target.name}.link.tmp")
-    temporary.unlink(missing_ok=True)
-    try:
-        os.link(source, temporary)
-    except OSError:
-        shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
