@@ -15,18 +15,21 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 import gptforge.checkpoint as checkpoint_module
 from conftest import FakeClock
 from gptforge.checkpoint import load_checkpoint, save_checkpoint
-from gptforge.config import RunConfig, apply_overrides, from_preset
-from gptforge.data import SequentialSampler
+from gptforge.config import RunConfig, apply_overrides, build_config, from_preset
+from gptforge.data import SequentialSampler, make_sampler
+from gptforge.device import resolve_runtime
 from gptforge.errors import UserError
 from gptforge.model import GPT
 from gptforge.train.optim import learning_rate_at
 from gptforge.train.session import start_run, train
+from gptforge.train.trainer import Trainer
 from gptforge.trained_model import load_trained
 from gptforge.use.evaluate import evaluate_text
 
@@ -526,3 +529,16 @@ def test_the_trainers_val_loss_is_gptforge_evals_on_the_same_windows(tmp_path: P
     with torch.no_grad():  # the model's own loss, over all 64 rows: what the trainer used to report
         padded = sum(trained.model(*windows.next_batch())[1].item() for _ in range(3)) / 3
     assert abs(padded - result.loss) > 1e-4
+
+
+def test_a_trainer_is_built_from_a_config_a_model_a_runtime_and_a_sampler() -> None:
+    """No tokenizer, run folder or val split: it trains steps (what bench times), and refuses to fit(), which
+    saves checkpoints."""
+    config = build_config("tiny", flags={"device": "cpu", "batch_size": 2, "block_size": 8})
+    runtime = resolve_runtime(config.train)
+    tokens = (np.arange(500) % config.model.vocab_size).astype(np.uint32)
+    trainer = Trainer(config, GPT(config.model), runtime, make_sampler("random", tokens, 2, 8, seed=0))
+    assert math.isfinite(trainer.train_step().loss) and trainer.step == 1
+    assert not trainer.can_sample and not trainer.evaluates
+    with pytest.raises(RuntimeError, match="run folder"):
+        trainer.fit()

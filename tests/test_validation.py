@@ -180,3 +180,41 @@ def test_infinite_or_float_overflowing_values_are_one_error_line(flag: str, valu
                                "--out", str(tmp_path / "run")], capsys)
     assert status == 2 and err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert not (tmp_path / "run").exists()
+
+
+# --- choices: declared once, with the field, and implemented by the module that acts on them -----------------
+
+
+def test_every_declared_choice_is_implemented(data_dir: Path) -> None:
+    """Each value a config field's metadata allows works where it is used; a value not declared is refused by
+    validation with the declared list."""
+    import numpy as np
+
+    from gptforge.config import choices_of
+    from gptforge.data import make_sampler
+    from gptforge.device import DTYPES, resolve_parallel
+    from gptforge.model import GPT
+    from gptforge.tokenizer import build_tokenizer
+    from gptforge.train.optim import build_optimizer, learning_rate_at
+
+    tokens = np.arange(200, dtype=np.uint32)
+    for kind in choices_of(TrainConfig, "sampler"):
+        assert make_sampler(kind, tokens, 2, 8, seed=0).next_batch()[0].shape == (2, 8)
+    for name in choices_of(TrainConfig, "tokenizer"):
+        assert build_tokenizer(name, text="abc", bpe_file=data_dir / "gpt2.tiktoken").name == name
+    for schedule in choices_of(TrainConfig, "schedule"):
+        assert learning_rate_at(5, max_lr=1.0, min_lr=0.1, warmup_steps=2, total_steps=10, schedule=schedule) > 0
+    model = GPT(GPTConfig(block_size=8, vocab_size=16, n_layer=1, n_head=2, n_embd=8))
+    available = [name for name in choices_of(TrainConfig, "optimizer")
+                 if name != "muon" or hasattr(__import__("torch").optim, "Muon")]
+    for name in available:
+        build_optimizer(model, learning_rate=1e-3, weight_decay=0.1, betas=(0.9, 0.95), device_type="cpu",
+                        optimizer=name)
+    assert set(choices_of(TrainConfig, "dtype")) == {"auto", *DTYPES}
+    assert {resolve_parallel(name, 2, DTYPES["float32"]) for name in choices_of(TrainConfig, "parallel")} == \
+        {"ddp", "fsdp"}
+    for field in ("sampler", "tokenizer", "schedule", "optimizer", "dtype", "parallel"):
+        config = TrainConfig(**{field: "nonsense"})
+        with pytest.raises(UserError, match=f"unknown {field} 'nonsense'; choose one of: "
+                                            f"{', '.join(choices_of(TrainConfig, field))}"):
+            config.validate()
