@@ -116,6 +116,25 @@ def record_corpus(data: str) -> CorpusRecord:
     return CorpusRecord(path=str(location.resolve()), sha256=read_corpus(data)[1])
 
 
+def recheck_corpus(record: CorpusRecord, gone: str, changed: str, data: str | None = None) -> CorpusRecord:
+    """The corpus as it is now (``data``, or else the recorded path), refused unless it is ``record``'s text.
+
+    Eval and resume find a run's corpus again by the absolute path it recorded, from any directory, and
+    compare the sha256, never the length: one changed letter is other text. What the user should do
+    differs per command, so the caller's messages are formatted with ``path`` (the recorded one),
+    ``current`` (the one read now) and ``now``/``then`` (the start of each sha256).
+    """
+    if data is None:
+        if not Path(record.path).exists():
+            raise UserError(gone.format(path=record.path))
+        data = record.path
+    current = record_corpus(data)
+    if current.sha256 != record.sha256:
+        raise UserError(changed.format(path=record.path, current=current.path, now=current.sha256[:12],
+                                       then=record.sha256[:12]))
+    return current
+
+
 def _read_utf8(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8")
