@@ -21,7 +21,7 @@ from gptforge.data import check_corpus_size, load_tokens, read_corpus, recheck_c
 from gptforge.device import resolve_device, resolve_dtype
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_text
-from gptforge.interop.hf import prepare_init
+from gptforge.interop.hf_init import prepare_init
 from gptforge.model import count_parameters, parameter_table
 from gptforge.run_dir import lock_run_dir, release_run_dirs
 from gptforge.sizing import check_fits, training_memory
