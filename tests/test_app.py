@@ -12,7 +12,7 @@ import torch
 from conftest import tiny_char_config
 from gptforge.errors import UserError
 from gptforge.train.session import train
-from gptforge.trained_model import TrainedModel, load_trained
+from gptforge.trained_model import TrainedModel
 from gptforge.use.app import (
     DemoLimits,
     ReplicaPool,
@@ -22,6 +22,7 @@ from gptforge.use.app import (
     generate_stream,
     serve,
 )
+from gptforge.use.load import load_trained
 
 
 @pytest.fixture(scope="module")
@@ -104,14 +105,14 @@ def test_interleaved_requests_match_one_at_a_time(trained) -> None:
 
 def test_facts_panel_shows_parameters_steps_and_context(trained) -> None:
     text = facts_markdown(trained)
-    assert f"{trained.facts['parameters']:,}" in text
-    assert "," in f"{trained.facts['parameters']:,}"  # formatted with thousands separators
+    assert f"{trained.facts.parameters:,}" in text
+    assert "," in f"{trained.facts.parameters:,}"  # formatted with thousands separators
     assert "**steps trained**: 20" in text
     assert "**context length**: 32 tokens" in text
     assert "char (65 tokens)" in text
     assert "**preset**: `tiny`" in text
-    assert f"**final training loss**: {trained.facts['final_loss']:.4f}" in text
-    assert f"**best train loss**: {trained.facts['best_loss']:.4f}" in text  # the tiny run has no evaluations
+    assert f"**final training loss**: {trained.facts.final_loss:.4f}" in text
+    assert f"**best train loss**: {trained.facts.best_loss:.4f}" in text  # the tiny run has no evaluations
 
 
 def test_stop_is_active_only_while_a_generation_runs(trained) -> None:
@@ -145,7 +146,7 @@ def test_best_loss_says_whether_it_is_the_val_or_the_train_loss(tiny_run, tmp_pa
             candidates = [r["val_loss"] for r in records if r["kind"] == "eval"]
         else:  # without evaluations the trainer keeps the training loss at its saves: the tiny run's last step
             candidates = [[r for r in records if r["kind"] == "train"][-1]["loss"]]
-        best = trained.facts["best_loss"]
+        best = trained.facts.best_loss
         assert best == pytest.approx(min(candidates))
         assert f"**best {split} loss**: {best:.4f}" in facts_markdown(trained)
         assert f"best loss ({split}): {best:.4f}" in (run_dir / "summary.txt").read_text()
@@ -156,7 +157,7 @@ def test_serve_command_reads_each_model_source_with_share_off_and_the_caps(train
     """`gptforge serve` hands serve() the model from --run, --checkpoint or --hf, bound to 127.0.0.1, not shared."""
     pytest.importorskip("transformers", reason="--hf needs transformers (the dev extra has it)")
     from gptforge.cli import main
-    from gptforge.interop.hf import export_hf
+    from gptforge.interop.hf_export import export_hf
     from gptforge.use import app
 
     served = []

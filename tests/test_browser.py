@@ -18,8 +18,9 @@ import pytest
 
 from conftest import tiny_char_config
 from gptforge.train.session import train
-from gptforge.trained_model import TrainedModel, load_trained
+from gptforge.trained_model import TrainedModel
 from gptforge.use import app
+from gptforge.use.load import load_trained
 
 # servers on free ports: run on one pytest-xdist worker, one after another (make test: --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("servers")

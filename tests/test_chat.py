@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-import gptforge.trained_model
 import gptforge.use.chat as chat_module
+import gptforge.use.load
 from conftest import run_main
 from gptforge.generate import SamplingSettings
-from gptforge.trained_model import load_trained
 from gptforge.use.chat import apply_command
+from gptforge.use.load import load_trained
 
 
 def chat_session(tiny_run: Path, lines: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
@@ -47,8 +47,8 @@ def test_each_line_is_continued_with_the_model_loaded_once_and_commands_change_t
     expected = {prompt: greedy_sample(tiny_run, prompt, tokens, capsys)
                 for prompt, tokens in (("ROMEO:", 7), ("JULIET:", 3))}
     loads = []
-    real_load = gptforge.trained_model.load_trained
-    monkeypatch.setattr(gptforge.trained_model, "load_trained", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_load = gptforge.use.load.load_trained
+    monkeypatch.setattr(gptforge.use.load, "load_trained", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     status, out = chat_session(tiny_run, "/temp 0\n/max 7\nROMEO:\n/max 3\n/topk 0\nJULIET:\n/settings\n/quit\n"
                                "NOT READ:\n", capsys, monkeypatch)
     assert status == 0 and len(loads) == 1

@@ -12,7 +12,6 @@ from gptforge import data
 from gptforge.data import (
     RandomSampler,
     SequentialSampler,
-    cache_dir,
     check_corpus_size,
     find_dataset,
     load_tokens,
@@ -21,6 +20,7 @@ from gptforge.data import (
     split_tokens,
 )
 from gptforge.errors import UserError
+from gptforge.paths import cache_dir
 from gptforge.tokenizer import CharTokenizer, GPT2Tokenizer
 
 

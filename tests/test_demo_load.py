@@ -23,9 +23,10 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from gptforge.trained_model import TrainedModel, load_trained
+from gptforge.trained_model import TrainedModel
 from gptforge.use import app
 from gptforge.use.app import DemoLimits, build_demo
+from gptforge.use.load import load_trained
 
 # servers on free ports: run on one pytest-xdist worker, one after another (make test: --dist loadgroup)
 pytestmark = pytest.mark.xdist_group("servers")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gptforge.interop.space import export_space
-from gptforge.trained_model import load_trained
+from gptforge.use.load import load_trained
 
 START_TIMEOUT_S = 120
 UPLOAD_SIZES = [1, 64 * 1024, 8 * 1024 * 1024]  # bytes

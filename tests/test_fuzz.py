@@ -27,8 +27,9 @@ from gptforge.data import load_tokens, read_corpus
 from gptforge.errors import UserError
 from gptforge.model import GPT
 from gptforge.tokenizer import CharTokenizer, GPT2Tokenizer
-from gptforge.trained_model import TrainedModel, load_trained
+from gptforge.trained_model import TrainedModel
 from gptforge.use.app import DemoLimits, generate_stream
+from gptforge.use.load import load_trained
 
 # Every character hypothesis can draw, lone surrogates (category Cs) and unassigned code points included.
 ANY_CHARACTER = st.characters(codec=None, categories=["L", "M", "N", "P", "S", "Z", "C"])

@@ -23,11 +23,14 @@ from gptforge.cli import main
 from gptforge.config import GPTConfig, RunConfig, from_preset
 from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, generate_ids
-from gptforge.interop.hf import CONV1D_SUFFIXES, export_hf, read_hf_folder
+from gptforge.interop.hf_export import export_hf
+from gptforge.interop.hf_read import read_hf_folder
+from gptforge.interop.hf_weights import CONV1D_SUFFIXES
 from gptforge.model import GPT
 from gptforge.tokenizer import GPT2Tokenizer
 from gptforge.train.session import resume_run, start_run
-from gptforge.trained_model import TrainedModel, load_trained
+from gptforge.trained_model import ModelFacts, TrainedModel
+from gptforge.use.load import load_trained
 
 transformers = pytest.importorskip("transformers", reason="transformers is in the dev and hf extras")
 safetensors_torch = pytest.importorskip("safetensors.torch", reason="safetensors is in the dev and hf extras")
@@ -199,7 +202,7 @@ def test_padded_bias_free_gpt2_model_exports_a_standard_gpt2(tmp_path: Path, dat
             p.add_(torch.randn_like(p) * 0.05)
     tokenizer = GPT2Tokenizer()
     trained = TrainedModel(model=model, tokenizer=tokenizer, config=RunConfig(model=model.config),
-                           source=tmp_path / "none", facts={})
+                           source=tmp_path / "none", facts=ModelFacts())
     out = tmp_path / "hf"
     export_hf(trained, out)
 

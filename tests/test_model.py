@@ -7,7 +7,7 @@ import torch
 from conftest import require_transformers_models
 from gptforge.config import MODEL_PRESETS, GPTConfig, padded_vocab_size
 from gptforge.errors import UserError
-from gptforge.interop.hf import load_hf_state_dict
+from gptforge.interop.hf_weights import load_hf_state_dict
 from gptforge.model import GPT, count_parameters, meta_model, parameter_table
 from gptforge.tokenizer import GPT2Tokenizer
 

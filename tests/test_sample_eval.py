@@ -11,8 +11,8 @@ import torch
 
 from conftest import run_main
 from gptforge.cli import main
-from gptforge.trained_model import load_trained
 from gptforge.use.evaluate import evaluate_text
+from gptforge.use.load import load_trained
 
 
 @pytest.fixture(scope="module")

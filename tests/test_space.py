@@ -18,8 +18,9 @@ import torch
 from gptforge.cli import main
 from gptforge.errors import UserError
 from gptforge.interop.space import export_space, load_space
-from gptforge.trained_model import TrainedModel, load_trained
+from gptforge.trained_model import TrainedModel
 from gptforge.use import app
+from gptforge.use.load import load_trained
 
 SPACE_FILES = {"app.py", "requirements.txt", "README.md", "model.safetensors", "config.json", "tokenizer.json",
                "facts.json", "gptforge"}
@@ -58,7 +59,7 @@ def test_export_writes_a_space_folder(trained, tmp_path) -> None:
     assert not any(line.startswith("gptforge") for line in requirements)  # not on PyPI: the package is copied
     assert {"torch>=2.4", "tiktoken>=0.5", f"gradio=={version('gradio')}"} <= set(requirements)
     assert (out / "gptforge" / "use" / "app.py").read_text() == Path(app.__file__).read_text()
-    assert "build_demo(load_space(" in (out / "app.py").read_text()
+    assert "build_demo(load_trained(space=" in (out / "app.py").read_text()
     assert not list(tmp_path.glob(".space.*"))  # no staging folder left behind
 
 
@@ -79,7 +80,7 @@ def test_readme_front_matter_describes_a_gradio_space(trained, tmp_path) -> None
     assert meta["app_file"] == "app.py"
     assert meta["pinned"] is False
     assert {"title", "emoji", "colorFrom", "colorTo"} <= set(meta)
-    assert f"{trained.facts['parameters']:,}" in readme
+    assert f"{trained.facts.parameters:,}" in readme
 
 
 def test_weights_are_stored_once_and_load_back_to_the_same_logits(trained, tmp_path) -> None:
@@ -96,7 +97,7 @@ def test_weights_are_stored_once_and_load_back_to_the_same_logits(trained, tmp_p
     with torch.no_grad():
         torch.testing.assert_close(loaded.model(tokens)[0], trained.model(tokens)[0], rtol=0, atol=0)
     assert loaded.tokenizer.to_dict() == trained.tokenizer.to_dict()
-    assert loaded.facts["parameters"] == trained.facts["parameters"]
+    assert loaded.facts.parameters == trained.facts.parameters
     assert loaded.source == out / "model.safetensors"
 
 

@@ -30,8 +30,8 @@ from gptforge.model import GPT
 from gptforge.train.optim import learning_rate_at
 from gptforge.train.session import start_run, train
 from gptforge.train.trainer import Trainer
-from gptforge.trained_model import load_trained
 from gptforge.use.evaluate import evaluate_text
+from gptforge.use.load import load_trained
 
 CORPUS_CHARS = 20_000
 
@@ -332,7 +332,7 @@ def test_last_checkpoint_holds_everything_and_loads_as_a_trained_model(tmp_path:
 
     trained = load_trained(run=run_dir, device="cpu")
     assert trained.source == run_dir / "checkpoints" / "last.pt"
-    assert trained.facts["steps"] == 5
+    assert trained.facts.steps == 5
     assert trained.tokenizer.to_dict() == trainer.tokenizer.to_dict()
     x = torch.randint(0, trainer.config.model.vocab_size, (3, 16), generator=torch.Generator().manual_seed(0))
     trainer.model.eval()

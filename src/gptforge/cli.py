@@ -172,7 +172,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from gptforge.generate import generate_text, stream_text
     from gptforge.sizing import check_fits, inference_memory
-    from gptforge.trained_model import autocast_for, load_trained
+    from gptforge.trained_model import autocast_for
+    from gptforge.use.load import load_trained
 
     if args.prompt is not None and args.prompt_file is not None:
         raise UserError("pass --prompt or --prompt-file, not both")
@@ -185,8 +186,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.num_samples <= 0:
         raise UserError(f"--num-samples must be positive, got {args.num_samples}")
     settings = sampling_settings(args)
-    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
-                           hf=args.hf)
+    trained = load_trained(run=args.run, checkpoint=args.checkpoint, hf=args.hf, device=args.device,
+                           tokenizer_file=args.tokenizer_file)
     if prompt:
         trained.tokenizer.encode(prompt)  # an unknown character is a clear error before anything prints
     check_fits(inference_memory(trained.config.model, args.num_samples, weights=False),
@@ -207,23 +208,24 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from gptforge.trained_model import autocast_for, load_trained
+    from gptforge.trained_model import autocast_for
     from gptforge.use.chat import chat
+    from gptforge.use.load import load_trained
 
     settings = sampling_settings(args)
-    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
-                           hf=args.hf)
+    trained = load_trained(run=args.run, checkpoint=args.checkpoint, hf=args.hf, device=args.device,
+                           tokenizer_file=args.tokenizer_file)
     with autocast_for(trained.model) or contextlib.nullcontext():
         chat(trained, settings)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from gptforge.trained_model import load_trained
     from gptforge.use.evaluate import evaluate_text, trained_corpus
+    from gptforge.use.load import load_trained
 
-    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
-                           hf=args.hf)
+    trained = load_trained(run=args.run, checkpoint=args.checkpoint, hf=args.hf, device=args.device,
+                           tokenizer_file=args.tokenizer_file)
     data = args.data if args.data is not None else trained_corpus(trained)
     result = evaluate_text(trained, data, split=args.split, val_fraction=args.val_fraction,
                            batch_size=args.batch_size, max_batches=args.max_batches)
@@ -233,28 +235,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from gptforge.trained_model import load_trained
     from gptforge.use.app import DemoLimits, serve
+    from gptforge.use.load import load_trained
 
     limits = DemoLimits(max_new_tokens=args.max_new_tokens_cap, concurrency=args.concurrency,
                         queue_size=args.queue_size)
     limits.validate()
-    trained = load_trained(args.run, args.checkpoint, device=args.device, tokenizer_file=args.tokenizer_file,
-                           hf=args.hf)
+    trained = load_trained(run=args.run, checkpoint=args.checkpoint, hf=args.hf, device=args.device,
+                           tokenizer_file=args.tokenizer_file)
     serve(trained, host=args.host, port=args.port, share=args.share, limits=limits)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from gptforge.trained_model import load_trained
+    from gptforge.use.load import load_trained
 
     if args.push_to_hub:
         from gptforge.interop.hub import check_can_push
 
         check_can_push(args.push_to_hub)  # before anything is exported
-    trained = load_trained(args.run, args.checkpoint, device="cpu", tokenizer_file=args.tokenizer_file, hf=args.hf)
+    trained = load_trained(run=args.run, checkpoint=args.checkpoint, hf=args.hf, device="cpu",
+                           tokenizer_file=args.tokenizer_file)
     if args.format == "hf":
-        from gptforge.interop.hf import export_hf
+        from gptforge.interop.hf_export import export_hf
 
         export_hf(trained, Path(args.out))
         print(f"wrote {args.out} (load it with transformers' GPT2LMHeadModel and AutoTokenizer .from_pretrained)")

@@ -24,6 +24,7 @@ import torch
 from gptforge.config import CorpusRecord
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_bytes, describe_os_error
+from gptforge.paths import cache_dir, local_folders
 
 if TYPE_CHECKING:
     from gptforge.tokenizer import Tokenizer
@@ -33,17 +34,6 @@ SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/da
 SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 NAMED_DATASETS = {"shakespeare": SHAKESPEARE_FILENAME, "tinyshakespeare": SHAKESPEARE_FILENAME}
 DOWNLOAD_TIMEOUT_S = 30
-
-
-def cache_dir() -> Path:
-    """Downloads and token caches: ``$GPTFORGE_CACHE_DIR`` or ~/.cache/gptforge."""
-    return Path(os.environ.get("GPTFORGE_CACHE_DIR") or "~/.cache/gptforge").expanduser()
-
-
-def data_dir() -> Path | None:
-    """``$GPTFORGE_DATA_DIR``: a folder searched first for datasets and tokenizer files."""
-    folder = os.environ.get("GPTFORGE_DATA_DIR")
-    return Path(folder).expanduser() if folder else None
 
 
 def find_dataset(name_or_path: str) -> list[Path]:
@@ -72,8 +62,8 @@ def find_dataset(name_or_path: str) -> list[Path]:
 
 def _named_dataset(filename: str) -> Path:
     """Local copies first, so that offline machines and CI never reach the network."""
-    for folder in (data_dir(), cache_dir()):
-        if folder is not None and (folder / filename).is_file():
+    for folder in local_folders():
+        if (folder / filename).is_file():
             return folder / filename
     return _download(SHAKESPEARE_URL, cache_dir() / filename, SHAKESPEARE_SHA256)
 
@@ -114,6 +104,25 @@ def record_corpus(data: str) -> CorpusRecord:
     folder = Path(data).expanduser()
     location = folder if data.lower() not in NAMED_DATASETS and folder.is_dir() else find_dataset(data)[0]
     return CorpusRecord(path=str(location.resolve()), sha256=read_corpus(data)[1])
+
+
+def recheck_corpus(record: CorpusRecord, gone: str, changed: str, data: str | None = None) -> CorpusRecord:
+    """The corpus as it is now (``data``, or else the recorded path), refused unless it is ``record``'s text.
+
+    Eval and resume find a run's corpus again by the absolute path it recorded, from any directory, and
+    compare the sha256, never the length: one changed letter is other text. What the user should do
+    differs per command, so the caller's messages are formatted with ``path`` (the recorded one),
+    ``current`` (the one read now) and ``now``/``then`` (the start of each sha256).
+    """
+    if data is None:
+        if not Path(record.path).exists():
+            raise UserError(gone.format(path=record.path))
+        data = record.path
+    current = record_corpus(data)
+    if current.sha256 != record.sha256:
+        raise UserError(changed.format(path=record.path, current=current.path, now=current.sha256[:12],
+                                       then=record.sha256[:12]))
+    return current
 
 
 def _read_utf8(path: Path) -> str:

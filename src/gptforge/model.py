@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from gptforge.chunked_loss import chunked_linear_cross_entropy
 from gptforge.config import GPTConfig
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "ParameterCount", "count_parameters", "parameter_table"]
+__all__ = ["GPT", "TIED_LM_HEAD", "TOKEN_EMBEDDING", "GPTConfig", "KVCache", "ParameterCount", "count_parameters",
+           "parameter_table"]
 
 
 class KVCache(nn.Module):
@@ -107,6 +108,12 @@ def vocabulary_loss(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int
     trainer's and `gptforge eval`'s, is this one, and it equals what transformers computes for an export."""
     logits = logits[..., :vocab_size].float()
     return F.cross_entropy(logits.reshape(-1, vocab_size), targets.reshape(-1), reduction=reduction)
+
+
+# The output layer is the token embedding's tensor (weight tying, as in GPT-2), so a file that stores the
+# weights keeps it once, under the embedding's name.
+TOKEN_EMBEDDING = "transformer.wte.weight"
+TIED_LM_HEAD = "lm_head.weight"
 
 
 class GPT(nn.Module):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import json
 import re
 import sys
@@ -21,13 +20,11 @@ import numpy as np
 import tiktoken
 from tqdm import tqdm
 
-from gptforge.data import cache_dir, data_dir
+from gptforge.config import GPT2_VOCAB_SIZE
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_text
+from gptforge.paths import GPT2_BPE_FILENAME, find_gpt2_ranks, local_folders, read_gpt2_ranks
 
-GPT2_BPE_FILENAME = "gpt2.tiktoken"
-GPT2_BPE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
-GPT2_VOCAB_SIZE = 50257
 GPT2_EOT_ID = 50256
 # GPT-2's own pre-tokenizer regex (openai/gpt-2 encoder.py); tiktoken's r50k pattern is an
 # equivalent, faster spelling that old tiktoken versions lack, so the original is used here.
@@ -91,7 +88,9 @@ class GPT2Tokenizer(Tokenizer):
     chunk_chars = 1 << 20  # encode_corpus works on pieces of about this many characters
 
     def __init__(self, bpe_file: str | Path | None = None) -> None:
-        self._encoding = _gpt2_encoding(bpe_file)
+        # the verified local file the ranks came from (None: tiktoken downloaded them), for exports to copy
+        self.ranks_file = find_gpt2_ranks(bpe_file)
+        self._encoding = _gpt2_encoding(self.ranks_file)
 
     def encode(self, text: str) -> list[int]:
         _check_unicode(text)
@@ -122,6 +121,11 @@ class GPT2Tokenizer(Tokenizer):
     def start_ids(self) -> list[int]:
         return [GPT2_EOT_ID]
 
+    def token_bytes(self) -> list[bytes]:
+        """The bytes of each ordinary token, in rank order: the ranks themselves, which an export to another
+        format writes out, so it holds exactly the tokenizer the model was trained with."""
+        return [self._encoding.decode_single_token_bytes(rank) for rank in range(GPT2_EOT_ID)]
+
 
 def _check_unicode(text: str) -> None:
     """Refuse lone surrogates, which tiktoken would silently turn into U+FFFD: the model would continue
@@ -151,41 +155,19 @@ def split_for_encoding(text: str, chunk_chars: int) -> list[str]:
     return chunks
 
 
-def _gpt2_encoding(bpe_file: str | Path | None) -> tiktoken.Encoding:
-    """Prefer local files (explicit, data dir, cache) so that offline machines never reach the network."""
-    if bpe_file is not None:
-        path = Path(bpe_file).expanduser()
-        if not path.is_file():
-            raise UserError(f"GPT-2 tokenizer file not found: {path}; pass the path of a gpt2.tiktoken file")
-        return _encoding_from_file(path)
-    folders = [folder for folder in (data_dir(), cache_dir()) if folder is not None]
-    for folder in folders:
-        path = folder / GPT2_BPE_FILENAME
-        if path.is_file():
-            return _encoding_from_file(path)
+def _gpt2_encoding(ranks_file: Path | None) -> tiktoken.Encoding:
+    """The local file when there is one, so that offline machines never reach the network."""
+    if ranks_file is not None:
+        return _build_gpt2_encoding(read_gpt2_ranks(ranks_file))
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as exc:  # tiktoken's download fails in many ways (no network, proxy, bad hash)
-        searched = ", ".join(str(folder / GPT2_BPE_FILENAME) for folder in folders)
+        searched = ", ".join(str(folder / GPT2_BPE_FILENAME) for folder in local_folders())
         raise UserError(
             f"cannot load the GPT-2 tokenizer: no {GPT2_BPE_FILENAME} found (looked for {searched}) and "
             f"tiktoken could not download it ({type(exc).__name__}); set GPTFORGE_DATA_DIR to a folder "
             f"containing {GPT2_BPE_FILENAME}, or pass --tokenizer-file PATH"
         ) from None
-
-
-def _encoding_from_file(path: Path) -> tiktoken.Encoding:
-    """Check the file is GPT-2's ranks so that a wrong or truncated file fails clearly, not subtly."""
-    try:
-        contents = path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read the GPT-2 tokenizer file {path}: {exc.strerror}") from None
-    if hashlib.sha256(contents).hexdigest() != GPT2_BPE_SHA256:
-        raise UserError(
-            f"{path} is not GPT-2's BPE ranks file (sha256 mismatch: wrong or corrupt file); "
-            f"replace it with a good copy of {GPT2_BPE_FILENAME} (sha256 {GPT2_BPE_SHA256})"
-        )
-    return _build_gpt2_encoding(contents)
 
 
 @functools.lru_cache(maxsize=1)
@@ -274,26 +256,8 @@ def tokenizer_from_dict(data: dict[str, Any], bpe_file: str | Path | None = None
     raise UserError(f"unknown tokenizer {name!r} in tokenizer description; expected gpt2 or char")
 
 
-def _tokenizer_json(path: str | Path) -> Path:
-    path = Path(path)
-    return path / "tokenizer.json" if path.is_dir() else path
-
-
-def save_tokenizer(tokenizer: Tokenizer, path: str | Path) -> Path:
-    """Write tokenizer.json (``path`` is the file or its run directory) atomically."""
-    path = _tokenizer_json(path)
+def save_tokenizer(tokenizer: Tokenizer, path: Path) -> Path:
+    """Write ``path`` (a tokenizer.json) atomically, so a crash never leaves a run with half a tokenizer."""
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(tokenizer.to_dict(), ensure_ascii=False, indent=2) + "\n")
     return path
-
-
-def load_tokenizer(path: str | Path, bpe_file: str | Path | None = None) -> Tokenizer:
-    """Read tokenizer.json (``path`` is the file or its run directory)."""
-    path = _tokenizer_json(path)
-    if not path.is_file():
-        raise UserError(f"no tokenizer file at {path}; pass a run directory that contains tokenizer.json")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}; it is not a valid tokenizer.json") from None
-    return tokenizer_from_dict(data, bpe_file)

@@ -7,7 +7,7 @@ needs only gptforge's dependencies from PyPI (requirements.txt), not a published
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import json
 import shutil
 from importlib import metadata
@@ -15,27 +15,25 @@ from pathlib import Path
 from typing import Any
 
 from gptforge.config import RunConfig
-from gptforge.data import cache_dir, data_dir
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
 from gptforge.fileio import write_new_folder, write_safetensors
-from gptforge.model import GPT
-from gptforge.tokenizer import GPT2_BPE_FILENAME, GPT2_BPE_SHA256, tokenizer_from_dict
-from gptforge.trained_model import TrainedModel, best_loss_label
+from gptforge.model import GPT, TIED_LM_HEAD, TOKEN_EMBEDDING
+from gptforge.paths import GPT2_BPE_FILENAME
+from gptforge.tokenizer import GPT2Tokenizer, tokenizer_from_dict
+from gptforge.trained_model import ModelFacts, TrainedModel, best_loss_label
 
 WEIGHTS_FILE = "model.safetensors"
-TIED_WEIGHT = "lm_head.weight"  # the same tensor as transformer.wte.weight, so stored once
-EMBEDDING_WEIGHT = "transformer.wte.weight"
 
 SPACE_APP = '''"""A gptforge demo as a Hugging Face Space; locally: pip install -r requirements.txt && python app.py"""
 
 from pathlib import Path
 
 from gptforge.use.app import NO_UPLOADS, build_demo
-from gptforge.interop.space import load_space
+from gptforge.use.load import load_trained
 
 if __name__ == "__main__":
-    build_demo(load_space(Path(__file__).resolve().parent)).launch(max_file_size=NO_UPLOADS)
+    build_demo(load_trained(space=Path(__file__).resolve().parent)).launch(max_file_size=NO_UPLOADS)
 '''
 
 
@@ -60,15 +58,6 @@ def space_requirements(gradio_version: str) -> list[str]:
     return [r for r in requirements if "extra ==" not in r] + [f"gradio=={gradio_version}", "safetensors>=0.4"]
 
 
-def _gpt2_ranks_file(trained: TrainedModel) -> Path | None:
-    """A good local gpt2.tiktoken (where the tokenizer looks for it), so the Space tokenizes offline."""
-    named = trained.config.train.tokenizer_file
-    candidates = [Path(named).expanduser()] if named else []
-    candidates += [folder / GPT2_BPE_FILENAME for folder in (data_dir(), cache_dir()) if folder is not None]
-    return next((path for path in candidates
-                 if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == GPT2_BPE_SHA256), None)
-
-
 def _fact(value: Any, spec: str = ",") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "n/a"
 
@@ -76,7 +65,7 @@ def _fact(value: Any, spec: str = ",") -> str:
 def space_readme(trained: TrainedModel, gradio_version: str, offline_tokenizer: bool) -> str:
     """README.md: the Spaces front matter, then what the model is."""
     facts = trained.facts
-    preset = facts.get("preset", "custom")
+    preset = facts.preset
     front_matter = {
         "title": f"gptforge {preset}", "emoji": "🎭", "colorFrom": "indigo", "colorTo": "pink",
         "sdk": "gradio", "sdk_version": gradio_version, "app_file": "app.py", "pinned": False,
@@ -100,11 +89,11 @@ Type the start of a text and it writes the rest.
 | fact | value |
 |---|---|
 | preset | `{preset}` |
-| parameters | {_fact(facts.get("parameters"))} |
-| steps trained | {_fact(facts.get("steps"))} |
-| tokens seen | {_fact(facts.get("tokens_seen"))} |
-| final training loss | {_fact(facts.get("final_loss"), ".4f")} |
-| {best_loss_label(facts)} | {_fact(facts.get("best_loss"), ".4f")} |
+| parameters | {_fact(facts.parameters)} |
+| steps trained | {_fact(facts.steps)} |
+| tokens seen | {_fact(facts.tokens_seen)} |
+| final training loss | {_fact(facts.final_loss, ".4f")} |
+| {best_loss_label(facts)} | {_fact(facts.best_loss, ".4f")} |
 | tokenizer | {trained.tokenizer.name} ({trained.tokenizer.vocab_size:,} tokens) |
 | context length | {trained.config.model.block_size:,} tokens |
 
@@ -120,14 +109,14 @@ def _write_space(trained: TrainedModel, folder: Path) -> None:
     safetensors_torch = _safetensors()
     gradio_version = _installed_version("gradio", "pip install 'gptforge[app]' so the Space can name its version")
     weights = {name: tensor.detach().to("cpu").contiguous()
-               for name, tensor in trained.model.state_dict().items() if name != TIED_WEIGHT}
+               for name, tensor in trained.model.state_dict().items() if name != TIED_LM_HEAD}
     write_safetensors(folder / WEIGHTS_FILE, weights, safetensors_torch)
-    facts = {key: value for key, value in trained.facts.items() if key != "checkpoint"}  # a path on this machine
+    facts = dataclasses.replace(trained.facts, checkpoint=None).to_dict()  # not a path on this machine
     config = {key: value for key, value in trained.config.to_dict().items() if key != "corpus"}  # a path too
     for name, data in (("config.json", config), ("tokenizer.json", trained.tokenizer.to_dict()),
                        ("facts.json", facts)):
         (folder / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    ranks = _gpt2_ranks_file(trained) if trained.tokenizer.name == "gpt2" else None
+    ranks = trained.tokenizer.ranks_file if isinstance(trained.tokenizer, GPT2Tokenizer) else None
     if ranks is not None:
         shutil.copyfile(ranks, folder / GPT2_BPE_FILENAME)
     (folder / "app.py").write_text(SPACE_APP, encoding="utf-8")
@@ -159,21 +148,25 @@ def _read_json(path: Path) -> Any:
         raise UserError(f"cannot read {path}: {exc}") from None
 
 
-def load_space(folder: str | Path, device: str = "auto") -> TrainedModel:
-    """The TrainedModel of an exported Space folder (what its app.py serves), with lm_head re-tied."""
+def load_space(folder: str | Path, device: str = "auto", tokenizer_file: str | None = None) -> TrainedModel:
+    """The TrainedModel of an exported Space folder (what its app.py serves), with lm_head re-tied.
+
+    The GPT-2 ranks the export put in the folder win over ``tokenizer_file``, which helps a Space whose
+    export found none.
+    """
     folder = Path(folder)
     config = RunConfig.from_dict(_read_json(folder / "config.json"))
     ranks = folder / GPT2_BPE_FILENAME
     tokenizer = tokenizer_from_dict(_read_json(folder / "tokenizer.json"),
-                                    bpe_file=ranks if ranks.is_file() else None)
-    facts = _read_json(folder / "facts.json")
+                                    bpe_file=ranks if ranks.is_file() else tokenizer_file)
+    facts = ModelFacts.from_dict(_read_json(folder / "facts.json"), folder / "facts.json")
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise UserError(f"{weights_path} is missing; export the Space again")
     weights = _safetensors().load_file(str(weights_path))
-    if EMBEDDING_WEIGHT not in weights:
-        raise UserError(f"{weights_path} has no {EMBEDDING_WEIGHT}; it is not a gptforge Space")
-    weights[TIED_WEIGHT] = weights[EMBEDDING_WEIGHT]
+    if TOKEN_EMBEDDING not in weights:
+        raise UserError(f"{weights_path} has no {TOKEN_EMBEDDING}; it is not a gptforge Space")
+    weights[TIED_LM_HEAD] = weights[TOKEN_EMBEDDING]
     model = GPT(config.model)
     try:
         model.load_state_dict(weights)
@@ -181,5 +174,5 @@ def load_space(folder: str | Path, device: str = "auto") -> TrainedModel:
         first_line = str(exc).strip().splitlines()[0]
         raise UserError(f"the weights in {weights_path} do not fit config.json: {first_line}") from None
     model.to(resolve_device(device)).eval()
-    facts["checkpoint"] = str(weights_path)
+    facts.checkpoint = str(weights_path)
     return TrainedModel(model=model, tokenizer=tokenizer, config=config, source=weights_path, facts=facts)

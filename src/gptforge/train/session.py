@@ -17,11 +17,19 @@ import numpy as np
 import torch
 
 from gptforge.config import MODEL_KEYS, CorpusRecord, RunConfig, apply_overrides, json_name, padded_vocab_size
-from gptforge.data import check_corpus_size, load_tokens, make_sampler, read_corpus, record_corpus, split_tokens
+from gptforge.data import (
+    check_corpus_size,
+    load_tokens,
+    make_sampler,
+    read_corpus,
+    recheck_corpus,
+    record_corpus,
+    split_tokens,
+)
 from gptforge.device import Runtime, resolve_runtime
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_text
-from gptforge.interop.hf import prepare_init
+from gptforge.interop.hf_init import prepare_init
 from gptforge.model import GPT, count_parameters, parameter_table
 from gptforge.run_dir import RunDir, create_run_dir, release_run_dirs
 from gptforge.sizing import check_fits, training_memory
@@ -262,15 +270,16 @@ def resume_corpus(config: RunConfig, given_data: bool) -> CorpusRecord:
     Checkpoints from before the corpus was recorded are trusted as they are.
     """
     saved = config.corpus
-    if saved is not None and not given_data:
-        if not Path(saved.path).exists():
-            raise UserError(f"the run's corpus {saved.path} is gone; pass --data with the same text")
+    if saved is None:
+        return record_corpus(config.train.data)
+    current = recheck_corpus(
+        saved, data=config.train.data if given_data else None,
+        gone="the run's corpus {path} is gone; pass --data with the same text",
+        changed="the corpus {current} is not the text the run was trained on ({path}): sha256 {now}... now, "
+                "{then}... in the checkpoint; resume with that text, or start a new run",
+    )
+    if not given_data:
         config.train.data = saved.path
-    current = record_corpus(config.train.data)
-    if saved is not None and current.sha256 != saved.sha256:
-        raise UserError(f"the corpus {current.path} is not the text the run was trained on ({saved.path}): "
-                        f"sha256 {current.sha256[:12]}... now, {saved.sha256[:12]}... in the checkpoint; "
-                        "resume with that text, or start a new run")
     return current
 
 

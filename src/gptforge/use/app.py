@@ -171,7 +171,7 @@ def generate_stream(trained: TrainedModel, limits: DemoLimits, prompt: Any, max_
             yield text
 
 
-def _loss(value: Any) -> str:
+def _loss(value: float | None) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
 
 
@@ -179,15 +179,14 @@ def facts_markdown(trained: TrainedModel) -> str:
     """The facts panel: what the visitor is talking to, and how much it was trained."""
     facts = trained.facts
     rows = [
-        ("preset", f"`{facts.get('preset', 'custom')}`"),
-        ("parameters", f"{facts.get('parameters', 0):,}"),
-        ("steps trained", f"{facts.get('steps', 0):,}"),
-        ("tokens seen", f"{facts.get('tokens_seen', 0):,}"),
-        ("final training loss", _loss(facts.get("final_loss"))),
-        (best_loss_label(facts), _loss(facts.get("best_loss"))),
-        ("tokenizer", f"{facts.get('tokenizer', trained.tokenizer.name)} "
-                      f"({trained.tokenizer.vocab_size:,} tokens)"),
-        ("context length", f"{facts.get('block_size', trained.config.model.block_size):,} tokens"),
+        ("preset", f"`{facts.preset}`"),
+        ("parameters", f"{facts.parameters or 0:,}"),
+        ("steps trained", f"{facts.steps or 0:,}"),
+        ("tokens seen", f"{facts.tokens_seen or 0:,}"),
+        ("final training loss", _loss(facts.final_loss)),
+        (best_loss_label(facts), _loss(facts.best_loss)),
+        ("tokenizer", f"{facts.tokenizer or trained.tokenizer.name} ({trained.tokenizer.vocab_size:,} tokens)"),
+        ("context length", f"{facts.block_size or trained.config.model.block_size:,} tokens"),
     ]
     return "### About this model\n\n" + "\n".join(f"- **{name}**: {value}" for name, value in rows)
 
@@ -212,7 +211,7 @@ def build_demo(trained: TrainedModel, limits: DemoLimits = DEFAULT_LIMITS) -> gr
         yield from generate_stream(trained, limits, prompt, max_new_tokens, temperature, top_k, top_p, seed,
                                    replicas=replicas)
 
-    preset = trained.facts.get("preset", "custom")
+    preset = trained.facts.preset
     with gr.Blocks(title=f"gptforge: {preset}", analytics_enabled=False) as demo:
         gr.Markdown(f"# gptforge: {preset}\nA GPT trained from scratch with gptforge. Write the start of a text "
                     "and the model continues it, token by token.")

@@ -10,13 +10,12 @@ import contextlib
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from gptforge.data import check_corpus_size, load_tokens, record_corpus, split_tokens
+from gptforge.data import check_corpus_size, load_tokens, recheck_corpus, split_tokens
 from gptforge.errors import UserError
 from gptforge.model import vocabulary_loss
 from gptforge.trained_model import TrainedModel, autocast_for
@@ -36,12 +35,12 @@ def trained_corpus(trained: TrainedModel) -> str:
     record = trained.config.corpus
     if record is None:
         return "shakespeare"
-    if not Path(record.path).exists():
-        raise UserError(f"the corpus the model was trained on, {record.path}, is gone; pass --data to evaluate "
-                        "on other text")
-    if record_corpus(record.path).sha256 != record.sha256:
-        raise UserError(f"the corpus the model was trained on, {record.path}, has changed since (sha256 "
-                        f"{record.sha256[:12]}... then); pass --data {record.path} to evaluate on it as it is now")
+    recheck_corpus(
+        record,
+        gone="the corpus the model was trained on, {path}, is gone; pass --data to evaluate on other text",
+        changed="the corpus the model was trained on, {path}, has changed since (sha256 {then}... then); "
+                "pass --data {path} to evaluate on it as it is now",
+    )
     return record.path
 
 
