@@ -542,3 +542,16 @@ def test_a_trainer_is_built_from_a_config_a_model_a_runtime_and_a_sampler() -> N
     assert not trainer.can_sample and not trainer.evaluates
     with pytest.raises(RuntimeError, match="run folder"):
         trainer.fit()
+
+
+@pytest.mark.parametrize(("val_fraction", "split"), [(0.1, "val"), (0.0005, "train")])
+def test_the_checkpoint_says_which_loss_best_loss_is(val_fraction: float, split: str, tmp_path: Path,
+                                                     corpus: Path) -> None:
+    """With eval_interval set, best_loss is the best val loss only where the val split holds a block: a split of
+    a few tokens is never evaluated, so the best training loss is kept, and the checkpoint, the summary and the
+    loaded model's facts all say so (config alone would suggest "val")."""
+    run_dir = tmp_path / "run"
+    train(tiny_config(run_dir, corpus, val_fraction=val_fraction, eval_interval=4))
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["best_loss_split"] == split
+    assert f"best loss ({split}):" in (run_dir / "summary.txt").read_text()
+    assert load_trained(run=run_dir, device="cpu").facts.best_loss_split == split

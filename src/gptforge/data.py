@@ -15,6 +15,7 @@ import math
 import os
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +30,23 @@ from gptforge.paths import cache_dir, local_folders
 if TYPE_CHECKING:
     from gptforge.tokenizer import Tokenizer
 
-SHAKESPEARE_FILENAME = "tinyshakespeare.txt"
-SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-NAMED_DATASETS = {"shakespeare": SHAKESPEARE_FILENAME, "tinyshakespeare": SHAKESPEARE_FILENAME}
 DOWNLOAD_TIMEOUT_S = 30
+
+
+@dataclass(frozen=True)
+class NamedDataset:
+    """A corpus `--data NAME` finds: `filename` in GPTFORGE_DATA_DIR or the cache, else downloaded from `url`
+    and checked against `sha256`."""
+
+    filename: str
+    url: str
+    sha256: str
+
+
+TINY_SHAKESPEARE = NamedDataset(
+    "tinyshakespeare.txt", "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed")
+NAMED_DATASETS = {"shakespeare": TINY_SHAKESPEARE, "tinyshakespeare": TINY_SHAKESPEARE}
 
 
 def find_dataset(name_or_path: str) -> list[Path]:
@@ -55,17 +68,17 @@ def find_dataset(name_or_path: str) -> list[Path]:
     if path.suffix or os.sep in name_or_path or "/" in name_or_path:
         raise UserError(f"file not found: {path}; pass an existing UTF-8 text file or folder of .txt files")
     raise UserError(
-        f"no dataset or file named {name_or_path!r}; named datasets: shakespeare "
+        f"no dataset or file named {name_or_path!r}; named datasets: {', '.join(NAMED_DATASETS)} "
         "(or pass a UTF-8 text file or a folder of .txt files)"
     )
 
 
-def _named_dataset(filename: str) -> Path:
+def _named_dataset(dataset: NamedDataset) -> Path:
     """Local copies first, so that offline machines and CI never reach the network."""
     for folder in local_folders():
-        if (folder / filename).is_file():
-            return folder / filename
-    return _download(SHAKESPEARE_URL, cache_dir() / filename, SHAKESPEARE_SHA256)
+        if (folder / dataset.filename).is_file():
+            return folder / dataset.filename
+    return _download(dataset.url, cache_dir() / dataset.filename, dataset.sha256)
 
 
 def _download(url: str, destination: Path, sha256: str) -> Path:
