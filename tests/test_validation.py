@@ -147,6 +147,7 @@ def build_or_refuse(train_settings: dict, dropout: float, tmp_path: Path, data_d
     config.train = dataclasses.replace(config.train, **train_settings, data=str(corpus), tokenizer="char",
                                        device="cpu", dtype="float32", compile=False, progress=False, out=str(out))
     try:
+        config.validate()  # the edge: build_config validates what the CLI and the API are given
         trainer, log = start_run(config)
     except UserError as exc:
         assert not out.exists(), "a refused config left a run folder behind"
