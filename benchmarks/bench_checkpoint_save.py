@@ -82,7 +82,7 @@ def main() -> None:
         sampler = make_sampler("sequential", tokens, 1, config.model.block_size, config.train.seed)
         trainer = Trainer(config, GPT(config.model).to(runtime.device), runtime, sampler, run=RunDir(Path(scratch)))
         trainer.train_step()
-        checkpoint = Path(scratch) / "checkpoints" / "last.pt"
+        checkpoint = trainer.run.checkpoint_file("last")
         print(f"{args.preset} on {trainer.device}: {sum(p.numel() for p in trainer.model.parameters()):,} parameters; "
               f"medians of {args.saves}")
         for background in (False, True):

@@ -100,9 +100,10 @@ def test_folder_of_txt_files_sorted_and_joined(tmp_path):
     (tmp_path / "b.txt").write_text("second")
     (tmp_path / "a.txt").write_text("first")
     (tmp_path / "c.md").write_text("ignored")
-    text, sha = read_corpus(str(tmp_path))
-    assert text == "first\nsecond"
-    assert sha == hashlib.sha256(b"first\nsecond").hexdigest()
+    corpus = read_corpus(str(tmp_path))
+    assert corpus.text == "first\nsecond"
+    assert corpus.sha256 == hashlib.sha256(b"first\nsecond").hexdigest()
+    assert corpus.location == tmp_path.resolve() and corpus.record.path == str(tmp_path.resolve())
 
 
 # --- token cache ----------------------------------------------------------------------------------
@@ -276,3 +277,20 @@ def test_samplers_read_from_a_memmap(tmp_path):
     x, y = SequentialSampler(tokens, batch_size=2, block_size=8).next_batch()
     assert x.tolist() == [list(range(8))] * 2 and y[0].tolist() == [1, 2, 3, 4, 5, 6, 7, 0]
     assert data.RandomSampler(tokens, batch_size=2, block_size=8, seed=0).next_batch()[0].shape == (2, 8)
+
+
+def test_a_command_reads_and_hashes_its_corpus_once(tmp_path, monkeypatch):
+    """Training reads the text once for the char tokenizer, the token cache and the run's record of it."""
+    from conftest import tiny_char_config
+    from gptforge.train.session import train
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("hello world\n" * 300)
+    reads = []
+    real_read = data._read_utf8
+    monkeypatch.setattr(data, "_read_utf8", lambda path: reads.append(path) or real_read(path))
+    train(tiny_char_config(tmp_path / "run", data=str(corpus), max_steps=2, block_size=8, val_fraction=0.0))
+    assert reads == [corpus]
+    reads.clear()
+    train(resume=tmp_path / "run", overrides={"max_steps": 3})
+    assert reads == [corpus.resolve()]

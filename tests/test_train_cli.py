@@ -511,13 +511,24 @@ def test_compressed_checkpoints_are_written_and_resume(tmp_path: Path, corpus: P
     assert [r["step"] for r in read_records(run_dir, "train")] == [0, 1, 2, 3, 4]
 
 
-def test_no_preset_picks_the_recipe_for_this_machine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("config_file", [None, "max_steps = 2\n", 'preset = "tiny"\n'], ids=["flags", "toml", "named"])
+def test_no_preset_picks_the_recipe_for_this_machine(config_file: str | None, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """Neither --preset nor a `preset` key in --config: the machine's recipe, and the command says so."""
     expected = "shakespeare-gpt2" if torch.cuda.is_available() else "shakespeare-char-cpu"
     run_dir = tmp_path / "run"
-    status, out, err = run_main(["train", "--max-steps", "2", "--n-layer", "1", "--n-embd", "32", "--n-head", "2",
-                                 "--block-size", "16", "--eval-batches", "2", "--sample-tokens", "8", "--no-compile",
-                                 "--out", str(run_dir)], capsys)
+    toml = []
+    if config_file is not None:
+        (tmp_path / "settings.toml").write_text(config_file, encoding="utf-8")
+        toml = ["--config", str(tmp_path / "settings.toml")]
+    status, out, err = run_main(["train", *toml, "--max-steps", "2", "--n-layer", "1", "--n-embd", "32", "--n-head",
+                                 "2", "--block-size", "16", "--eval-batches", "2", "--sample-tokens", "8",
+                                 "--no-compile", "--out", str(run_dir)], capsys)
     assert status == 0, err
-    assert f"no --preset given: using {expected}" in out
+    if config_file == 'preset = "tiny"\n':
+        assert "no --preset given" not in out
+        expected = "tiny"
+    else:
+        assert f"no --preset given: using {expected}" in out
     assert json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["preset"] == expected
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 2

@@ -24,8 +24,9 @@ from gptforge.data import make_sampler
 from gptforge.device import memory_gb, resolve_runtime, synchronize
 from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, generate_ids
-from gptforge.model import GPT, count_parameters
+from gptforge.model import count_parameters
 from gptforge.sizing import check_fits, training_memory
+from gptforge.train.session import initial_model
 from gptforge.train.trainer import Trainer
 
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s, without sparsity) by a name fragment of the GPU.
@@ -133,13 +134,13 @@ def synthetic_trainer(config: RunConfig, steps: int) -> Trainer:
     generator = np.random.default_rng(0)
     tokens = generator.integers(0, model.vocab_size, size=tokens_needed, dtype=np.int64).astype(np.uint32)
     sampler = make_sampler(train.sampler, tokens, train.batch_size, model.block_size, train.seed)
-    return Trainer(config, GPT(model).to(runtime.device), runtime, sampler)
+    return Trainer(config, initial_model(config, runtime), runtime, sampler)
 
 
 def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, generate_tokens: int,
               peak_tflops: float | None) -> BenchResult:
     """Build the run's trainer on synthetic tokens, time training steps, then generation (`config` validated,
-as config.build_config gives it)."""
+    as config.build_config gives it)."""
     if attention not in ATTENTION_BACKENDS:
         raise UserError(f"unknown attention backend {attention!r}; choose {', '.join(ATTENTION_BACKENDS)}")
     if steps < 0 or warmup < 0 or generate_tokens < 0:

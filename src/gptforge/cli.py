@@ -25,9 +25,11 @@ from gptforge.config import (
     RunConfig,
     TrainConfig,
     build_config,
+    choices_of,
     field_types,
     from_preset,
     help_of,
+    load_toml,
     padded_vocab_size,
     preset_table,
 )
@@ -118,7 +120,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         outcome = train(resume=args.resume, overrides=overrides)
     else:
         config = build_config(args.preset, args.config, overrides)
-        if args.preset is None and args.config is None and args.nproc is None and is_main_process():
+        named = args.preset is not None or (args.config is not None and "preset" in load_toml(args.config))
+        if not named and args.nproc is None and is_main_process():
             print(f"no --preset given: using {config.preset} "
                   f"({'a CUDA GPU is available' if config.preset == 'shakespeare-gpt2' else 'no CUDA GPU in use'})")
         if args.nproc is not None:  # validated above: a bad flag is one error line, not a report from torchrun
@@ -154,9 +157,10 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from gptforge.data import load_tokens, read_corpus
     from gptforge.tokenizer import build_tokenizer
 
-    text = read_corpus(args.data)[0] if args.tokenizer == "char" else None
-    tokenizer = build_tokenizer(args.tokenizer, text=text, bpe_file=args.tokenizer_file)
-    tokens, cache_path = load_tokens(args.data, tokenizer, progress=True)
+    corpus = read_corpus(args.data)
+    tokenizer = build_tokenizer(args.tokenizer, text=corpus.text if args.tokenizer == "char" else None,
+                                bpe_file=args.tokenizer_file)
+    tokens, cache_path = load_tokens(corpus, tokenizer, progress=True)
     print(f"{args.data}: {len(tokens):,} tokens ({tokenizer.name} tokenizer, vocabulary {tokenizer.vocab_size:,})")
     print(f"cache: {cache_path}")
     return 0
@@ -386,7 +390,8 @@ def build_parser(train_preset: str | None = None, help_asked: bool = True) -> ar
     prepare = commands.add_parser("prepare", help="tokenize a corpus into the cache and count its tokens")
     prepare.add_argument("--data", default="shakespeare",
                          help="named dataset, text file or folder (default: shakespeare)")
-    prepare.add_argument("--tokenizer", choices=["gpt2", "char"], default="gpt2", help="(default: gpt2)")
+    prepare.add_argument("--tokenizer", choices=choices_of(TrainConfig, "tokenizer"), default="gpt2",
+                         help="(default: gpt2)")
     prepare.add_argument("--tokenizer-file", metavar="PATH", help="gpt2.tiktoken, for offline use")
     prepare.set_defaults(func=cmd_prepare)
 

@@ -86,7 +86,6 @@ def check_bounds(config: object, bounds: dict[str, Bounds]) -> None:
             raise UserError(f"{name} must be {allowed.describe()}{limit}, got {value!r}")
 
 
-
 def setting(default: Any, help: str, *, bounds: Bounds | None = None, choices: tuple[str, ...] | None = None) -> Any:
     """A config field with its `--help` text, the Bounds of a number or the choices of a name: declared once,
     beside the field, and read by the CLI's help and by `check_fields`."""
@@ -98,7 +97,7 @@ def check_fields(config: object) -> None:
     for item in fields(config):
         value, choices = getattr(config, item.name), item.metadata.get("choices")
         if choices is not None and value not in choices:
-            raise UserError(f"unknown {item.name} {value!r}; choose one of: {', '.join(choices)}")
+            raise UserError(f"unknown {item.name} {value!r}; choose {', '.join(choices[:-1])} or {choices[-1]}")
     check_bounds(config, bounds_of(type(config)))
 
 
@@ -271,10 +270,6 @@ class TrainConfig:
 def bounds_of(cls: type) -> dict[str, Bounds]:
     """The Bounds of each numeric field of a config dataclass, from its metadata."""
     return {f.name: f.metadata["bounds"] for f in fields(cls) if f.metadata.get("bounds") is not None}
-
-
-MODEL_BOUNDS = bounds_of(GPTConfig)
-TRAIN_BOUNDS = bounds_of(TrainConfig)  # every int and float field of TrainConfig; a test checks that none is missing
 
 
 def help_of(cls: type, name: str) -> str:

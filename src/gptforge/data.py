@@ -103,23 +103,35 @@ def _write_atomic(path: Path, contents: bytes) -> None:
     atomic_write_bytes(path, contents)
 
 
-def read_corpus(data: str) -> tuple[str, str]:
-    """All the text behind ``data`` (files joined with "\\n") and the sha256 of that text."""
-    texts = [_read_utf8(path) for path in find_dataset(data)]
+@dataclass(frozen=True)
+class Corpus:
+    """The text behind a ``--data`` value, read and hashed once per command, and where it lives."""
+
+    data: str  # the --data value it was read from
+    text: str  # the files joined with "\n"
+    sha256: str  # of the text
+    location: Path  # absolute: the file, or the folder of .txt files
+
+    @property
+    def record(self) -> CorpusRecord:
+        """What a run keeps of it (in its config), so a resume or an eval finds it and checks it again."""
+        return CorpusRecord(path=str(self.location), sha256=self.sha256)
+
+
+def read_corpus(data: str) -> Corpus:
+    """All the text behind ``data``, its sha256 and its absolute location; an empty corpus is refused."""
+    paths = find_dataset(data)
+    texts = [_read_utf8(path) for path in paths]
     text = "\n".join(texts)
     if not any(texts):
         raise UserError(f"the corpus {data!r} is empty; give it some text")
-    return text, hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def record_corpus(data: str) -> CorpusRecord:
-    """Where the text behind ``data`` lives (absolute: a file, or the folder of .txt files) and its sha256."""
     folder = Path(data).expanduser()
-    location = folder if data.lower() not in NAMED_DATASETS and folder.is_dir() else find_dataset(data)[0]
-    return CorpusRecord(path=str(location.resolve()), sha256=read_corpus(data)[1])
+    location = folder if data.lower() not in NAMED_DATASETS and folder.is_dir() else paths[0]
+    return Corpus(data=data, text=text, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+                  location=location.resolve())
 
 
-def recheck_corpus(record: CorpusRecord, gone: str, changed: str, data: str | None = None) -> CorpusRecord:
+def recheck_corpus(record: CorpusRecord, gone: str, changed: str, data: str | None = None) -> Corpus:
     """The corpus as it is now (``data``, or else the recorded path), refused unless it is ``record``'s text.
 
     Eval and resume find a run's corpus again by the absolute path it recorded, from any directory, and
@@ -131,9 +143,9 @@ def recheck_corpus(record: CorpusRecord, gone: str, changed: str, data: str | No
         if not Path(record.path).exists():
             raise UserError(gone.format(path=record.path))
         data = record.path
-    current = record_corpus(data)
+    current = read_corpus(data)
     if current.sha256 != record.sha256:
-        raise UserError(changed.format(path=record.path, current=current.path, now=current.sha256[:12],
+        raise UserError(changed.format(path=record.path, current=current.location, now=current.sha256[:12],
                                        then=record.sha256[:12]))
     return current
 
@@ -150,20 +162,21 @@ def _read_utf8(path: Path) -> str:
         raise UserError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def load_tokens(data: str, tokenizer: Tokenizer, progress: bool = False) -> tuple[np.ndarray, Path]:
+def load_tokens(data: str | Corpus, tokenizer: Tokenizer, progress: bool = False) -> tuple[np.ndarray, Path]:
     """The corpus as a read-only memmap of ids, tokenizing only the first time a corpus is seen.
 
     The cache key covers the text's content and the tokenizer, so an edited file or another
-    tokenizer never reuses stale ids.
+    tokenizer never reuses stale ids. A Corpus already read is not read again.
     """
-    text, content_sha256 = read_corpus(data)
+    corpus = data if isinstance(data, Corpus) else read_corpus(data)
+    text, content_sha256 = corpus.text, corpus.sha256
     tokenizer_json = json.dumps(tokenizer.to_dict(), sort_keys=True, ensure_ascii=False)
     key = hashlib.sha256(f"{content_sha256}\n{tokenizer_json}".encode()).hexdigest()
     bin_path = cache_dir() / "tokens" / f"{key}.bin"
     tokens = _open_cached(bin_path)
     if tokens is None:
         ids = tokenizer.encode_corpus(text, progress=progress)
-        meta = {"dtype": ids.dtype.name, "count": int(ids.size), "source": data,
+        meta = {"dtype": ids.dtype.name, "count": int(ids.size), "source": corpus.data,
                 "content_sha256": content_sha256, "tokenizer": tokenizer.to_dict()}
         try:
             _write_atomic(bin_path, ids.tobytes())
@@ -173,7 +186,7 @@ def load_tokens(data: str, tokenizer: Tokenizer, progress: bool = False) -> tupl
             with contextlib.suppress(OSError):
                 bin_path.unlink(missing_ok=True)  # no .bin without the description that vouches for it
             reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-            raise UserError(f"cannot cache the tokens of {data} in {cache_dir()} ({reason}); set "
+            raise UserError(f"cannot cache the tokens of {corpus.data} in {cache_dir()} ({reason}); set "
                             "GPTFORGE_CACHE_DIR to a writable folder with free space") from None
         tokens = _open_cached(bin_path)
         assert tokens is not None, f"token cache {bin_path} unreadable right after writing it"

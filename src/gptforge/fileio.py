@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import glob
+import json
 import os
 import secrets
 import shutil
@@ -31,6 +32,28 @@ def write_safetensors(path: Path, tensors: dict[str, Any], safetensors_torch: An
     serves or uploads the folder."""
     atomic_write_bytes(path, safetensors_torch.save(tensors, metadata={"format": "pt"}), "the weights")
 
+
+def safetensors_torch(purpose: str, install: str) -> Any:
+    """safetensors' torch API, imported on first use: an optional dependency; without it, `purpose` (what needs
+    it) and `install` (the pip command) make the error line."""
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise UserError(f"{purpose} needs safetensors: {install}") from None
+    return safetensors.torch
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file's data; a file that cannot be read or parsed is one UserError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Indented UTF-8, as transformers writes its own files, so an export diffs cleanly against theirs."""
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 def atomic_write_text(path: Path, text: str, what: str = "file") -> None:
     """``atomic_write_bytes`` for UTF-8 text (config.json, summary.txt)."""
@@ -66,6 +89,7 @@ def remove_temporaries(folder: Path, name: str = "*") -> None:
     pattern = ".*.tmp" if name == "*" else f".{glob.escape(name)}.*.tmp"
     for leftover in Path(folder).glob(pattern):
         leftover.unlink(missing_ok=True)
+
 
 def _write_and_rename(temporary: Path, path: Path, write: Callable[[IO[bytes]], object]) -> None:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)

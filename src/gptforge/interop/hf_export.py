@@ -11,10 +11,10 @@ from typing import Any
 import torch
 
 from gptforge.config import GPTConfig
-from gptforge.fileio import write_new_folder, write_safetensors
-from gptforge.interop.hf_read import CONFIG_FILE, SAFETENSORS_FILE, TOKENIZER_FILE, write_json
+from gptforge.fileio import write_json, write_new_folder, write_safetensors
+from gptforge.interop.hf_read import CONFIG_FILE, SAFETENSORS_FILE, TOKENIZER_FILE
 from gptforge.interop.hf_tokenizer import write_hf_tokenizer
-from gptforge.interop.hf_weights import safetensors_torch, to_hf_state_dict
+from gptforge.interop.hf_weights import hf_safetensors, to_hf_state_dict
 from gptforge.tokenizer import save_tokenizer
 from gptforge.trained_model import TrainedModel
 
@@ -49,7 +49,7 @@ def hf_config(model_config: GPTConfig, vocab_size: int, eot_id: int | None, dtyp
 def _write_hf(trained: TrainedModel, folder: Path) -> None:
     tokenizer, model = trained.tokenizer, trained.model
     dtype = model.transformer.wte.weight.dtype
-    write_safetensors(folder / SAFETENSORS_FILE, to_hf_state_dict(model, tokenizer.vocab_size), safetensors_torch())
+    write_safetensors(folder / SAFETENSORS_FILE, to_hf_state_dict(model, tokenizer.vocab_size), hf_safetensors())
     write_json(folder / CONFIG_FILE, hf_config(model.config, tokenizer.vocab_size, tokenizer.eot_id, dtype))
     write_json(folder / "generation_config.json", {"_from_model_config": True, "bos_token_id": tokenizer.eot_id,
                                                    "eos_token_id": tokenizer.eot_id})

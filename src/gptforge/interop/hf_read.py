@@ -8,7 +8,6 @@ model is built.
 
 from __future__ import annotations
 
-import json
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,8 @@ from gptforge.checkpoint import code_it_would_run
 from gptforge.config import GPT2_VOCAB_SIZE, GPTConfig, RunConfig, TrainConfig
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
-from gptforge.interop.hf_weights import NOT_WEIGHTS, POSITIONS, hf_shapes, load_hf_state_dict, safetensors_torch
+from gptforge.fileio import read_json
+from gptforge.interop.hf_weights import NOT_WEIGHTS, POSITIONS, hf_safetensors, hf_shapes, load_hf_state_dict
 from gptforge.interop.hub import first_line
 from gptforge.model import GPT, TIED_LM_HEAD, count_parameters
 from gptforge.sizing import check_fits, inference_memory
@@ -54,21 +54,9 @@ class HFCheckpoint:
         load_hf_state_dict(model, state)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Indented UTF-8, as transformers writes its own files, so an export diffs cleanly against theirs."""
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
 def _read_shape(path: Path) -> GPTConfig:
     """The model's shape from config.json, refusing what gptforge's GPT cannot compute exactly."""
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict) or data.get("model_type") != "gpt2":
         found = data.get("model_type") if isinstance(data, dict) else None
         raise UserError(f"{path} is not a GPT-2 config (model_type {found!r}, expected 'gpt2')")
@@ -102,7 +90,7 @@ def _read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     if path is None:
         raise UserError(f"no weights in {folder}: expected {SAFETENSORS_FILE} or {BIN_FILE} (sharded checkpoints "
                         "are not supported)")
-    load = (safetensors_torch().load_file if path.name == SAFETENSORS_FILE
+    load = (hf_safetensors().load_file if path.name == SAFETENSORS_FILE
             else lambda file: torch.load(file, map_location="cpu", weights_only=True))
     try:
         return path, load(str(path))
@@ -131,7 +119,7 @@ def _gptforge_tokenizer(folder: Path) -> tuple[Path, dict[str, Any]] | tuple[Non
     it there (a tokenizers-library tokenizer.json, which transformers writes, is not one)."""
     for path in (folder / TOKENIZER_FILE, folder / HF_TOKENIZER_FILE):
         if path.is_file():
-            data = _read_json(path)
+            data = read_json(path)
             if isinstance(data, dict) and data.get("name") in ("gpt2", "char"):
                 return path, data
     return None, None

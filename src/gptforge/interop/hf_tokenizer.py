@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gptforge.interop.hf_read import HF_TOKENIZER_FILE, write_json
+from gptforge.fileio import write_json
+from gptforge.interop.hf_read import HF_TOKENIZER_FILE
 from gptforge.tokenizer import GPT2_EOT_ID, CharTokenizer, GPT2Tokenizer, Tokenizer
 
 ENDOFTEXT = "<|endoftext|>"

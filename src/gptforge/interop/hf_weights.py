@@ -14,6 +14,7 @@ import torch
 
 from gptforge.config import GPTConfig
 from gptforge.errors import UserError
+from gptforge.fileio import safetensors_torch
 from gptforge.model import GPT, TIED_LM_HEAD, TOKEN_EMBEDDING, meta_model
 
 # Conv1D in transformers: y = x @ W with W (in, out); nn.Linear keeps (out, in).
@@ -23,13 +24,9 @@ NOT_WEIGHTS = (".attn.bias", ".attn.masked_bias")
 POSITIONS = "transformer.wpe.weight"
 
 
-def safetensors_torch() -> Any:
-    """safetensors' torch API, imported on first use: it is an optional dependency (the hf extra)."""
-    try:
-        import safetensors.torch
-    except ImportError:
-        raise UserError("the Hugging Face format needs safetensors: pip install 'gptforge[hf]'") from None
-    return safetensors.torch
+def hf_safetensors() -> Any:
+    """safetensors' torch API for the Hugging Face format (an optional dependency: the hf extra)."""
+    return safetensors_torch("the Hugging Face format", "pip install 'gptforge[hf]'")
 
 
 def load_hf_state_dict(model: GPT, hf_state: dict[str, torch.Tensor]) -> None:

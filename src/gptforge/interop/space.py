@@ -17,7 +17,7 @@ from typing import Any
 from gptforge.config import RunConfig
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
-from gptforge.fileio import write_new_folder, write_safetensors
+from gptforge.fileio import read_json, safetensors_torch, write_json, write_new_folder, write_safetensors
 from gptforge.model import GPT, TIED_LM_HEAD, TOKEN_EMBEDDING
 from gptforge.paths import GPT2_BPE_FILENAME
 from gptforge.tokenizer import GPT2Tokenizer, tokenizer_from_dict
@@ -37,12 +37,8 @@ if __name__ == "__main__":
 '''
 
 
-def _safetensors() -> Any:
-    try:
-        import safetensors.torch
-    except ImportError:
-        raise UserError("exporting or loading a Space needs safetensors: pip install safetensors") from None
-    return safetensors.torch
+def _space_safetensors() -> Any:
+    return safetensors_torch("exporting or loading a Space", "pip install safetensors")
 
 
 def _installed_version(package: str, hint: str) -> str:
@@ -106,16 +102,15 @@ Run it locally: `pip install -r requirements.txt && python app.py`.
 
 
 def _write_space(trained: TrainedModel, folder: Path) -> None:
-    safetensors_torch = _safetensors()
     gradio_version = _installed_version("gradio", "pip install 'gptforge[app]' so the Space can name its version")
     weights = {name: tensor.detach().to("cpu").contiguous()
                for name, tensor in trained.model.state_dict().items() if name != TIED_LM_HEAD}
-    write_safetensors(folder / WEIGHTS_FILE, weights, safetensors_torch)
+    write_safetensors(folder / WEIGHTS_FILE, weights, _space_safetensors())
     facts = dataclasses.replace(trained.facts, checkpoint=None).to_dict()  # not a path on this machine
     config = {key: value for key, value in trained.config.to_dict().items() if key != "corpus"}  # a path too
     for name, data in (("config.json", config), ("tokenizer.json", trained.tokenizer.to_dict()),
                        ("facts.json", facts)):
-        (folder / name).write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        write_json(folder / name, data)
     ranks = trained.tokenizer.ranks_file if isinstance(trained.tokenizer, GPT2Tokenizer) else None
     if ranks is not None:
         shutil.copyfile(ranks, folder / GPT2_BPE_FILENAME)
@@ -142,10 +137,7 @@ def export_space(trained: TrainedModel, out: Path) -> Path:
 def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise UserError(f"{path} is missing; is {path.parent} a folder written by `gptforge export --format space`?")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+    return read_json(path)
 
 
 def load_space(folder: str | Path, device: str = "auto", tokenizer_file: str | None = None) -> TrainedModel:
@@ -163,7 +155,7 @@ def load_space(folder: str | Path, device: str = "auto", tokenizer_file: str | N
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise UserError(f"{weights_path} is missing; export the Space again")
-    weights = _safetensors().load_file(str(weights_path))
+    weights = _space_safetensors().load_file(str(weights_path))
     if TOKEN_EMBEDDING not in weights:
         raise UserError(f"{weights_path} has no {TOKEN_EMBEDDING}; it is not a gptforge Space")
     weights[TIED_LM_HEAD] = weights[TOKEN_EMBEDDING]

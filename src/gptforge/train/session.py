@@ -2,7 +2,7 @@
 
 Everything that can be wrong with the user's input (config, data, tokenizer, resume target) is found
 before the run directory is created, so a bad command leaves nothing behind and touches nothing saved.
-The config arrives validated (config.build_config); the Runtime is resolved here, once.
+A config is validated where it enters (start_run, resumed_config); the Runtime is resolved here, once.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from gptforge.config import MODEL_KEYS, CorpusRecord, RunConfig, apply_overrides, json_name, padded_vocab_size
+from gptforge.config import MODEL_KEYS, RunConfig, apply_overrides, json_name, padded_vocab_size
 from gptforge.data import (
+    Corpus,
     check_corpus_size,
     load_tokens,
     make_sampler,
     read_corpus,
     recheck_corpus,
-    record_corpus,
     split_tokens,
 )
 from gptforge.device import Runtime, resolve_runtime
@@ -75,8 +75,9 @@ def check_training_fits(config: RunConfig, runtime: Runtime) -> None:
                "--pad-vocab-to, --loss-chunks or model")
 
 
-def load_data(config: RunConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    tokens, cache_path = load_tokens(config.train.data, tokenizer, progress=config.train.progress)
+def load_data(config: RunConfig, corpus: Corpus, tokenizer: Tokenizer,
+              log: RunLog) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    tokens, cache_path = load_tokens(corpus, tokenizer, progress=config.train.progress)
     train_tokens, val_tokens = split_tokens(tokens, config.train.val_fraction)
     check_corpus_size(train_tokens, config.model.block_size)
     if config.train.val_fraction > 0 and len(val_tokens) <= config.model.block_size:
@@ -108,8 +109,9 @@ def build_trainer(config: RunConfig, runtime: Runtime, model: GPT, train_tokens:
 
 
 def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple[Trainer, RunLog]:
-    """A new run from a validated config: build the tokenizer and data, size the vocabulary, then create the
-    run directory."""
+    """A new run: validate the config (the Python API's edge, as build_config is the CLI's), build the tokenizer
+    and data, size the vocabulary, then create the run directory."""
+    config.validate()
     init = prepare_init(config)  # --init-from hf:DIR: read DIR now and take the model's shape from it
     resolve_accumulation(config, world_size)
     train = config.train
@@ -118,8 +120,9 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     if init is not None and runtime.strategy == "fsdp":
         raise UserError("--init-from cannot start a sharded run yet; use --parallel ddp (or one process)")
     check_optimizer(train.optimizer, sharded=runtime.strategy == "fsdp")
-    text = read_corpus(train.data)[0] if train.tokenizer == "char" else None
-    tokenizer = build_tokenizer(train.tokenizer, text=text, bpe_file=train.tokenizer_file)
+    corpus = read_corpus(train.data)  # read and hashed once: the tokenizer, the token cache and the record
+    tokenizer = build_tokenizer(train.tokenizer, text=corpus.text if train.tokenizer == "char" else None,
+                                bpe_file=train.tokenizer_file)
     if init is not None:
         init.check_tokenizer(tokenizer)
     config.model.vocab_size = padded_vocab_size(tokenizer.vocab_size, train.pad_vocab_to)
@@ -127,8 +130,8 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
         train.decay_steps = train.max_steps
     check_training_fits(config, runtime)
     console = RunLog(None, enabled=rank == 0)
-    tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
-    config.corpus = record_corpus(train.data)
+    tokens, train_tokens, val_tokens = load_data(config, corpus, tokenizer, console)
+    config.corpus = corpus.record
 
     def create() -> Path:
         run = create_run_dir(train.out, config.preset)
@@ -188,9 +191,10 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     check_training_fits(config, runtime)
     tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=config.train.tokenizer_file)
     check_tokenizer_file(run.tokenizer_file, tokenizer, path)
-    config.corpus = resume_corpus(config, given_data="data" in overrides)
+    corpus = resume_corpus(config, given_data="data" in overrides)
+    config.corpus = corpus.record
     console = RunLog(None, enabled=rank == 0)
-    tokens, train_tokens, val_tokens = load_data(config, tokenizer, console)
+    tokens, train_tokens, val_tokens = load_data(config, corpus, tokenizer, console)
     check_trackers(config.train.tensorboard, config.train.wandb)
     distributed.run_on_rank0(run.lock, rank, world_size)  # before anything is written
     log = open_log(run, config, rank)
@@ -263,7 +267,7 @@ def check_tokenizer_file(tokenizer_file: Path, tokenizer: Tokenizer, checkpoint:
                         "resume with the checkpoint's copy")
 
 
-def resume_corpus(config: RunConfig, given_data: bool) -> CorpusRecord:
+def resume_corpus(config: RunConfig, given_data: bool) -> Corpus:
     """Find the run's corpus again (its absolute path, from any directory) and refuse other text.
 
     A `--data` given on resume is read from the current directory; it must hold the same text.
@@ -271,7 +275,7 @@ def resume_corpus(config: RunConfig, given_data: bool) -> CorpusRecord:
     """
     saved = config.corpus
     if saved is None:
-        return record_corpus(config.train.data)
+        return read_corpus(config.train.data)
     current = recheck_corpus(
         saved, data=config.train.data if given_data else None,
         gone="the run's corpus {path} is gone; pass --data with the same text",

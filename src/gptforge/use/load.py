@@ -25,14 +25,14 @@ from gptforge.tokenizer import tokenizer_from_dict
 from gptforge.trained_model import ModelFacts, TrainedModel
 
 
-def load_trained(run: str | Path | None = None, checkpoint: str | Path | None = None, hf: str | Path | None = None,
-                 space: str | Path | None = None, device: str = "auto",
-                 tokenizer_file: str | None = None) -> TrainedModel:
+def load_trained(run: str | Path | None = None, checkpoint: str | Path | None = None, device: str = "auto",
+                 tokenizer_file: str | None = None, hf: str | Path | None = None,
+                 space: str | Path | None = None) -> TrainedModel:
     """The newest good checkpoint of `run`, the file `checkpoint`, the transformers GPT-2 folder `hf` or the
     exported Space folder `space`, ready for inference on `device`; `tokenizer_file` helps GPT-2's
     tokenizer load offline."""
     if sum(source is not None for source in (run, checkpoint, hf, space)) != 1:
-        raise UserError("pass exactly one of --run DIR, --checkpoint FILE or --hf DIR")
+        raise UserError("pass exactly one of --run DIR, --checkpoint FILE or --hf DIR (or, from Python, space=DIR)")
     if hf is not None:
         return load_hf_folder(hf, device=device, tokenizer_file=tokenizer_file)
     if space is not None:
