@@ -170,7 +170,7 @@ def test_fsdp_is_refused_before_and_when_the_optimizer_is_built(monkeypatch):
 
 
 def test_unknown_optimizer_is_a_user_error():
-    with pytest.raises(UserError, match="choose one of: adamw, muon"):
+    with pytest.raises(UserError, match="unknown optimizer 'sgd'; choose adamw or muon"):
         build_optimizer(tiny_gpt(), learning_rate=1e-3, weight_decay=0.1, betas=(0.9, 0.95), device_type="cpu",
                         optimizer="sgd")
 

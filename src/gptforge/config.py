@@ -86,6 +86,12 @@ def check_bounds(config: object, bounds: dict[str, Bounds]) -> None:
             raise UserError(f"{name} must be {allowed.describe()}{limit}, got {value!r}")
 
 
+class UnknownChoice(UserError):
+    """A name outside a field's declared choices: validation and the modules that dispatch on it say the same."""
+
+    def __init__(self, name: str, value: Any, choices: tuple[str, ...]) -> None:
+        super().__init__(f"unknown {name} {value!r}; choose {', '.join(choices[:-1])} or {choices[-1]}")
+
 def setting(default: Any, help: str, *, bounds: Bounds | None = None, choices: tuple[str, ...] | None = None) -> Any:
     """A config field with its `--help` text, the Bounds of a number or the choices of a name: declared once,
     beside the field, and read by the CLI's help and by `check_fields`."""
@@ -97,7 +103,7 @@ def check_fields(config: object) -> None:
     for item in fields(config):
         value, choices = getattr(config, item.name), item.metadata.get("choices")
         if choices is not None and value not in choices:
-            raise UserError(f"unknown {item.name} {value!r}; choose {', '.join(choices[:-1])} or {choices[-1]}")
+            raise UnknownChoice(item.name, value, choices)
     check_bounds(config, bounds_of(type(config)))
 
 

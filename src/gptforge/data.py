@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from gptforge.config import CorpusRecord
+from gptforge.config import CorpusRecord, TrainConfig, UnknownChoice, choices_of
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_bytes, describe_os_error
 from gptforge.paths import cache_dir, local_folders
@@ -352,4 +352,4 @@ def make_sampler(kind: str, tokens: np.ndarray, batch_size: int, block_size: int
         return SequentialSampler(tokens, batch_size, block_size, rank, world_size)
     if kind == "random":
         return RandomSampler(tokens, batch_size, block_size, seed, rank, world_size)
-    raise UserError(f"unknown sampler {kind!r}; choose sequential or random")
+    raise UnknownChoice("sampler", kind, choices_of(TrainConfig, "sampler"))

@@ -47,43 +47,30 @@ _STATE_SLACK_BYTES = 64 << 20  # the RNG states, counters and the archive's own 
 _held: dict[Path, int] = {}  # run folder -> descriptor of its lock file, for the locks this process holds
 
 
+class _RunFile:
+    """A file or folder under RUN, read as an attribute of a RunDir: `run.config_file` is RUN/config.json."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, run: RunDir, owner: type) -> Path:
+        return run.path / self.name
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A run folder: the names of its files, and the operations on its checkpoints."""
 
     path: Path
 
-    @property
-    def config_file(self) -> Path:
-        return self.path / "config.json"
-
-    @property
-    def tokenizer_file(self) -> Path:
-        return self.path / "tokenizer.json"
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / "metrics.jsonl"
-
-    @property
-    def log_file(self) -> Path:
-        return self.path / "train.log"
-
-    @property
-    def summary_file(self) -> Path:
-        return self.path / "summary.txt"
-
-    @property
-    def curves_file(self) -> Path:
-        return self.path / "curves.png"
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return self.path / "tensorboard"
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.path / CHECKPOINT_DIR
+    config_file = _RunFile("config.json")
+    tokenizer_file = _RunFile("tokenizer.json")
+    metrics_file = _RunFile("metrics.jsonl")
+    log_file = _RunFile("train.log")
+    summary_file = _RunFile("summary.txt")
+    curves_file = _RunFile("curves.png")
+    tensorboard_dir = _RunFile("tensorboard")
+    checkpoint_dir = _RunFile(CHECKPOINT_DIR)
 
     def checkpoint_file(self, name: str, compress: bool = False) -> Path:
         """checkpoints/NAME.pt, or NAME.pt.gz for a compressed one (`name`: last, best, step-N)."""

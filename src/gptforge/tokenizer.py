@@ -20,7 +20,7 @@ import numpy as np
 import tiktoken
 from tqdm import tqdm
 
-from gptforge.config import GPT2_VOCAB_SIZE
+from gptforge.config import GPT2_VOCAB_SIZE, TrainConfig, UnknownChoice, choices_of
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_text
 from gptforge.paths import GPT2_BPE_FILENAME, find_gpt2_ranks, local_folders, read_gpt2_ranks
@@ -240,7 +240,7 @@ def build_tokenizer(name: str, text: str | None = None, bpe_file: str | Path | N
         if text is None:
             raise ValueError("a char tokenizer is built from the corpus: pass text")
         return CharTokenizer.from_text(text)
-    raise UserError(f"unknown tokenizer {name!r}; choose gpt2 or char")
+    raise UnknownChoice("tokenizer", name, choices_of(TrainConfig, "tokenizer"))
 
 
 def tokenizer_from_dict(data: dict[str, Any], bpe_file: str | Path | None = None) -> Tokenizer:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from gptforge.config import MUON_FSDP_ERROR, TrainConfig, choices_of, muon_available
+from gptforge.config import MUON_FSDP_ERROR, TrainConfig, UnknownChoice, choices_of, muon_available
 from gptforge.errors import UserError
 from gptforge.train.distributed import is_sharded
 
@@ -71,9 +71,8 @@ def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 def check_optimizer(optimizer: str, sharded: bool) -> None:
     """Refuse what cannot run, before a run directory exists: Muon is PyTorch's own from torch 2.9, and
     it orthogonalises whole matrices, which FSDP's shards are not."""
-    optimizers = choices_of(TrainConfig, "optimizer")
-    if optimizer not in optimizers:
-        raise UserError(f"unknown optimizer {optimizer!r}; choose one of: {', '.join(optimizers)}")
+    if optimizer not in choices_of(TrainConfig, "optimizer"):
+        raise UnknownChoice("optimizer", optimizer, choices_of(TrainConfig, "optimizer"))
     if optimizer != "muon":
         return
     if not muon_available():
@@ -182,9 +181,8 @@ def learning_rate_at(
     is as long as or longer than the whole schedule (the rate then rises until ``total_steps`` and drops
     to ``min_lr``), so a run resumed past its schedule's end always trains at the lowest rate.
     """
-    schedules = choices_of(TrainConfig, "schedule")
-    if schedule not in schedules:
-        raise UserError(f"unknown schedule {schedule!r}; choose one of: {', '.join(schedules)}")
+    if schedule not in choices_of(TrainConfig, "schedule"):
+        raise UnknownChoice("schedule", schedule, choices_of(TrainConfig, "schedule"))
     if schedule != "constant" and step >= total_steps:
         return min_lr
     if step < warmup_steps:
