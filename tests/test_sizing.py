@@ -181,3 +181,20 @@ def test_loss_chunks_shrink_the_logits_estimate() -> None:
     whole, chunked = sizing.training_memory(model, 16), sizing.training_memory(model, 16, loss_chunks=8)
     assert chunked.parts["logits"] * 8 == whole.parts["logits"]
     assert chunked.parts["activations"] == whole.parts["activations"]
+
+
+def test_activations_are_counted_at_the_autocast_width(monkeypatch: pytest.MonkeyPatch, tmp_path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """Under bf16 autocast a block keeps bf16 activations: counted as fp32 they would refuse batches that fit.
+    The training check passes the run's precision (here float32 on the CPU, so 4 bytes)."""
+    model = from_preset("gpt2").model
+    fp32, bf16 = sizing.training_memory(model, 16), sizing.training_memory(model, 16, activation_bytes=2)
+    assert bf16.parts["activations"] * 2 == fp32.parts["activations"]
+    assert bf16.parts["logits"] == fp32.parts["logits"]
+    seen = []
+    real = sizing.training_memory
+    monkeypatch.setattr("gptforge.train.session.training_memory",
+                        lambda *args: seen.append(args[-1]) or real(*args))
+    status, _, err = run_main(["train", "--preset", "tiny", "--tokenizer", "char", "--device", "cpu",
+                               "--dtype", "float32", "--max-steps", "1", "--out", str(tmp_path / "run")], capsys)
+    assert status == 0 and seen == [4], err

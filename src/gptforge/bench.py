@@ -128,7 +128,8 @@ def synthetic_trainer(config: RunConfig, steps: int) -> Trainer:
     model, train = config.model, config.train
     runtime = resolve_runtime(train)
     tokens_needed = train.batch_size * model.block_size * train.grad_accum * (steps + 1) + 1
-    estimate = training_memory(model, train.batch_size, loss_chunks=train.loss_chunks)
+    estimate = training_memory(model, train.batch_size, loss_chunks=train.loss_chunks,
+                               activation_bytes=runtime.precision.dtype.itemsize)
     estimate.parts["synthetic tokens"] = tokens_needed * SYNTHETIC_BYTES_PER_TOKEN
     check_fits(estimate, runtime.device, "this benchmark", "use a smaller --batch-size, --block-size, --steps or model")
     generator = np.random.default_rng(0)

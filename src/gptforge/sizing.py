@@ -54,13 +54,15 @@ class MemoryEstimate:
         return f"{self.total / GIB:,.1f} GiB ({shown})"
 
 
-def training_memory(model: GPTConfig, batch_size: int, shards: int = 1, loss_chunks: int = 1) -> MemoryEstimate:
-    """One process's memory for a training step: its share of the optimizer state and its activations (the
-    logits one `--loss-chunks` chunk at a time)."""
+def training_memory(model: GPTConfig, batch_size: int, shards: int = 1, loss_chunks: int = 1,
+                    activation_bytes: int = FP32) -> MemoryEstimate:
+    """One process's memory for a training step: its share of the optimizer state and its activations, of
+    `activation_bytes` each (2 under bf16 / fp16 autocast: counting them as fp32 would refuse batches that fit),
+    and the logits one `--loss-chunks` chunk at a time (fp32: the loss upcasts them)."""
     tokens = batch_size * model.block_size
     return MemoryEstimate({
         "weights, gradients and optimizer state": parameter_count(model) * OPTIMIZER_BYTES_PER_PARAMETER // shards,
-        "activations": tokens * model.n_layer * ACTIVATIONS_PER_LAYER * model.n_embd * FP32,
+        "activations": tokens * model.n_layer * ACTIVATIONS_PER_LAYER * model.n_embd * activation_bytes,
         "logits": 2 * -(-tokens // loss_chunks) * model.vocab_size * FP32,  # the logits and their gradient
     })
 

@@ -69,7 +69,8 @@ def resolve_accumulation(config: RunConfig, world_size: int) -> None:
 def check_training_fits(config: RunConfig, runtime: Runtime) -> None:
     """Refuse a model or batch that cannot fit in the device's memory before building or writing anything."""
     shards = runtime.world_size if runtime.strategy == "fsdp" else 1
-    estimate = training_memory(config.model, config.train.batch_size, shards, config.train.loss_chunks)
+    estimate = training_memory(config.model, config.train.batch_size, shards, config.train.loss_chunks,
+                               runtime.precision.dtype.itemsize)
     check_fits(estimate, runtime.device, "training this model",
                "use a smaller --batch-size (raise --grad-accum to keep the tokens per step), --block-size, "
                "--pad-vocab-to, --loss-chunks or model")
