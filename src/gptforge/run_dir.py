@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from gptforge.config import RunConfig
 from gptforge.errors import UserError
-from gptforge.fileio import describe_os_error, remove_temporaries
+from gptforge.fileio import atomic_write_text, describe_os_error, remove_temporaries
 
 if TYPE_CHECKING:
     import torch
@@ -71,6 +71,10 @@ class RunDir:
     curves_file = _RunFile("curves.png")
     tensorboard_dir = _RunFile("tensorboard")
     checkpoint_dir = _RunFile(CHECKPOINT_DIR)
+
+    def write_config(self, config: RunConfig) -> None:
+        """config.json: the fully resolved config, rewritten whole (atomically) when a resume changes it."""
+        atomic_write_text(self.config_file, json.dumps(config.to_dict(), indent=2) + "\n")
 
     def checkpoint_file(self, name: str, compress: bool = False) -> Path:
         """checkpoints/NAME.pt, or NAME.pt.gz for a compressed one (`name`: last, best, step-N)."""

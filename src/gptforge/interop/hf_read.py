@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from gptforge.checkpoint import code_it_would_run
-from gptforge.config import GPT2_VOCAB_SIZE, GPTConfig, RunConfig, TrainConfig
+from gptforge.config import GPT2_VOCAB_SIZE, GPTConfig, RunConfig, TrainConfig, choices_of
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
 from gptforge.fileio import read_json
@@ -120,7 +120,7 @@ def _gptforge_tokenizer(folder: Path) -> tuple[Path, dict[str, Any]] | tuple[Non
     for path in (folder / TOKENIZER_FILE, folder / HF_TOKENIZER_FILE):
         if path.is_file():
             data = read_json(path)
-            if isinstance(data, dict) and data.get("name") in ("gpt2", "char"):
+            if isinstance(data, dict) and data.get("name") in choices_of(TrainConfig, "tokenizer"):
                 return path, data
     return None, None
 

@@ -18,6 +18,9 @@ from gptforge.errors import UserError
 from gptforge.train.distributed import is_sharded
 
 MUON_MIN_TORCH = "2.9"
+# what config.py declares, read once: learning_rate_at runs every step
+OPTIMIZERS = choices_of(TrainConfig, "optimizer")
+SCHEDULES = choices_of(TrainConfig, "schedule")
 # the blocks live under this prefix (model.py); their 2-D weights are the "hidden matrices" Muon takes
 HIDDEN_PREFIX = "transformer.h."
 
@@ -71,8 +74,8 @@ def hidden_matrices(model: torch.nn.Module) -> list[torch.nn.Parameter]:
 def check_optimizer(optimizer: str, sharded: bool) -> None:
     """Refuse what cannot run, before a run directory exists: Muon is PyTorch's own from torch 2.9, and
     it orthogonalises whole matrices, which FSDP's shards are not."""
-    if optimizer not in choices_of(TrainConfig, "optimizer"):
-        raise UnknownChoice("optimizer", optimizer, choices_of(TrainConfig, "optimizer"))
+    if optimizer not in OPTIMIZERS:
+        raise UnknownChoice("optimizer", optimizer, OPTIMIZERS)
     if optimizer != "muon":
         return
     if not muon_available():
@@ -181,8 +184,8 @@ def learning_rate_at(
     is as long as or longer than the whole schedule (the rate then rises until ``total_steps`` and drops
     to ``min_lr``), so a run resumed past its schedule's end always trains at the lowest rate.
     """
-    if schedule not in choices_of(TrainConfig, "schedule"):
-        raise UnknownChoice("schedule", schedule, choices_of(TrainConfig, "schedule"))
+    if schedule not in SCHEDULES:
+        raise UnknownChoice("schedule", schedule, SCHEDULES)
     if schedule != "constant" and step >= total_steps:
         return min_lr
     if step < warmup_steps:

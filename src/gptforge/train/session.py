@@ -138,7 +138,7 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
         run = create_run_dir(train.out, config.preset)
         run.lock()
         config.train.out = str(run.path)
-        atomic_write_text(run.config_file, json.dumps(config.to_dict(), indent=2) + "\n")
+        run.write_config(config)
         save_tokenizer(tokenizer, run.tokenizer_file)
         return run.path
 
@@ -215,7 +215,7 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
                             f"{-minus_oldest:.0f} to {newest:.0f}); every process must see the same files: put "
                             "--out on a filesystem they all share")
     if rank == 0:
-        atomic_write_text(run.config_file, json.dumps(config.to_dict(), indent=2) + "\n")
+        run.write_config(config)
     log.info(f"resuming {run.path} from {path.name} at step {trainer.step} "
              f"({trainer.tokens_seen:,} tokens seen, {trainer.elapsed_s:.1f}s trained)")
     describe(trainer, len(tokens), len(train_tokens), len(val_tokens))
