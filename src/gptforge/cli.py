@@ -36,7 +36,10 @@ from gptforge.config import (
 from gptforge.errors import UserError
 
 if typing.TYPE_CHECKING:
+    import torch
+
     from gptforge.generate import SamplingSettings
+    from gptforge.trained_model import TrainedModel
 
 
 class Parser(argparse.ArgumentParser):
@@ -230,11 +233,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     trained = load_trained(run=args.run, checkpoint=args.checkpoint, hf=args.hf, device=args.device,
                            tokenizer_file=args.tokenizer_file)
+    if args.hellaswag is not None:
+        return eval_hellaswag(trained, args)
     data = args.data if args.data is not None else trained_corpus(trained)
     result = evaluate_text(trained, data, split=args.split, val_fraction=args.val_fraction,
                            batch_size=args.batch_size, max_batches=args.max_batches)
     print(f"{data} ({args.split} split, {result.tokens:,} tokens in {result.windows:,} windows of "
           f"{trained.config.model.block_size}): loss {result.loss:.4f} | perplexity {result.perplexity:,.2f}")
+    return 0
+
+
+def eval_hellaswag(trained: TrainedModel, args: argparse.Namespace) -> int:
+    from gptforge import hellaswag
+    from gptforge.trained_model import autocast_for
+
+    if args.data is not None:
+        raise UserError("--hellaswag scores HellaSwag's own text: leave out --data")
+    hellaswag.check_tokenizer(trained.tokenizer)
+    path = hellaswag.find_hellaswag(args.hellaswag or None)
+    examples = hellaswag.read_examples(path)
+    if args.max_batches is not None:
+        if args.max_batches <= 0:
+            raise UserError(f"--max-batches must be positive, got {args.max_batches}")
+        examples = examples[:args.max_batches * args.batch_size]
+    model = trained.model
+
+    def forward(tokens: torch.Tensor) -> torch.Tensor:
+        with autocast_for(model) or contextlib.nullcontext():
+            return model(tokens)[0]
+
+    result = hellaswag.score(forward, examples, trained.tokenizer, trained.config.model.block_size,
+                             model.lm_head.weight.device, batch_size=args.batch_size, progress=True)
+    print(f"HellaSwag {path} ({result.examples:,} examples): acc {result.acc:.4f} | acc_norm {result.acc_norm:.4f}")
     return 0
 
 
@@ -417,7 +447,8 @@ def build_parser(train_preset: str | None = None, help_asked: bool = True) -> ar
     add_sampling_flags(chat, max_new_tokens=200)
     chat.set_defaults(func=cmd_chat)
 
-    evaluate = commands.add_parser("eval", help="loss and perplexity of a trained model on any text")
+    evaluate = commands.add_parser("eval", help="loss and perplexity of a trained model on any text, or its "
+                                   "HellaSwag accuracy")
     add_model_source(evaluate)
     evaluate.add_argument("--data", help="named dataset, text file or folder (default: the text the model was "
                           "trained on, found where its run recorded it; shakespeare for --hf)")
@@ -426,6 +457,10 @@ def build_parser(train_preset: str | None = None, help_asked: bool = True) -> ar
     evaluate.add_argument("--val-fraction", type=float, default=0.1, help="(default: 0.1, as in training)")
     evaluate.add_argument("--batch-size", type=int, default=8, help="(default: 8)")
     evaluate.add_argument("--max-batches", type=int, default=None, help="stop after N batches (default: all)")
+    evaluate.add_argument("--hellaswag", nargs="?", const="", metavar="FILE",
+                          help="score HellaSwag val (acc, acc_norm) instead of a text's loss; FILE defaults to "
+                          "hellaswag_val.jsonl in GPTFORGE_DATA_DIR or the cache, else it is downloaded. "
+                          "--batch-size counts examples (4 rows each)")
     evaluate.set_defaults(func=cmd_eval)
 
     serve = commands.add_parser("serve", help="web demo of a trained model (Gradio; pip install 'gptforge[app]')")

@@ -222,6 +222,9 @@ class TrainConfig:
     log_interval: int = setting(10, "log a line every N steps", bounds=POSITIVE_INT)
     eval_interval: int = setting(250, "evaluate on the val split every N steps (0: never)", bounds=NON_NEGATIVE_INT)
     eval_batches: int = setting(20, "micro-batches per evaluation", bounds=POSITIVE_INT)
+    hellaswag_interval: int = setting(
+        0, "score HellaSwag val (acc, acc_norm) every N steps into metrics.jsonl and curves.png; GPT-2 tokenizer "
+        "only; the file from GPTFORGE_DATA_DIR, the cache or a download (0: never)", bounds=NON_NEGATIVE_INT)
     sample_interval: int = setting(0, "0 disables periodic samples during training", bounds=NON_NEGATIVE_INT)
     sample_tokens: int = setting(200, "tokens per sample (periodic and final)", bounds=POSITIVE_INT)
     checkpoint_interval: int = setting(250, "write checkpoints/last.pt every N steps", bounds=POSITIVE_INT)

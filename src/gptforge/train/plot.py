@@ -41,7 +41,8 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def plot_run(run_dir: str | Path, out: Path | None = None) -> Path:
-    """Draw train/val loss, learning rate, grad norm and throughput against the step; return the file."""
+    """Draw train/val loss, learning rate, grad norm, throughput and (when scored) HellaSwag accuracy against the
+    step; return the file."""
     run = RunDir(Path(run_dir))
     if not run.path.is_dir():
         raise UserError(f"run directory {run_dir} not found; pass a folder made by `gptforge train`")
@@ -56,13 +57,17 @@ def plot_run(run_dir: str | Path, out: Path | None = None) -> Path:
 
     from gptforge.fileio import atomic_write_bytes
 
-    figure = Figure(figsize=(12, 8), layout="constrained")
+    hellaswag = [r for r in records if r.get("kind") == "hellaswag"]
+    layout = [["loss", "lr"], ["grad", "speed"]] + ([["hellaswag", "hellaswag"]] if hellaswag else [])
+    figure = Figure(figsize=(12, 4 * len(layout)), layout="constrained")
     figure.suptitle(f"gptforge run: {run.path.resolve().name}")
-    (loss_axes, lr_axes), (grad_axes, speed_axes) = figure.subplots(2, 2)
-    _plot_loss(loss_axes, train, evals)
-    _plot_series(lr_axes, train, "lr", "learning rate")
-    _plot_series(grad_axes, train, "grad_norm", "gradient norm")
-    _plot_series(speed_axes, train, "tokens_per_sec", "tokens / s")
+    axes = figure.subplot_mosaic(layout)
+    _plot_loss(axes["loss"], train, evals)
+    _plot_series(axes["lr"], train, "lr", "learning rate")
+    _plot_series(axes["grad"], train, "grad_norm", "gradient norm")
+    _plot_series(axes["speed"], train, "tokens_per_sec", "tokens / s")
+    if hellaswag:
+        _plot_hellaswag(axes["hellaswag"], hellaswag)
 
     out = Path(out) if out is not None else run.curves_file
     image = io.BytesIO()
@@ -123,4 +128,14 @@ def _plot_loss(axes: Any, train: list[dict], evals: list[dict]) -> None:
     positive = [loss for loss in train_losses + val_losses if loss > 0]
     if positive and max(positive) / min(positive) > LOG_SCALE_SPAN:
         axes.set_yscale("log")
+    axes.legend()
+
+
+def _plot_hellaswag(axes: Any, records: list[dict]) -> None:
+    """acc and acc_norm, with chance (one ending in four) as a dashed line."""
+    _start_panel(axes, "HellaSwag val accuracy")
+    for key in ("acc", "acc_norm"):
+        steps, values = _series(records, key)
+        axes.plot(steps, values, "o-", markersize=3, linewidth=1, label=key)
+    axes.axhline(0.25, linestyle="--", linewidth=1, color="grey", label="chance")
     axes.legend()

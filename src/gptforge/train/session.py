@@ -29,6 +29,8 @@ from gptforge.data import (
 from gptforge.device import Runtime, resolve_runtime
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_text
+from gptforge.hellaswag import Example, find_hellaswag, read_examples
+from gptforge.hellaswag import check_tokenizer as check_hellaswag_tokenizer
 from gptforge.interop.hf_init import prepare_init
 from gptforge.model import GPT, count_parameters, parameter_table
 from gptforge.run_dir import RunDir, create_run_dir, release_run_dirs
@@ -101,12 +103,21 @@ def initial_model(config: RunConfig, runtime: Runtime) -> GPT:
     return GPT(config.model).to(runtime.device)
 
 
+def hellaswag_examples(config: RunConfig, tokenizer: Tokenizer) -> list[Example] | None:
+    """--hellaswag-interval: the val examples, read (or downloaded) before any file of the run is written."""
+    if not config.train.hellaswag_interval:
+        return None
+    check_hellaswag_tokenizer(tokenizer)
+    return read_examples(find_hellaswag())
+
+
 def build_trainer(config: RunConfig, runtime: Runtime, model: GPT, train_tokens: np.ndarray, val_tokens: np.ndarray,
-                  tokenizer: Tokenizer, run: RunDir, log: RunLog) -> Trainer:
+                  tokenizer: Tokenizer, run: RunDir, log: RunLog, hellaswag: list[Example] | None = None) -> Trainer:
     train = config.train
     sampler = make_sampler(train.sampler, train_tokens, train.batch_size, config.model.block_size, train.seed,
                            runtime.rank, runtime.world_size)
-    return Trainer(config, model, runtime, sampler, val_tokens=val_tokens, tokenizer=tokenizer, run=run, log=log)
+    return Trainer(config, model, runtime, sampler, val_tokens=val_tokens, tokenizer=tokenizer, run=run, log=log,
+                   hellaswag=hellaswag)
 
 
 def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple[Trainer, RunLog]:
@@ -133,6 +144,7 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     console = RunLog(None, enabled=rank == 0)
     tokens, train_tokens, val_tokens = load_data(config, corpus, tokenizer, console)
     config.corpus = corpus.record
+    hellaswag = hellaswag_examples(config, tokenizer)
 
     def create() -> Path:
         run = create_run_dir(train.out, config.preset)
@@ -150,7 +162,7 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
         init.checkpoint.load_into(model)
         for note in init.notes:
             log.info(note)
-    trainer = build_trainer(config, runtime, model, train_tokens, val_tokens, tokenizer, run, log)
+    trainer = build_trainer(config, runtime, model, train_tokens, val_tokens, tokenizer, run, log, hellaswag)
     describe(trainer, len(tokens), len(train_tokens), len(val_tokens))
     warning = warmup_warning(train.warmup_steps, train.max_steps)
     if warning is not None:
@@ -196,6 +208,7 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     config.corpus = corpus.record
     console = RunLog(None, enabled=rank == 0)
     tokens, train_tokens, val_tokens = load_data(config, corpus, tokenizer, console)
+    hellaswag = hellaswag_examples(config, tokenizer)
     check_trackers(config.train.tensorboard, config.train.wandb)
     distributed.run_on_rank0(run.lock, rank, world_size)  # before anything is written
     log = open_log(run, config, rank)
@@ -206,7 +219,7 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
         log.info(f"the learning rate schedule ends at step {train.decay_steps}: later steps train at the lowest "
                  f"rate ({train.learning_rate * train.min_lr_ratio:.2e}); pass --decay-steps to stretch it")
     trainer = build_trainer(config, runtime, initial_model(config, runtime), train_tokens, val_tokens, tokenizer,
-                            run, log)
+                            run, log, hellaswag)
     trainer.load_state_dict(state)
     if world_size > 1:  # each process picked the newest checkpoint it could read: they must have found the same
         newest, minus_oldest = distributed.max_over_ranks([trainer.step, -trainer.step], trainer.device)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gptforge import hellaswag
 from gptforge.checkpoint import (
     capture_rng_state,
     restore_rng_state,
@@ -29,6 +30,7 @@ from gptforge.data import RandomSampler, SequentialSampler
 from gptforge.device import Precision, Runtime, configure_matmul_precision, memory_gb
 from gptforge.errors import UserError
 from gptforge.generate import SamplingSettings, generate_text
+from gptforge.hellaswag import Example
 from gptforge.model import GPT, vocabulary_loss
 from gptforge.run_dir import RunDir
 from gptforge.tokenizer import Tokenizer
@@ -60,14 +62,15 @@ class Trainer:
 
     def __init__(self, config: RunConfig, model: GPT, runtime: Runtime, sampler: SequentialSampler | RandomSampler,
                  *, val_tokens: np.ndarray | None = None, tokenizer: Tokenizer | None = None, run: RunDir | None = None,
-                 log: RunLog | None = None) -> None:
+                 log: RunLog | None = None, hellaswag: list[Example] | None = None) -> None:
         """`model` is on runtime.device and initialised; without `tokenizer` there are no samples, without `run`
-        no checkpoints, without `val_tokens` no evaluation."""
+        no checkpoints, without `val_tokens` no evaluation, without `hellaswag` examples no HellaSwag score."""
         self.config = config
         self.runtime = runtime
         self.sampler = sampler
         self.val_tokens = val_tokens if val_tokens is not None else np.zeros(0, dtype=np.uint32)
         self.tokenizer = tokenizer
+        self.hellaswag = hellaswag
         self.run = run
         self.log = log if log is not None else RunLog(None, enabled=False)
         train = config.train
@@ -161,12 +164,14 @@ class Trainer:
         self.last_loss = loss_value
         return stats
 
-    def _mean_over_ranks(self, values: torch.Tensor) -> list[float]:
+    def _sum_over_ranks(self, values: torch.Tensor) -> list[float]:
         if self.world_size > 1:
-            # SUM, then divide: gloo (the CPU backend) refuses ReduceOp.AVG in older torch (2.4 does)
             torch.distributed.all_reduce(values, op=torch.distributed.ReduceOp.SUM)
-            values = values / self.world_size
         return values.tolist()
+
+    def _mean_over_ranks(self, values: torch.Tensor) -> list[float]:
+        # SUM, then divide: gloo (the CPU backend) refuses ReduceOp.AVG in older torch (2.4 does)
+        return [value / self.world_size for value in self._sum_over_ranks(values)]
 
     def learning_rate(self, step: int) -> float:
         train = self.config.train
@@ -203,6 +208,22 @@ class Trainer:
             total += vocabulary_loss(logits, self._to_device(y), self.real_vocab_size)
         self.model.train()
         return self._mean_over_ranks(torch.stack([total]))[0] / self.config.train.eval_batches
+
+    @torch.no_grad()
+    def score_hellaswag(self) -> tuple[float, float]:
+        """HellaSwag acc and acc_norm over the examples, each rank scoring its share, the counts summed."""
+        self.model.eval()
+
+        def forward(tokens: torch.Tensor) -> torch.Tensor:
+            with self.precision.autocast():
+                return self.forward_model(tokens)[0]
+
+        counts = hellaswag.score(forward, self.hellaswag, self.tokenizer, self.config.model.block_size, self.device,
+                                 batch_size=self.config.train.batch_size, rank=self.rank, world_size=self.world_size)
+        self.model.train()
+        correct, correct_norm = self._sum_over_ranks(
+            torch.tensor([counts.correct, counts.correct_norm], dtype=torch.float32, device=self.device))
+        return correct / len(self.hellaswag), correct_norm / len(self.hellaswag)
 
     @property
     def real_vocab_size(self) -> int:
@@ -411,6 +432,10 @@ class Trainer:
             self.log.record("eval", step=stats.step, val_loss=val_loss, elapsed_s=round(self.elapsed_s, 3))
             improved = val_loss < self.best_loss
             self.best_loss = min(self.best_loss, val_loss)
+        if self.hellaswag and (self.step % train.hellaswag_interval == 0 or final):
+            acc, acc_norm = self.score_hellaswag()
+            self.log.info(f"step {stats.step} | HellaSwag acc {acc:.4f} | acc_norm {acc_norm:.4f}")
+            self.log.record("hellaswag", step=stats.step, acc=acc, acc_norm=acc_norm)
         if train.sample_interval and self.can_sample and self.step % train.sample_interval == 0 and not final:
             text = self.sample(train.sample_tokens)
             self.log.info(f"--- sample at step {stats.step} ---\n{text}\n---")
