@@ -158,14 +158,40 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from gptforge.data import load_tokens, read_corpus
+    from gptforge.documents import is_record_source
     from gptforge.tokenizer import build_tokenizer
 
+    if args.out is not None or is_record_source(args.data):
+        return prepare_token_store(args)
     corpus = read_corpus(args.data)
     tokenizer = build_tokenizer(args.tokenizer, text=corpus.text if args.tokenizer == "char" else None,
                                 bpe_file=args.tokenizer_file)
     tokens, cache_path = load_tokens(corpus, tokenizer, progress=True)
     print(f"{args.data}: {len(tokens):,} tokens ({tokenizer.name} tokenizer, vocabulary {tokenizer.vocab_size:,})")
     print(f"cache: {cache_path}")
+    return 0
+
+
+def prepare_token_store(args: argparse.Namespace) -> int:
+    from gptforge.documents import open_source
+    from gptforge.store_writer import cached_store, prepare_store
+    from gptforge.tokenizer import GPT2Tokenizer
+
+    if args.tokenizer != "gpt2":
+        raise UserError("a token store holds GPT-2 tokens; the char tokenizer reads text files in memory "
+                        "(prepare --data FILE.txt --tokenizer char, without --out)")
+    source = open_source(args.data, text_field=args.text_field, hf_config=args.hf_config, split=args.split)
+    tokenizer = GPT2Tokenizer(args.tokenizer_file)
+    if args.out is None:
+        store = cached_store(source, tokenizer, args.val_fraction, workers=args.workers)
+    else:
+        store = prepare_store(source, Path(args.out), tokenizer, val_fraction=args.val_fraction,
+                              shard_tokens=args.shard_tokens, workers=args.workers)
+    tokens, documents = store.manifest["tokens"], store.manifest["documents"]
+    print(f"{args.data}: {tokens['train'] + tokens['val']:,} tokens of {documents['train'] + documents['val']:,} "
+          f"documents in {len(store.manifest['shards'])} shards (train {tokens['train']:,}, val {tokens['val']:,}; "
+          f"{tokenizer.name} tokenizer)")
+    print(f"store: {store.path}  (train with: gptforge train --data {store.path})")
     return 0
 
 
@@ -417,12 +443,29 @@ def build_parser(train_preset: str | None = None, help_asked: bool = True) -> ar
     add_config_flags(summary, [GPTConfig])
     summary.set_defaults(func=cmd_summary)
 
-    prepare = commands.add_parser("prepare", help="tokenize a corpus into the cache and count its tokens")
+    prepare = commands.add_parser("prepare", help="tokenize a corpus: into the cache, or streamed into a sharded "
+                                  "token store (--out) for corpora larger than memory")
     prepare.add_argument("--data", default="shakespeare",
-                         help="named dataset, text file or folder (default: shakespeare)")
+                         help="named dataset (shakespeare, fineweb-edu), text file, folder, .jsonl[.gz], .parquet "
+                         "or hf:NAME (default: shakespeare)")
     prepare.add_argument("--tokenizer", choices=choices_of(TrainConfig, "tokenizer"), default="gpt2",
                          help="(default: gpt2)")
     prepare.add_argument("--tokenizer-file", metavar="PATH", help="gpt2.tiktoken, for offline use")
+    store = prepare.add_argument_group("token store (with --out, or for JSONL, Parquet and hf:NAME sources)")
+    store.add_argument("--out", metavar="STORE", help="write a token store (shards + manifest.json) into this new "
+                       "folder; a stopped prepare continues when run again (default: without --out, a text file "
+                       "is tokenized into the cache, documents into a store in the cache)")
+    store.add_argument("--text-field", default="text", help="the text's field in JSONL / column in Parquet / "
+                       "dataset records (default: text)")
+    store.add_argument("--hf-config", metavar="NAME", help="the Hugging Face dataset's configuration (e.g. "
+                       "sample-10BT)")
+    store.add_argument("--split", default="train", help="the Hugging Face dataset's split (default: train)")
+    store.add_argument("--val-fraction", type=float, default=0.01, help="documents held out as the val split "
+                       "(default: 0.01)")
+    store.add_argument("--shard-tokens", type=int, default=100_000_000, metavar="N",
+                       help="tokens per shard (default: 100,000,000, 200 MB of uint16)")
+    store.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="tokenizing processes (default: one per CPU core)")
     prepare.set_defaults(func=cmd_prepare)
 
     plot = commands.add_parser("plot", help="draw RUN/curves.png from RUN/metrics.jsonl")

@@ -161,13 +161,16 @@ MUON_FSDP_ERROR = ("--optimizer muon orthogonalises whole matrices and FSDP hold
 class TrainConfig:
     """Everything about a training run except the model's shape. Each field is a `--flag`."""
 
-    data: str = setting("shakespeare", "named dataset, a UTF-8 text file, or a folder of .txt files")
+    data: str = setting("shakespeare", "named dataset (shakespeare, fineweb-edu), a UTF-8 text file, a folder of .txt "
+                        "files, a token store (gptforge prepare --out), or documents (.jsonl[.gz], .parquet, hf:NAME) "
+                        "prepared into a store in the cache")
     tokenizer: str = setting(
         "gpt2", "gpt2 (GPT-2 BPE via tiktoken) or char (built from the corpus)", choices=("gpt2", "char"))
     tokenizer_file: str | None = setting(None, "path to gpt2.tiktoken when offline")
     pad_vocab_to: int = setting(
         64, "pad the vocabulary up to a multiple of this (1 keeps it exact)", bounds=POSITIVE_INT)
-    val_fraction: float = setting(0.1, "share of tokens held out for validation (0 allowed)", bounds=FRACTION)
+    val_fraction: float = setting(0.1, "share of tokens held out for validation (0 allowed); a token store's val "
+                                  "documents are chosen when it is prepared", bounds=FRACTION)
     sampler: str = setting(
         "sequential",
         "sequential (epochs of consecutive windows) or random (nanoGPT)",
@@ -300,7 +303,8 @@ class CorpusRecord:
     """
 
     path: str
-    sha256: str
+    sha256: str  # of the text; for a token store, of its manifest.json
+    store: bool = False  # the path is a token store (gptforge prepare --out), not text
 
 
 @dataclass
@@ -334,7 +338,8 @@ class RunConfig:
         apply_overrides(config, {**parts["model"], **parts["train"]})
         corpus = data.get("corpus")
         if isinstance(corpus, dict) and isinstance(corpus.get("path"), str) and isinstance(corpus.get("sha256"), str):
-            config.corpus = CorpusRecord(path=corpus["path"], sha256=corpus["sha256"])
+            config.corpus = CorpusRecord(path=corpus["path"], sha256=corpus["sha256"],
+                                         store=corpus.get("store") is True)
         return config
 
 
@@ -369,6 +374,16 @@ RECIPES: dict[str, dict[str, Any]] = {
         "checkpoint_interval": 250, "log_interval": 50,
         WITHOUT_MUON: {"optimizer": "adamw", "learning_rate": 3e-3, "max_steps": 1200, "eval_interval": 300,
                        "checkpoint_interval": 300},
+    },
+    # build-nanogpt's run: GPT-2 124M on FineWeb-Edu sample-10BT, 524,288 tokens per step (64 x 1024 x 8 GPUs, or
+    # gradient accumulation on fewer), 19,073 steps (10B tokens, one epoch), lr 6e-4 warmed up over 715 steps
+    # and cosine-decayed to 10%, weight decay 0.1, val every 250 steps and HellaSwag with it.
+    "fineweb-gpt2": {
+        "model": "gpt2",
+        "data": "fineweb-edu", "tokenizer": "gpt2", "batch_size": 64, "block_size": 1024, "tokens_per_step": 524_288,
+        "val_fraction": 0.005, "learning_rate": 6e-4, "min_lr_ratio": 0.1, "warmup_steps": 715, "max_steps": 19_073,
+        "weight_decay": 0.1, "eval_interval": 250, "eval_batches": 20, "hellaswag_interval": 250,
+        "checkpoint_interval": 1000, "log_interval": 10,
     },
     # Fine-tune a downloaded GPT-2 (its shape replaces the preset's): needs --init-from hf:DIR.
     "shakespeare-finetune": {

@@ -99,6 +99,11 @@ class GPT2Tokenizer(Tokenizer):
     def decode(self, ids: Sequence[int]) -> str:
         return self._encoding.decode(self._check_ids(ids))
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Many texts at once, on tiktoken's threads: a token store's documents, where a stray lone surrogate
+        (from a JSON escape) becomes U+FFFD rather than stopping a long preparation."""
+        return self._encoding.encode_ordinary_batch(texts)
+
     def encode_corpus(self, text: str, progress: bool = False) -> np.ndarray:
         chunks = split_for_encoding(text, self.chunk_chars)
         dtype = smallest_uint_dtype(self.vocab_size)

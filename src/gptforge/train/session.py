@@ -35,10 +35,12 @@ from gptforge.interop.hf_init import prepare_init
 from gptforge.model import GPT, count_parameters, parameter_table
 from gptforge.run_dir import RunDir, create_run_dir, release_run_dirs
 from gptforge.sizing import check_fits, training_memory
+from gptforge.token_store import ShardedTokens
 from gptforge.tokenizer import Tokenizer, build_tokenizer, save_tokenizer, tokenizer_from_dict
 from gptforge.train import distributed
 from gptforge.train.optim import check_optimizer, warmup_warning
 from gptforge.train.run_log import RunLog
+from gptforge.train.run_store import StoreData, new_store_data, resumed_store_data, uses_store
 from gptforge.train.trackers import Trackers, check_trackers
 from gptforge.train.trainer import Trainer
 
@@ -89,6 +91,15 @@ def load_data(config: RunConfig, corpus: Corpus, tokenizer: Tokenizer,
     return tokens, train_tokens, val_tokens
 
 
+def store_tokens(config: RunConfig, store: StoreData, log: RunLog) -> tuple[ShardedTokens, ShardedTokens]:
+    """A token store's train and val shards: the val split was chosen by documents when it was prepared."""
+    check_corpus_size(store.train, config.model.block_size)
+    if len(store.val) <= config.model.block_size:
+        log.warn(f"the token store {store.store.path} has {len(store.val):,} val tokens, less than one block of "
+                 f"{config.model.block_size + 1}: no evaluation (prepare it with a larger --val-fraction)")
+    return store.train, store.val
+
+
 def open_log(run: RunDir, config: RunConfig, rank: int) -> RunLog:
     train = config.train
     trackers = None
@@ -132,9 +143,13 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     if init is not None and runtime.strategy == "fsdp":
         raise UserError("--init-from cannot start a sharded run yet; use --parallel ddp (or one process)")
     check_optimizer(train.optimizer, sharded=runtime.strategy == "fsdp")
-    corpus = read_corpus(train.data)  # read and hashed once: the tokenizer, the token cache and the record
-    tokenizer = build_tokenizer(train.tokenizer, text=corpus.text if train.tokenizer == "char" else None,
-                                bpe_file=train.tokenizer_file)
+    store = new_store_data(train) if uses_store(train.data) else None
+    if store is None:
+        corpus = read_corpus(train.data)  # read and hashed once: the tokenizer, the token cache and the record
+        tokenizer = build_tokenizer(train.tokenizer, text=corpus.text if train.tokenizer == "char" else None,
+                                    bpe_file=train.tokenizer_file)
+    else:
+        tokenizer = store.tokenizer
     if init is not None:
         init.check_tokenizer(tokenizer)
     config.model.vocab_size = padded_vocab_size(tokenizer.vocab_size, train.pad_vocab_to)
@@ -142,8 +157,12 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
         train.decay_steps = train.max_steps
     check_training_fits(config, runtime)
     console = RunLog(None, enabled=rank == 0)
-    tokens, train_tokens, val_tokens = load_data(config, corpus, tokenizer, console)
-    config.corpus = corpus.record
+    if store is None:
+        tokens, train_tokens, val_tokens = load_data(config, corpus, tokenizer, console)
+        config.corpus = corpus.record
+    else:
+        train_tokens, val_tokens = store_tokens(config, store, console)
+        tokens, config.corpus = store.store.all_tokens, store.record
     hellaswag = hellaswag_examples(config, tokenizer)
 
     def create() -> Path:
@@ -204,10 +223,15 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     check_training_fits(config, runtime)
     tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=config.train.tokenizer_file)
     check_tokenizer_file(run.tokenizer_file, tokenizer, path)
-    corpus = resume_corpus(config, given_data="data" in overrides)
-    config.corpus = corpus.record
     console = RunLog(None, enabled=rank == 0)
-    tokens, train_tokens, val_tokens = load_data(config, corpus, tokenizer, console)
+    if config.corpus is not None and config.corpus.store:
+        store = resumed_store_data(config.corpus, config.train, given_data="data" in overrides)
+        train_tokens, val_tokens = store_tokens(config, store, console)
+        tokens = store.store.all_tokens
+    else:
+        corpus = resume_corpus(config, given_data="data" in overrides)
+        config.corpus = corpus.record
+        tokens, train_tokens, val_tokens = load_data(config, corpus, tokenizer, console)
     hellaswag = hellaswag_examples(config, tokenizer)
     check_trackers(config.train.tensorboard, config.train.wandb)
     distributed.run_on_rank0(run.lock, rank, world_size)  # before anything is written

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from gptforge.data import check_corpus_size, load_tokens, recheck_corpus, split_tokens
 from gptforge.errors import UserError
 from gptforge.model import vocabulary_loss
+from gptforge.token_store import ShardedTokens, is_store, open_store
 from gptforge.trained_model import TrainedModel, autocast_for
 
 
@@ -35,6 +36,9 @@ def trained_corpus(trained: TrainedModel) -> str:
     record = trained.config.corpus
     if record is None:
         return "shakespeare"
+    if record.store:  # the manifest the run recorded, checked; the text it came from may be gone
+        open_store(record.path, expected_sha256=record.sha256)
+        return record.path
     recheck_corpus(
         record,
         gone="the corpus the model was trained on, {path}, is gone; pass --data to evaluate on other text",
@@ -51,6 +55,15 @@ def choose_split(tokens: np.ndarray, split: str, val_fraction: float) -> np.ndar
     return val_tokens if split == "val" else train_tokens
 
 
+def store_split(folder: str, trained: TrainedModel, split: str) -> ShardedTokens:
+    """A token store's own split (its val documents were held out when it was prepared)."""
+    store = open_store(folder)
+    if store.tokenizer.get("name") != trained.tokenizer.name:
+        raise UserError(f"the token store {folder} holds {store.tokenizer.get('name')} tokens; the model uses the "
+                        f"{trained.tokenizer.name} tokenizer")
+    return {"val": store.val, "train": store.train, "all": store.all_tokens}[split]
+
+
 @torch.no_grad()
 def evaluate_text(trained: TrainedModel, data: str, split: str = "val", val_fraction: float = 0.1,
                   batch_size: int = 8, max_batches: int | None = None, progress: bool = True) -> EvalResult:
@@ -61,8 +74,11 @@ def evaluate_text(trained: TrainedModel, data: str, split: str = "val", val_frac
         raise UserError(f"--max-batches must be positive, got {max_batches}")
     if split == "val" and not 0 < val_fraction < 1:
         raise UserError(f"--split val needs --val-fraction in (0, 1), got {val_fraction}")
-    tokens, _ = load_tokens(data, trained.tokenizer, progress=progress)
-    tokens = choose_split(tokens, split, val_fraction)
+    if is_store(data):
+        tokens = store_split(data, trained, split)
+    else:
+        tokens, _ = load_tokens(data, trained.tokenizer, progress=progress)
+        tokens = choose_split(tokens, split, val_fraction)
     check_corpus_size(tokens, 1, what=f"{split} split")
     block_size = trained.config.model.block_size
     full_windows = (len(tokens) - 1) // block_size
