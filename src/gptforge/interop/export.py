@@ -1,0 +1,41 @@
+"""`gptforge export`: which writer each --format uses, which flags it takes, and how the hub receives it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from gptforge.errors import UserError
+from gptforge.interop.hub import HubTarget
+from gptforge.interop.space_hardware import DEFAULT_HARDWARE, HARDWARE
+
+if TYPE_CHECKING:  # the CLI imports this module to build its parser, before torch is needed
+    from gptforge.trained_model import TrainedModel
+
+FORMATS = ("space", "hf")
+
+
+def check_export_flags(fmt: str, hardware: str | None) -> None:
+    """Refuse flags the format does not take, before anything is loaded or written."""
+    if hardware is not None and fmt != "space":
+        raise UserError(f"--hardware is for --format space (a Gradio Space), not --format {fmt}")
+
+
+def export_model(trained: TrainedModel, fmt: str, out: Path, hardware: str | None = None) -> str:
+    """Write `trained` as `fmt` into the new folder `out`; returns what to tell the user."""
+    if fmt == "hf":
+        from gptforge.interop.hf_export import export_hf
+
+        export_hf(trained, out)
+        return f"wrote {out} (load it with transformers' GPT2LMHeadModel and AutoTokenizer .from_pretrained)"
+    from gptforge.interop.space import export_space
+
+    chosen = hardware or DEFAULT_HARDWARE
+    export_space(trained, out, chosen)
+    return f"wrote {out} (a Gradio Space for {HARDWARE[chosen].flavor}: {HARDWARE[chosen].plan})"
+
+
+def hub_target(fmt: str, hardware: str | None = None) -> HubTarget:
+    if fmt == "hf":
+        return HubTarget("model")
+    return HubTarget("space", "gradio", HARDWARE[hardware or DEFAULT_HARDWARE].flavor)
