@@ -258,14 +258,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from gptforge.interop.export import check_export_flags, export_model, hub_target
     from gptforge.use.load import load_trained
 
-    check_export_flags(args.format, args.hardware)
+    check_export_flags(args.format, args.hardware, args.int8)
     if args.push_to_hub:
         from gptforge.interop.hub import check_can_push
 
         check_can_push(args.push_to_hub)  # before anything is exported
     trained = load_trained(run=args.run, checkpoint=args.checkpoint, hf=args.hf, device="cpu",
                            tokenizer_file=args.tokenizer_file)
-    print(export_model(trained, args.format, Path(args.out), hardware=args.hardware))
+    print(export_model(trained, args.format, Path(args.out), hardware=args.hardware, int8=args.int8))
     if args.push_to_hub:
         from gptforge.interop.hub import push_folder
 
@@ -456,7 +456,10 @@ def build_parser(train_preset: str | None = None, help_asked: bool = True) -> ar
     add_model_source(export, device=False)
     export.add_argument("--format", choices=EXPORT_FORMATS, required=True,
                         help="space: a folder ready to push as a Hugging Face (Gradio) Space; hf: a transformers "
-                        "GPT2LMHeadModel folder with a tokenizer AutoTokenizer loads")
+                        "GPT2LMHeadModel folder with a tokenizer AutoTokenizer loads; onnx: the model with a KV "
+                        "cache for onnxruntime, and the tokenizer's files")
+    export.add_argument("--int8", action="store_true",
+                        help="--format onnx: also write model.int8.onnx (weights quantized to int8)")
     export.add_argument("--hardware", choices=list(SPACE_HARDWARE), default=None,
                         help=f"--format space: the Space's hardware (default {DEFAULT_SPACE_HARDWARE}, the one a "
                         "free account can host); decides spaces.GPU, CUDA or CPU-only torch, and what a push "

@@ -12,17 +12,25 @@ from gptforge.interop.space_hardware import DEFAULT_HARDWARE, HARDWARE
 if TYPE_CHECKING:  # the CLI imports this module to build its parser, before torch is needed
     from gptforge.trained_model import TrainedModel
 
-FORMATS = ("space", "hf")
+FORMATS = ("space", "hf", "onnx")
+ONNX_FORMATS = ("onnx",)
 
 
-def check_export_flags(fmt: str, hardware: str | None) -> None:
+def check_export_flags(fmt: str, hardware: str | None, int8: bool = False) -> None:
     """Refuse flags the format does not take, before anything is loaded or written."""
     if hardware is not None and fmt != "space":
         raise UserError(f"--hardware is for --format space (a Gradio Space), not --format {fmt}")
+    if int8 and fmt not in ONNX_FORMATS:
+        raise UserError(f"--int8 is for the ONNX formats ({', '.join(ONNX_FORMATS)}), not --format {fmt}")
 
 
-def export_model(trained: TrainedModel, fmt: str, out: Path, hardware: str | None = None) -> str:
+def export_model(trained: TrainedModel, fmt: str, out: Path, hardware: str | None = None, int8: bool = False) -> str:
     """Write `trained` as `fmt` into the new folder `out`; returns what to tell the user."""
+    if fmt == "onnx":
+        from gptforge.interop.onnx_export import export_onnx
+
+        export_onnx(trained, out, int8=int8)
+        return f"wrote {out} (model.onnx{' and model.int8.onnx' if int8 else ''} with a KV cache, for onnxruntime)"
     if fmt == "hf":
         from gptforge.interop.hf_export import export_hf
 
