@@ -119,6 +119,7 @@ def test_push_needs_a_user_slash_name(repo: str, tiny_run: Path, offline: Path,
     (["--format", "space", "--hardware", "cpu-basic"],
      {"repo_type": "space", "space_sdk": "gradio", "space_hardware": "cpu-basic"}, "cpu-basic"),
     (["--format", "hf"], {"repo_type": "model", "space_sdk": None, "space_hardware": None}, None),
+    (["--format", "static-space"], {"repo_type": "space", "space_sdk": "static", "space_hardware": None}, None),
 ])
 def test_push_creates_the_repository_with_its_sdk_and_requests_the_hardware(
         argv: list[str], create: dict, hardware: str | None, tiny_run: Path, offline: Path,

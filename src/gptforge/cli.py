@@ -457,17 +457,18 @@ def build_parser(train_preset: str | None = None, help_asked: bool = True) -> ar
     export.add_argument("--format", choices=EXPORT_FORMATS, required=True,
                         help="space: a folder ready to push as a Hugging Face (Gradio) Space; hf: a transformers "
                         "GPT2LMHeadModel folder with a tokenizer AutoTokenizer loads; onnx: the model with a KV "
-                        "cache for onnxruntime, and the tokenizer's files")
+                        "cache for onnxruntime, and the tokenizer's files; static-space: a Space whose page runs "
+                        "the ONNX model in the visitor's browser (free for every account)")
     export.add_argument("--int8", action="store_true",
-                        help="--format onnx: also write model.int8.onnx (weights quantized to int8)")
+                        help="--format onnx or static-space: also write model.int8.onnx (weights quantized to int8)")
     export.add_argument("--hardware", choices=list(SPACE_HARDWARE), default=None,
                         help=f"--format space: the Space's hardware (default {DEFAULT_SPACE_HARDWARE}, the one a "
                         "free account can host); decides spaces.GPU, CUDA or CPU-only torch, and what a push "
                         "requests")
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write (must be new or empty)")
     export.add_argument("--push-to-hub", metavar="USER/NAME", help="then upload the folder to the Hugging Face hub "
-                        "as that model (hf) or Space (space, on its --hardware), created if needed; needs a token "
-                        "(hf auth login or HF_TOKEN)")
+                        "as that model (hf, onnx) or Space (space on its --hardware; static-space), created if "
+                        "needed; needs a token (hf auth login or HF_TOKEN)")
     export.set_defaults(func=cmd_export)
     return parser
 

@@ -12,8 +12,8 @@ from gptforge.interop.space_hardware import DEFAULT_HARDWARE, HARDWARE
 if TYPE_CHECKING:  # the CLI imports this module to build its parser, before torch is needed
     from gptforge.trained_model import TrainedModel
 
-FORMATS = ("space", "hf", "onnx")
-ONNX_FORMATS = ("onnx",)
+FORMATS = ("space", "hf", "onnx", "static-space")
+ONNX_FORMATS = ("onnx", "static-space")
 
 
 def check_export_flags(fmt: str, hardware: str | None, int8: bool = False) -> None:
@@ -31,6 +31,11 @@ def export_model(trained: TrainedModel, fmt: str, out: Path, hardware: str | Non
 
         export_onnx(trained, out, int8=int8)
         return f"wrote {out} (model.onnx{' and model.int8.onnx' if int8 else ''} with a KV cache, for onnxruntime)"
+    if fmt == "static-space":
+        from gptforge.interop.static_space import export_static_space
+
+        export_static_space(trained, out, int8=int8)
+        return f"wrote {out} (a static Space: the model runs in the visitor's browser; any account can host it)"
     if fmt == "hf":
         from gptforge.interop.hf_export import export_hf
 
@@ -44,6 +49,8 @@ def export_model(trained: TrainedModel, fmt: str, out: Path, hardware: str | Non
 
 
 def hub_target(fmt: str, hardware: str | None = None) -> HubTarget:
-    if fmt == "hf":
+    if fmt in ("hf", "onnx"):
         return HubTarget("model")
+    if fmt == "static-space":
+        return HubTarget("space", "static")
     return HubTarget("space", "gradio", HARDWARE[hardware or DEFAULT_HARDWARE].flavor)

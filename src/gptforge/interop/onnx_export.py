@@ -127,7 +127,7 @@ def quantize_int8(source: Path, target: Path) -> None:
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
 
 
-def model_facts(trained: TrainedModel) -> dict:
+def model_facts(trained: TrainedModel, int8: bool) -> dict:
     """What a runner needs besides the graph: the cache's shape, the context, the tokenizer's specials."""
     config = trained.model.config
     tokenizer = trained.tokenizer
@@ -135,7 +135,7 @@ def model_facts(trained: TrainedModel) -> dict:
         "format": "gptforge-onnx", "version": 1, "n_layer": config.n_layer, "n_head": config.n_head,
         "head_dim": config.n_embd // config.n_head, "block_size": config.block_size,
         "vocab_size": tokenizer.vocab_size, "tokenizer": tokenizer.name, "eot_id": tokenizer.eot_id,
-        "start_ids": tokenizer.start_ids(),
+        "start_ids": tokenizer.start_ids(), "model_files": [MODEL_FILE, INT8_MODEL_FILE] if int8 else [MODEL_FILE],
     }
 
 
@@ -143,7 +143,7 @@ def write_onnx_folder(trained: TrainedModel, folder: Path, int8: bool) -> None:
     export_graph(trained, folder / MODEL_FILE)
     if int8:
         quantize_int8(folder / MODEL_FILE, folder / INT8_MODEL_FILE)
-    write_json(folder / "onnx_config.json", model_facts(trained))
+    write_json(folder / "onnx_config.json", model_facts(trained, int8))
     write_json(folder / "tokenizer.json", trained.tokenizer.to_dict())
     write_json(folder / "facts.json", {**trained.facts.to_dict(), "checkpoint": None})
     if isinstance(trained.tokenizer, GPT2Tokenizer):
