@@ -197,3 +197,22 @@ def test_serve_on_a_busy_port_is_a_user_error(trained) -> None:
         port = busy.getsockname()[1]
         with pytest.raises(UserError, match=f"cannot serve on 127.0.0.1:{port}"):
             serve(trained, port=port, limits=LIMITS)
+
+
+@pytest.mark.xdist_group("servers")  # with the other tests that pick a free port, on one worker
+def test_a_refused_request_is_one_line_on_the_server_console(trained, monkeypatch, capfd) -> None:
+    """The caller reads why; the console gets one line, not Gradio's traceback of the refusal."""
+    from gradio_client import Client
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")  # a CI proxy must not see localhost
+    demo = build_demo(trained, LIMITS)
+    _, url, _ = demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(url, verbose=False, download_files=False)
+        capfd.readouterr()
+        with pytest.raises(Exception, match="max new tokens must be a whole number"):
+            client.predict("ROMEO:", 2.5, 0.5, 0, 1.0, 1, api_name="/generate")
+        err = capfd.readouterr().err
+    finally:
+        demo.close()
+    assert err == "demo: refused a request: max new tokens must be a whole number, got 2.5\n"

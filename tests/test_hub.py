@@ -111,3 +111,31 @@ def test_push_needs_a_user_slash_name(repo: str, tiny_run: Path, offline: Path,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     status, _, err = run_main(export_argv(tiny_run, offline / "out", "hf", repo), capsys)
     assert status == 2 and err == f"error: --push-to-hub takes USER/NAME (a hub repository id), got {repo!r}\n"
+
+
+@pytest.mark.parametrize("argv,create,hardware", [
+    (["--format", "space"], {"repo_type": "space", "space_sdk": "gradio", "space_hardware": "zero-a10g"},
+     "zero-a10g"),
+    (["--format", "space", "--hardware", "cpu-basic"],
+     {"repo_type": "space", "space_sdk": "gradio", "space_hardware": "cpu-basic"}, "cpu-basic"),
+    (["--format", "hf"], {"repo_type": "model", "space_sdk": None, "space_hardware": None}, None),
+    (["--format", "static-space"], {"repo_type": "space", "space_sdk": "static", "space_hardware": None}, None),
+])
+def test_push_creates_the_repository_with_its_sdk_and_requests_the_hardware(
+        argv: list[str], create: dict, hardware: str | None, tiny_run: Path, offline: Path,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """huggingface_hub's calls recorded instead of made: what a push asks the hub for."""
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    calls = []
+    monkeypatch.setattr(huggingface_hub, "create_repo", lambda repo_id, **kw: calls.append(("create", repo_id, kw))
+                        or f"https://huggingface.co/spaces/{repo_id}")
+    monkeypatch.setattr(huggingface_hub, "upload_folder", lambda **kw: calls.append(("upload", kw["repo_id"])))
+    monkeypatch.setattr(huggingface_hub, "request_space_hardware",
+                        lambda repo_id, flavor: calls.append(("hardware", repo_id, flavor)))
+    status, stdout, _ = run_main(["export", "--run", str(tiny_run), *argv, "--out", str(offline / "out"),
+                                  "--push-to-hub", "someone/tiny-demo"], capsys)
+    assert status == 0 and "pushed to https://huggingface.co/spaces/someone/tiny-demo" in stdout
+    assert calls[0] == ("create", "someone/tiny-demo", {"exist_ok": True, **create})
+    assert calls[1] == ("upload", "someone/tiny-demo")
+    assert calls[2:] == ([("hardware", "someone/tiny-demo", hardware)] if hardware else [])

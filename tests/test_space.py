@@ -18,6 +18,7 @@ import torch
 from gptforge.cli import main
 from gptforge.errors import UserError
 from gptforge.interop.space import export_space, load_space
+from gptforge.interop.space_hardware import HARDWARE, ZERO_GPU_SECONDS
 from gptforge.trained_model import TrainedModel
 from gptforge.use import app
 from gptforge.use.load import load_trained
@@ -59,7 +60,12 @@ def test_export_writes_a_space_folder(trained, tmp_path) -> None:
     assert not any(line.startswith("gptforge") for line in requirements)  # not on PyPI: the package is copied
     assert {"torch>=2.4", "tiktoken>=0.5", f"gradio=={version('gradio')}"} <= set(requirements)
     assert (out / "gptforge" / "use" / "app.py").read_text() == Path(app.__file__).read_text()
-    assert "build_demo(load_trained(space=" in (out / "app.py").read_text()
+    # the default is ZeroGPU, the hardware a free account can host: generation decorated with spaces.GPU
+    assert f"spaces>={version('spaces')}" in requirements
+    assert not any(line.startswith("--") for line in requirements)  # CUDA torch from PyPI
+    app_py = (out / "app.py").read_text()
+    assert app_py.index("import spaces") < app_py.index("from gptforge")  # before torch is imported
+    assert f"gpu_task=spaces.GPU(duration={ZERO_GPU_SECONDS})" in app_py
     assert not list(tmp_path.glob(".space.*"))  # no staging folder left behind
 
 
@@ -68,6 +74,62 @@ def test_every_file_is_readable_by_all_the_weights_too(trained, tmp_path, usual_
     modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in out.iterdir() if path.is_file()}
     assert modes["model.safetensors"] == 0o644  # safetensors' save_file alone makes it 0600
     assert set(modes.values()) == {0o644}, modes
+
+
+def test_a_cpu_space_takes_pytorchs_cpu_wheels_and_no_spaces_decorator(trained, tmp_path) -> None:
+    from packaging.requirements import Requirement
+
+    out = export_space(trained, tmp_path / "space", hardware="cpu-basic")
+    requirements = (out / "requirements.txt").read_text().splitlines()
+    assert requirements[0] == "--extra-index-url https://download.pytorch.org/whl/cpu"
+    names = {Requirement(line).name for line in requirements[1:]}  # every other line is a requirement
+    assert "torch" in names and "spaces" not in names
+    assert "spaces" not in (out / "app.py").read_text()
+    assert "build_demo(load_trained(space=" in (out / "app.py").read_text()
+    assert front_matter((out / "README.md").read_text(encoding="utf-8"))["suggested_hardware"] == "cpu-basic"
+
+
+@pytest.mark.parametrize("name", sorted(HARDWARE))
+def test_every_hardware_is_one_the_hub_knows(name, trained, tmp_path) -> None:
+    from huggingface_hub import SpaceHardware
+
+    assert HARDWARE[name].flavor in {flavor.value for flavor in SpaceHardware}
+    if HARDWARE[name].gpu and not HARDWARE[name].zero_gpu:
+        out = export_space(trained, tmp_path / "space", hardware=name)
+        assert not any(line.startswith("--") for line in (out / "requirements.txt").read_text().splitlines())
+        assert "spaces" not in (out / "app.py").read_text()
+
+
+def test_unknown_hardware_is_refused(trained, tmp_path) -> None:
+    with pytest.raises(UserError, match="unknown Space hardware 'tpu'"):
+        export_space(trained, tmp_path / "space", hardware="tpu")
+    assert not (tmp_path / "space").exists()
+
+
+def test_off_spaces_the_zero_gpu_decorator_leaves_generation_as_it_is(trained, monkeypatch) -> None:
+    """What the exported app.py relies on to run on a machine without a GPU."""
+    import spaces
+
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
+
+    def generate() -> None: ...
+
+    assert spaces.GPU(duration=ZERO_GPU_SECONDS)(generate) is generate
+
+
+def test_the_demo_serves_the_gpu_task_it_is_given(trained) -> None:
+    calls = []
+
+    def gpu_task(handler):
+        def on_gpu(*args):
+            calls.append(args[0])
+            yield from handler(*args)
+        return on_gpu
+
+    demo = app.build_demo(trained, gpu_task=gpu_task)
+    [generate] = [fn.fn for fn in demo.fns.values() if fn.api_name == "generate"]
+    assert list(generate("ROMEO:", 3, 0, 0, 1.0, 1))[-1].startswith("ROMEO:")
+    assert calls == ["ROMEO:"]
 
 
 def test_readme_front_matter_describes_a_gradio_space(trained, tmp_path) -> None:
@@ -79,6 +141,7 @@ def test_readme_front_matter_describes_a_gradio_space(trained, tmp_path) -> None
     assert meta["sdk_version"] == version("gradio")
     assert meta["app_file"] == "app.py"
     assert meta["pinned"] is False
+    assert meta["suggested_hardware"] == "zero-a10g"  # ZeroGPU, in huggingface_hub's words
     assert {"title", "emoji", "colorFrom", "colorTo"} <= set(meta)
     assert f"{trained.facts.parameters:,}" in readme
 
@@ -168,10 +231,12 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float) -> int:
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("servers")  # with the other tests that pick a free port, on one worker
-def test_exported_app_py_serves_the_demo(trained, tmp_path) -> None:
-    """Runs app.py with this project's Python; the Space imports its own copy of gptforge (a clean-venv
-    install from requirements.txt was checked by hand: see the README)."""
-    out = export_space(trained, tmp_path / "space")
+@pytest.mark.parametrize("hardware", ["zero-gpu", "cpu-basic"])
+def test_exported_app_py_serves_the_demo(trained, tmp_path, hardware) -> None:
+    """Runs app.py with this project's Python (no GPU: the ZeroGPU one runs as it would on a laptop); the
+    Space imports its own copy of gptforge (a clean-venv install from requirements.txt was checked by hand:
+    see docs/deploy.md)."""
+    out = export_space(trained, tmp_path / "space", hardware=hardware)
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port),
            "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -185,3 +250,15 @@ def test_exported_app_py_serves_the_demo(trained, tmp_path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_cli_export_chooses_the_hardware_and_refuses_it_for_other_formats(run_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "space"
+    assert main(["export", "--run", str(run_dir), "--format", "space", "--hardware", "cpu-basic",
+                 "--out", str(out)]) == 0
+    assert "cpu-basic" in capsys.readouterr().out
+    assert (out / "requirements.txt").read_text().startswith("--extra-index-url ")
+    assert main(["export", "--run", str(run_dir), "--format", "hf", "--hardware", "cpu-basic",
+                 "--out", str(tmp_path / "hf")]) == 2
+    assert capsys.readouterr().err == "error: --hardware is for --format space (a Gradio Space), not --format hf\n"
+    assert not (tmp_path / "hf").exists()

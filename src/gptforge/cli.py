@@ -34,6 +34,9 @@ from gptforge.config import (
     preset_table,
 )
 from gptforge.errors import UserError
+from gptforge.interop.export import FORMATS as EXPORT_FORMATS
+from gptforge.interop.space_hardware import DEFAULT_HARDWARE as DEFAULT_SPACE_HARDWARE
+from gptforge.interop.space_hardware import HARDWARE as SPACE_HARDWARE
 
 if typing.TYPE_CHECKING:
     import torch
@@ -308,28 +311,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from gptforge.interop.export import check_export_flags, export_model, hub_target
     from gptforge.use.load import load_trained
 
+    check_export_flags(args.format, args.hardware, args.int8)
     if args.push_to_hub:
         from gptforge.interop.hub import check_can_push
 
         check_can_push(args.push_to_hub)  # before anything is exported
     trained = load_trained(run=args.run, checkpoint=args.checkpoint, hf=args.hf, device="cpu",
                            tokenizer_file=args.tokenizer_file)
-    if args.format == "hf":
-        from gptforge.interop.hf_export import export_hf
-
-        export_hf(trained, Path(args.out))
-        print(f"wrote {args.out} (load it with transformers' GPT2LMHeadModel and AutoTokenizer .from_pretrained)")
-    else:
-        from gptforge.interop.space import export_space
-
-        print(f"wrote {export_space(trained, Path(args.out))}")
+    print(export_model(trained, args.format, Path(args.out), hardware=args.hardware, int8=args.int8))
     if args.push_to_hub:
         from gptforge.interop.hub import push_folder
 
-        repo_type = "model" if args.format == "hf" else "space"
-        print(f"pushed to {push_folder(Path(args.out), args.push_to_hub, repo_type)}")
+        print(f"pushed to {push_folder(Path(args.out), args.push_to_hub, hub_target(args.format, args.hardware))}")
     return 0
 
 
@@ -536,13 +532,21 @@ def build_parser(train_preset: str | None = None, help_asked: bool = True) -> ar
 
     export = commands.add_parser("export", help="write a trained model in another format")
     add_model_source(export, device=False)
-    export.add_argument("--format", choices=["space", "hf"], required=True,
-                        help="space: a folder ready to push as a Hugging Face Space; hf: a transformers "
-                        "GPT2LMHeadModel folder with a tokenizer AutoTokenizer loads")
+    export.add_argument("--format", choices=EXPORT_FORMATS, required=True,
+                        help="space: a folder ready to push as a Hugging Face (Gradio) Space; hf: a transformers "
+                        "GPT2LMHeadModel folder with a tokenizer AutoTokenizer loads; onnx: the model with a KV "
+                        "cache for onnxruntime, and the tokenizer's files; static-space: a Space whose page runs "
+                        "the ONNX model in the visitor's browser (free for every account)")
+    export.add_argument("--int8", action="store_true",
+                        help="--format onnx or static-space: also write model.int8.onnx (weights quantized to int8)")
+    export.add_argument("--hardware", choices=list(SPACE_HARDWARE), default=None,
+                        help=f"--format space: the Space's hardware (default {DEFAULT_SPACE_HARDWARE}, the one a "
+                        "free account can host); decides spaces.GPU, CUDA or CPU-only torch, and what a push "
+                        "requests")
     export.add_argument("--out", required=True, metavar="DIR", help="folder to write (must be new or empty)")
     export.add_argument("--push-to-hub", metavar="USER/NAME", help="then upload the folder to the Hugging Face hub "
-                        "as that model (hf) or Gradio Space (space), created if needed; needs a token "
-                        "(hf auth login or HF_TOKEN)")
+                        "as that model (hf, onnx) or Space (space on its --hardware; static-space), created if "
+                        "needed; needs a token (hf auth login or HF_TOKEN)")
     export.set_defaults(func=cmd_export)
     return parser
 

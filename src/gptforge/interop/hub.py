@@ -9,6 +9,7 @@ instead, never a traceback from deep inside an HTTP client.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
@@ -19,6 +20,15 @@ REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 # what read_hf_folder needs: the config, the weights (safetensors first) and the tokenizer's files
 MODEL_FILES = ["config.json", "generation_config.json", "vocab.json", "merges.txt", "tokenizer*.json"]
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass(frozen=True)
+class HubTarget:
+    """What `--push-to-hub` creates: a model repository, or a Space with its SDK and hardware."""
+
+    repo_type: str
+    space_sdk: str | None = None
+    space_hardware: str | None = None  # huggingface_hub's SpaceHardware value
 
 
 def _huggingface_hub(purpose: str) -> ModuleType:
@@ -80,17 +90,19 @@ def check_can_push(repo_id: str) -> None:
                         "access, then export again")
 
 
-def push_folder(folder: Path, repo_id: str, repo_type: str) -> str:
-    """Upload `folder` as the hub repository `repo_id` (a model, or a Gradio Space), creating it if needed;
-    returns its address."""
+def push_folder(folder: Path, repo_id: str, target: HubTarget) -> str:
+    """Upload `folder` as the hub repository `repo_id` (a model, or a Space with its SDK), creating it if
+    needed, and ask for the Space's hardware (again, for a Space that already existed); returns its address."""
     hub = _huggingface_hub("--push-to-hub")
     later = (f"{folder} is written; upload it later with `hf upload {repo_id} {folder} . "
-             f"--repo-type {repo_type}`")
+             f"--repo-type {target.repo_type}`")
     try:
-        url = hub.create_repo(repo_id, repo_type=repo_type, exist_ok=True,
-                              space_sdk="gradio" if repo_type == "space" else None)
-        hub.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=repo_type,
+        url = hub.create_repo(repo_id, repo_type=target.repo_type, exist_ok=True, space_sdk=target.space_sdk,
+                              space_hardware=target.space_hardware)
+        hub.upload_folder(repo_id=repo_id, folder_path=folder, repo_type=target.repo_type,
                           commit_message="Upload from gptforge export")
+        if target.space_hardware is not None:
+            hub.request_space_hardware(repo_id, target.space_hardware)
     except hub.errors.HfHubHTTPError as exc:  # a refused token, a name taken by someone else
         raise UserError(f"the hub refused the push to {repo_id} ({first_line(exc)}); {later}") from None
     except Exception as exc:

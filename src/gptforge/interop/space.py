@@ -18,6 +18,13 @@ from gptforge.config import RunConfig
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
 from gptforge.fileio import read_json, safetensors_torch, write_json, write_new_folder, write_safetensors
+from gptforge.interop.space_hardware import (
+    CPU_WHEELS_INDEX,
+    DEFAULT_HARDWARE,
+    HARDWARE,
+    ZERO_GPU_SECONDS,
+    SpaceHardware,
+)
 from gptforge.model import GPT, TIED_LM_HEAD, TOKEN_EMBEDDING
 from gptforge.paths import GPT2_BPE_FILENAME
 from gptforge.tokenizer import GPT2Tokenizer, tokenizer_from_dict
@@ -36,6 +43,31 @@ if __name__ == "__main__":
     build_demo(load_trained(space=Path(__file__).resolve().parent)).launch(max_file_size=NO_UPLOADS)
 '''
 
+ZERO_GPU_APP = '''"""A gptforge demo as a ZeroGPU Space; locally: pip install -r requirements.txt && python app.py
+
+On ZeroGPU, `device="auto"` is CUDA: the weights go to the GPU when the app starts, as ZeroGPU asks, and a GPU
+is attached only while a generation decorated with spaces.GPU runs. On a machine without a GPU, "auto" is
+the CPU and spaces.GPU leaves the function as it is.
+"""
+
+import spaces  # first: on ZeroGPU it prepares torch before anything else imports it
+
+from pathlib import Path
+
+from gptforge.use.app import NO_UPLOADS, build_demo
+from gptforge.use.load import load_trained
+
+if __name__ == "__main__":
+    trained = load_trained(space=Path(__file__).resolve().parent, device="auto")
+    demo = build_demo(trained, gpu_task=spaces.GPU(duration={seconds}))
+    demo.launch(max_file_size=NO_UPLOADS)
+'''
+
+
+def space_app(hardware: SpaceHardware) -> str:
+    """app.py for a Space on `hardware`."""
+    return ZERO_GPU_APP.format(seconds=ZERO_GPU_SECONDS) if hardware.zero_gpu else SPACE_APP
+
 
 def _space_safetensors() -> Any:
     return safetensors_torch("exporting or loading a Space", "pip install safetensors")
@@ -48,23 +80,30 @@ def _installed_version(package: str, hint: str) -> str:
         raise UserError(f"{package} is not installed: {hint}") from None
 
 
-def space_requirements(gradio_version: str) -> list[str]:
-    """gptforge's own runtime dependencies (from its installed metadata), the demo's gradio and safetensors."""
-    requirements = metadata.requires("gptforge") or []
-    return [r for r in requirements if "extra ==" not in r] + [f"gradio=={gradio_version}", "safetensors>=0.4"]
+def space_requirements(gradio_version: str, hardware: SpaceHardware) -> list[str]:
+    """gptforge's own runtime dependencies (from its installed metadata), the demo's gradio and safetensors;
+    `spaces` for ZeroGPU, and PyTorch's CPU-only wheels for a Space without a GPU."""
+    requirements = [r for r in metadata.requires("gptforge") or [] if "extra ==" not in r]
+    requirements += [f"gradio=={gradio_version}", "safetensors>=0.4"]
+    if hardware.zero_gpu:
+        requirements.append(f"spaces>={_installed_version('spaces', 'pip install spaces (ZeroGPU)')}")
+    # an extra index, not a replacement: gradio is on PyPI only; torch's `+cpu` local versions sort first
+    return requirements if hardware.gpu else [f"--extra-index-url {CPU_WHEELS_INDEX}", *requirements]
 
 
 def _fact(value: Any, spec: str = ",") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else "n/a"
 
 
-def space_readme(trained: TrainedModel, gradio_version: str, offline_tokenizer: bool) -> str:
+def space_readme(trained: TrainedModel, gradio_version: str, offline_tokenizer: bool,
+                 hardware: SpaceHardware = HARDWARE[DEFAULT_HARDWARE]) -> str:
     """README.md: the Spaces front matter, then what the model is."""
     facts = trained.facts
     preset = facts.preset
     front_matter = {
         "title": f"gptforge {preset}", "emoji": "🎭", "colorFrom": "indigo", "colorTo": "pink",
         "sdk": "gradio", "sdk_version": gradio_version, "app_file": "app.py", "pinned": False,
+        "suggested_hardware": hardware.flavor,
     }
     # JSON scalars are valid YAML, and quoting keeps odd preset names from breaking the header.
     header = "\n".join(f"{key}: {json.dumps(value, ensure_ascii=False)}" for key, value in front_matter.items())
@@ -97,11 +136,19 @@ Files: `{WEIGHTS_FILE}` (weights; `lm_head` is tied to `transformer.wte` and sto
 (the training run's config), `tokenizer.json`, `facts.json` (the table above), `app.py` and `gptforge/`
 (the gptforge package the demo runs on).
 {tokenizer_note}
-Run it locally: `pip install -r requirements.txt && python app.py`.
+Hardware: `{hardware.flavor}`; {hardware.plan}.{_zero_gpu_note(hardware)}
+Run it locally: `pip install -r requirements.txt && python app.py` (no GPU needed).
 """
 
 
-def _write_space(trained: TrainedModel, folder: Path) -> None:
+def _zero_gpu_note(hardware: SpaceHardware) -> str:
+    if not hardware.zero_gpu:
+        return ""
+    return (f" Each generation holds a GPU for at most {ZERO_GPU_SECONDS} s (`@spaces.GPU`); "
+            "off Spaces the decorator does nothing.")
+
+
+def _write_space(trained: TrainedModel, folder: Path, hardware: SpaceHardware) -> None:
     gradio_version = _installed_version("gradio", "pip install 'gptforge[app]' so the Space can name its version")
     weights = {name: tensor.detach().to("cpu").contiguous()
                for name, tensor in trained.model.state_dict().items() if name != TIED_LM_HEAD}
@@ -114,23 +161,32 @@ def _write_space(trained: TrainedModel, folder: Path) -> None:
     ranks = trained.tokenizer.ranks_file if isinstance(trained.tokenizer, GPT2Tokenizer) else None
     if ranks is not None:
         shutil.copyfile(ranks, folder / GPT2_BPE_FILENAME)
-    (folder / "app.py").write_text(SPACE_APP, encoding="utf-8")
+    (folder / "app.py").write_text(space_app(hardware), encoding="utf-8")
     source = Path(__file__).resolve().parents[1]  # the gptforge package, its subpackages included
     for module in sorted(source.rglob("*.py")):  # file by file: a failed copy is an OSError of its own
         target = folder / "gptforge" / module.relative_to(source)  # (copytree gathers them into a list)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(module, target)
-    (folder / "requirements.txt").write_text("\n".join(space_requirements(gradio_version)) + "\n", encoding="utf-8")
-    (folder / "README.md").write_text(space_readme(trained, gradio_version, ranks is not None), encoding="utf-8")
+    requirements = space_requirements(gradio_version, hardware)
+    (folder / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
+    readme = space_readme(trained, gradio_version, ranks is not None, hardware)
+    (folder / "README.md").write_text(readme, encoding="utf-8")
 
 
-def export_space(trained: TrainedModel, out: Path) -> Path:
-    """Write a folder ready to push as a Hugging Face Space; `out` must be new or empty.
+def hardware_named(name: str) -> SpaceHardware:
+    if name not in HARDWARE:
+        raise UserError(f"unknown Space hardware {name!r}; choose one of {', '.join(HARDWARE)}")
+    return HARDWARE[name]
+
+
+def export_space(trained: TrainedModel, out: Path, hardware: str = DEFAULT_HARDWARE) -> Path:
+    """Write a folder ready to push as a Hugging Face Space on `hardware`; `out` must be new or empty.
 
     Files are written to a hidden folder beside `out` and moved into place at the end, so a
     failed export leaves neither a half-written Space nor anything changed.
     """
-    write_new_folder(Path(out), lambda staging: _write_space(trained, staging), "the Space")
+    spec = hardware_named(hardware)
+    write_new_folder(Path(out), lambda staging: _write_space(trained, staging, spec), "the Space")
     return Path(out)
 
 

@@ -10,8 +10,9 @@ import contextlib
 import copy
 import math
 import socket
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,21 +87,28 @@ def share_weights(model: GPT) -> GPT:
     return replica.eval()
 
 
+def refused(message: str) -> gr.Error:
+    """The error a refused request raises: the visitor reads `message`; the server console gets one line
+    instead of Gradio's traceback (a bad request is the caller's mistake, not the server's)."""
+    print(f"demo: refused a request: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    return gr.Error(message, print_exception=False)
+
+
 def _number(value: Any, name: str) -> float:
     """A finite number from whatever an API caller sent."""
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a number, got {value!r}") from None
+        raise refused(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(number):
-        raise gr.Error(f"{name} must be a finite number, got {value!r}")
+        raise refused(f"{name} must be a finite number, got {value!r}")
     return number
 
 
 def _whole(value: Any, name: str) -> int:
     number = _number(value, name)
     if number != int(number):
-        raise gr.Error(f"{name} must be a whole number, got {value!r}")
+        raise refused(f"{name} must be a whole number, got {value!r}")
     return int(number)
 
 
@@ -108,14 +116,14 @@ def check_prompt(prompt: Any, tokenizer: Tokenizer, limits: DemoLimits) -> str:
     """The prompt as text the tokenizer can encode, within the length limit."""
     prompt = "" if prompt is None else prompt
     if not isinstance(prompt, str):
-        raise gr.Error(f"the prompt must be text, got {type(prompt).__name__}")
+        raise refused(f"the prompt must be text, got {type(prompt).__name__}")
     if len(prompt) > limits.max_prompt_chars:
-        raise gr.Error(f"the prompt has {len(prompt):,} characters; this demo takes at most "
+        raise refused(f"the prompt has {len(prompt):,} characters; this demo takes at most "
                        f"{limits.max_prompt_chars:,}")
     try:
         tokenizer.encode(prompt)
     except UserError as exc:
-        raise gr.Error(str(exc)) from None
+        raise refused(str(exc)) from None
     return prompt
 
 
@@ -124,16 +132,16 @@ def check_settings(limits: DemoLimits, max_new_tokens: Any, temperature: Any, to
     """Sampling settings from raw request values; anything out of range is refused, not clamped."""
     tokens = _whole(max_new_tokens, "max new tokens")
     if not 1 <= tokens <= limits.max_new_tokens:
-        raise gr.Error(f"max new tokens must be between 1 and {limits.max_new_tokens:,}, got {tokens:,}")
+        raise refused(f"max new tokens must be between 1 and {limits.max_new_tokens:,}, got {tokens:,}")
     temp = _number(temperature, "temperature")
     if not 0.0 <= temp <= 2.0:
-        raise gr.Error(f"temperature must be between 0 and 2, got {temp:g}")
+        raise refused(f"temperature must be between 0 and 2, got {temp:g}")
     k = _whole(top_k, "top-k")
     if k < 0:
-        raise gr.Error(f"top-k must be 0 (off) or more, got {k}")
+        raise refused(f"top-k must be 0 (off) or more, got {k}")
     p = _number(top_p, "top-p")
     if not 0.0 < p <= 1.0:
-        raise gr.Error(f"top-p must be above 0 and at most 1, got {p:g}")
+        raise refused(f"top-p must be above 0 and at most 1, got {p:g}")
     return SamplingSettings(max_new_tokens=tokens, temperature=temp, top_k=k or None,
                             top_p=p if p < 1.0 else None, seed=_seed(seed), stop_at_eot=True)
 
@@ -144,7 +152,7 @@ def _seed(value: Any) -> int | None:
         return None
     seed = _whole(value, "seed")
     if seed > MAX_SEED:
-        raise gr.Error(f"seed must be at most {MAX_SEED}, got {seed}")
+        raise refused(f"seed must be at most {MAX_SEED}, got {seed}")
     return seed if seed >= 0 else None
 
 
@@ -201,8 +209,14 @@ def example_prompts(tokenizer: Tokenizer) -> list[str]:
     return usable
 
 
-def build_demo(trained: TrainedModel, limits: DemoLimits = DEFAULT_LIMITS) -> gr.Blocks:
-    """The page, with its queue configured; launch() it or mount it in an app."""
+def build_demo(trained: TrainedModel, limits: DemoLimits = DEFAULT_LIMITS,
+               gpu_task: Callable[[Callable[..., Iterator[str]]], Callable[..., Iterator[str]]] | None = None
+               ) -> gr.Blocks:
+    """The page, with its queue configured; launch() it or mount it in an app.
+
+    `gpu_task` decorates the generation handler: a ZeroGPU Space passes ``spaces.GPU(duration=...)``, which
+    attaches a GPU only while a generation runs.
+    """
     limits.validate()
     replicas = ReplicaPool(trained.model)
 
@@ -211,6 +225,8 @@ def build_demo(trained: TrainedModel, limits: DemoLimits = DEFAULT_LIMITS) -> gr
         yield from generate_stream(trained, limits, prompt, max_new_tokens, temperature, top_k, top_p, seed,
                                    replicas=replicas)
 
+    if gpu_task is not None:
+        generate = gpu_task(generate)
     preset = trained.facts.preset
     with gr.Blocks(title=f"gptforge: {preset}", analytics_enabled=False) as demo:
         gr.Markdown(f"# gptforge: {preset}\nA GPT trained from scratch with gptforge. Write the start of a text "
