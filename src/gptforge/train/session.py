@@ -8,6 +8,7 @@ A config is validated where it enters (start_run, resumed_config); the Runtime i
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from gptforge.device import Runtime, resolve_runtime
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_text
 from gptforge.interop.hf_init import prepare_init
+from gptforge.invocation import gptforge_command
 from gptforge.model import GPT, count_parameters, parameter_table
 from gptforge.run_dir import RunDir, create_run_dir, release_run_dirs
 from gptforge.sizing import check_fits, training_memory
@@ -298,7 +300,7 @@ def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens
              f"processes {runtime.world_size}" + (f" ({runtime.strategy})" if runtime.world_size > 1 else ""))
     if runtime.strategy == "fsdp":
         log.info("no samples while training: a sharded model needs every process to generate; "
-                 f"sample afterwards with: gptforge sample --run {run}")
+                 f"sample afterwards with: {gptforge_command()} sample --run {shlex.quote(str(run))}")
     log.info("model: " + " ".join(f"{k}={v}" for k, v in config.to_dict()["model"].items()))
     log.info("train: " + " ".join(f"{k}={v}" for k, v in config.to_dict()["train"].items()))
     log.info(parameter_table(trainer.model))
@@ -344,7 +346,7 @@ def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> Tr
         if trainer.stop_signal is None and trainer.can_sample:
             log.info(f"--- sample ---\n{trainer.sample(trainer.config.train.sample_tokens)}\n---")
         log.info("\n".join(summary))
-        log.info(f"sample more with: gptforge sample --run {run.path}")
+        log.info(f"sample more with: {gptforge_command()} sample --run {shlex.quote(str(run.path))}")
     log.close()
     target_reached = None if trainer.config.train.target_loss is None else trainer.pass_loss.reached is not None
     return TrainOutcome(run_dir=run.path, reason=reason, signal=trainer.stop_signal,
