@@ -124,6 +124,8 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
         raise UserError("--init-from cannot start a sharded run yet; use --parallel ddp (or one process)")
     check_optimizer(train.optimizer, sharded=runtime.strategy == "fsdp")
     corpus = read_corpus(train.data)  # read and hashed once: the tokenizer, the token cache and the record
+    if train.tokenizer_file is not None:  # recorded absolute, so sample/eval/export find it from any directory
+        train.tokenizer_file = str(Path(train.tokenizer_file).expanduser().resolve())
     tokenizer = build_tokenizer(train.tokenizer, text=corpus.text if train.tokenizer == "char" else None,
                                 bpe_file=train.tokenizer_file)
     if init is not None:
