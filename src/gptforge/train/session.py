@@ -37,7 +37,7 @@ from gptforge.run_dir import RunDir, create_run_dir, release_run_dirs
 from gptforge.sizing import check_fits, training_memory
 from gptforge.tokenizer import Tokenizer, build_tokenizer, save_tokenizer, tokenizer_from_dict
 from gptforge.train import distributed
-from gptforge.train.optim import check_optimizer, warmup_warning
+from gptforge.train.optim import check_optimizer, stopped_in_warmup_warning, warmup_warning
 from gptforge.train.run_log import RunLog
 from gptforge.train.trackers import Trackers, check_trackers
 from gptforge.train.trainer import Trainer
@@ -319,8 +319,14 @@ def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens
 def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> TrainOutcome:
     """Write summary.txt and curves.png, show a sample, and say where everything is."""
     run = trainer.run
-    last = run.checkpoint_file("last", trainer.config.train.compress_checkpoints)
+    train = trainer.config.train
+    last = run.checkpoint_file("last", train.compress_checkpoints)
     if trainer.rank == 0:
+        if 0 < trainer.step < train.max_steps:
+            last_lr = trainer.learning_rate(trainer.step - 1)
+            warning = stopped_in_warmup_warning(trainer.step, train.warmup_steps, last_lr, train.learning_rate)
+            if warning is not None:
+                log.warn(warning)
         counts = count_parameters(trainer.model)
         summary = [
             f"run: {run.path}",
