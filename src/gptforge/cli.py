@@ -398,7 +398,8 @@ def build_parser(train_preset: str | None = None, help_asked: bool = True) -> ar
 
     plot = commands.add_parser("plot", help="draw RUN/curves.png from RUN/metrics.jsonl")
     add_run_argument(plot.add_mutually_exclusive_group(required=True), "run directory")
-    plot.add_argument("--out", metavar="FILE.png", help="where to write (default: RUN/curves.png)")
+    plot.add_argument("--out", metavar="FILE", help="where to write: a .png, .svg or .pdf file (default: "
+                      "RUN/curves.png)")
     plot.set_defaults(func=cmd_plot)
 
     sample = commands.add_parser("sample", help="generate text from a trained model, streamed to the terminal")

@@ -17,6 +17,7 @@ from gptforge.errors import UserError
 from gptforge.run_dir import RunDir
 
 LOG_SCALE_SPAN = 10.0  # switch the loss axis to log scale when the loss spans more than this factor
+IMAGE_FORMATS = ("png", "svg", "pdf")  # chosen by the name of the file written
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -43,8 +44,11 @@ def read_metrics(path: Path) -> list[dict]:
 def plot_run(run_dir: str | Path, out: Path | None = None) -> Path:
     """Draw train/val loss, learning rate, grad norm and throughput against the step; return the file."""
     run = RunDir(Path(run_dir))
-    if not run.path.is_dir():
-        raise UserError(f"run directory {run_dir} not found; pass a folder made by `gptforge train`")
+    run.require_folder(checkpoint_flag=False)
+    out = Path(out) if out is not None else run.curves_file
+    image_format = out.suffix.lower().removeprefix(".")
+    if image_format not in IMAGE_FORMATS:  # the bytes written are the format the name says
+        raise UserError(f"cannot write a plot as {out.name}: name a .png, .svg or .pdf file")
     metrics_path = run.metrics_file
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("kind") == "train"]
@@ -64,9 +68,8 @@ def plot_run(run_dir: str | Path, out: Path | None = None) -> Path:
     _plot_series(grad_axes, train, "grad_norm", "gradient norm")
     _plot_series(speed_axes, train, "tokens_per_sec", "tokens / s")
 
-    out = Path(out) if out is not None else run.curves_file
     image = io.BytesIO()
-    figure.savefig(image, format="png", dpi=100)
+    figure.savefig(image, format=image_format, dpi=100)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, image.getvalue())
