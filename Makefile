@@ -15,7 +15,7 @@ export GPTFORGE_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: train test test-quick lint clean-venv
+.PHONY: train test test-quick fuzz lint clean-venv
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,12 @@ test: lint
 
 test-quick: lint
 	$(PYTEST) -m "not slow"
+
+# The property tests (hypothesis) on new random examples, ten times as many as `make test`'s fixed ones, with a
+# deadline per example against hangs. A failure prints the example to add as an @example.
+fuzz: lint
+	$(PYTEST) --hypothesis-profile=fuzz --hypothesis-show-statistics -p no:cacheprovider -m "not gpu" \
+		tests/test_fuzz.py tests/test_generate.py tests/test_tokenizer.py tests/test_sizing.py tests/test_validation.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -8,10 +8,25 @@ from typing import Any
 
 import pytest
 import torch
+from hypothesis import settings as hypothesis_settings
 
 from gptforge.cli import main
 from gptforge.config import RunConfig, build_config
 from gptforge.train.session import train
+
+# Property tests. `derandomized` (the default: make test, CI): the same examples on every run, so a green run is
+# green every time, and no deadline per example, so a loaded machine is no failure. `fuzz` (`make fuzz`, which
+# passes --hypothesis-profile=fuzz): new random examples each run, ten times as many, and a deadline per example
+# as the guard against hangs. A test asks for `examples(n)`: n under derandomized, 10 n under fuzz.
+hypothesis_settings.register_profile("derandomized", derandomize=True, database=None, deadline=None,
+                                     max_examples=100)
+hypothesis_settings.register_profile("fuzz", derandomize=False, deadline=10_000, max_examples=1000)
+hypothesis_settings.load_profile("derandomized")
+
+
+def examples(n: int) -> int:
+    """A property test's number of examples: `n` under the derandomized profile, scaled up by the fuzz one."""
+    return n * hypothesis_settings.default.max_examples // 100
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -45,6 +45,27 @@ def test_bench_cli_measures_and_writes_consistent_json(tmp_path, capsys) -> None
     assert "training throughput" in printed and "with the KV cache" in printed and "first step" in printed
 
 
+def test_bench_says_what_it_measures_and_each_step_as_it_ends(monkeypatch, capsys) -> None:
+    """A big model on a CPU is minutes of work: the run says so first, then prints every step's time."""
+    monkeypatch.setattr(bench, "CPU_HEAVY_PARAMETERS", 1_000)  # the tiny model counts as big here
+    code = main(["bench", "--preset", "tiny", "--device", "cpu", "--batch-size", "2", "--steps", "2", "--warmup", "1",
+                 "--generate-tokens", "4"])
+    err = capsys.readouterr().err
+    assert code == 0
+    lines = err.splitlines()
+    assert lines[0].startswith("bench: tiny (") and "1 warm-up and 2 timed steps" in lines[0]
+    assert lines[1].startswith("note: tiny is a GPU benchmark") and "--preset tiny" in lines[1]
+    assert [line.split(":")[0] for line in lines[2:5]] == ["step 1/3 (warm-up)", "step 2/3 (timed)",
+                                                          "step 3/3 (timed)"]
+    assert lines[5].startswith("generating 4 tokens")
+
+
+def test_bench_of_a_small_model_has_no_cpu_note(capsys) -> None:
+    assert main(["bench", "--preset", "tiny", "--device", "cpu", "--steps", "1", "--warmup", "0",
+                 "--generate-tokens", "0"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
 def test_the_first_step_is_timed_apart_and_warm_up_steps_stay_out_of_the_median(
         monkeypatch: pytest.MonkeyPatch) -> None:
     clock = FakeClock()

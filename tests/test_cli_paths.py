@@ -23,6 +23,27 @@ def test_every_command_that_reads_a_run_takes_run_as_a_flag_or_a_word(command: s
     assert status == 2 and "not allowed with" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("command", ["plot", "sample", "eval", "serve", "export"])
+def test_a_checkpoint_file_given_as_the_run_is_pointed_to_checkpoint(command: str, tiny_run: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    checkpoint = tiny_run / "checkpoints" / "last.pt"
+    status, _, err = run_main([command, str(checkpoint), *EXTRA.get(command, [])], capsys)
+    hint = "pass the run's folder" if command == "plot" else f"pass the file as --checkpoint {checkpoint}"
+    assert status == 2 and err == f"error: {checkpoint} is a file, not a run directory; {hint}\n"
+
+
+def test_plot_writes_the_format_its_name_says(tiny_run: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    starts = {"curves.svg": b"<?xml", "curves.pdf": b"%PDF", "curves.PNG": b"\x89PNG"}
+    for name, magic in starts.items():
+        status, _, err = run_main(["plot", str(tiny_run), "--out", str(tmp_path / name)], capsys)
+        assert status == 0, err
+        assert (tmp_path / name).read_bytes().startswith(magic), name
+    status, _, err = run_main(["plot", str(tiny_run), "--out", str(tmp_path / "curves.jpeg")], capsys)
+    assert status == 2 and err == "error: cannot write a plot as curves.jpeg: name a .png, .svg or .pdf file\n"
+    assert not (tmp_path / "curves.jpeg").exists()
+
+
 def test_sample_and_plot_read_the_same_run_either_way(tiny_run: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     flags = ["--prompt", "ROMEO:", "--max-new-tokens", "8", "--temperature", "0", "--device", "cpu"]

@@ -3,7 +3,8 @@
 Fed: both tokenizers (any Unicode, lone surrogates, control characters), the data pipeline (random
 bytes, text in several encodings at once, empty and one-line files), `gptforge sample` (any prompt,
 very long ones too) on a char model and a GPT-2-tokenizer model, and the demo's request handler (any
-values an HTTP caller can send). The deadline on each example is the guard against hangs.
+values an HTTP caller can send). `make test` runs them derandomized; `make fuzz` runs them on new random
+examples, ten times as many, with a deadline on each example as the guard against hangs (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import gradio as gr
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from conftest import examples
 from gptforge.checkpoint import save_checkpoint
 from gptforge.cli import main
 from gptforge.config import apply_overrides, from_preset
@@ -34,7 +36,7 @@ from gptforge.use.load import load_trained
 # Every character hypothesis can draw, lone surrogates (category Cs) and unassigned code points included.
 ANY_CHARACTER = st.characters(codec=None, categories=["L", "M", "N", "P", "S", "Z", "C"])
 ANY_TEXT = st.text(ANY_CHARACTER, max_size=200)
-FEW = settings(max_examples=40, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FEW = settings(max_examples=examples(40), suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 def has_surrogate(text: str) -> bool:
@@ -49,7 +51,7 @@ def gpt2(data_dir: Path) -> GPT2Tokenizer:
 # --- tokenizers ------------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=2000)
+@settings(max_examples=examples(300))
 @given(text=st.text(max_size=300))
 def test_gpt2_round_trip_of_any_unicode_text_is_exact(gpt2: GPT2Tokenizer, text: str) -> None:
     ids = gpt2.encode(text)
@@ -58,7 +60,7 @@ def test_gpt2_round_trip_of_any_unicode_text_is_exact(gpt2: GPT2Tokenizer, text:
     assert gpt2.encode_corpus(text).tolist() == ids
 
 
-@settings(max_examples=200, deadline=2000)
+@settings(max_examples=examples(200))
 @given(text=ANY_TEXT)
 def test_gpt2_refuses_lone_surrogates_and_round_trips_the_rest(gpt2: GPT2Tokenizer, text: str) -> None:
     if has_surrogate(text):
@@ -68,7 +70,7 @@ def test_gpt2_refuses_lone_surrogates_and_round_trips_the_rest(gpt2: GPT2Tokeniz
         assert gpt2.decode(gpt2.encode(text)) == text
 
 
-@settings(max_examples=300, deadline=2000)
+@settings(max_examples=examples(300))
 @given(vocabulary=st.text(ANY_CHARACTER, min_size=1, max_size=40), text=ANY_TEXT)
 def test_char_round_trip_or_the_unknown_character_named(vocabulary: str, text: str) -> None:
     tokenizer = CharTokenizer.from_text(vocabulary)
@@ -84,7 +86,7 @@ def test_char_round_trip_or_the_unknown_character_named(vocabulary: str, text: s
     assert tokenizer.encode_corpus(text).tolist() == ids
 
 
-@settings(max_examples=200, deadline=2000)
+@settings(max_examples=examples(200))
 @given(ids=st.lists(st.integers(-2**40, 2**40), max_size=30))
 def test_decoding_any_ids_is_text_or_a_user_error(gpt2: GPT2Tokenizer, ids: list[int]) -> None:
     char = CharTokenizer("abc\n")
@@ -108,7 +110,7 @@ def mixed_encodings(draw: st.DrawFn) -> bytes:
     return b"".join(text.encode(encoding, errors="ignore") for text, encoding in pieces)
 
 
-@settings(max_examples=120, deadline=5000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(120), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.one_of(st.binary(max_size=3000), mixed_encodings()))
 def test_any_file_is_read_as_utf8_or_refused_with_the_byte_named(gpt2: GPT2Tokenizer, data: bytes,
                                                                   tmp_path: Path) -> None:
@@ -198,17 +200,20 @@ def test_sample_any_prompt_with_a_char_model(tiny_run: Path, prompt: str, capsys
     sample_once(tiny_run / "checkpoints" / "last.pt", prompt, capsys)
 
 
-def test_a_vanishing_temperature_samples_like_greedy(tiny_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Found by the demo fuzzer: 2.2e-313 is 0 in float32, and logits / 0 made NaN probabilities."""
+def test_a_vanishing_temperature_or_top_p_samples_like_greedy(tiny_run: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by the demo fuzzer: 2.2e-313 and 2.2e-251 are 0 in float32; logits / 0 made NaN probabilities, and
+    top-p 0 dropped every token."""
     outputs = []
-    for temperature in ("0", "2.2250738585e-313", "1e-30"):
+    for setting in (["--temperature", "0"], ["--temperature", "2.2250738585e-313"], ["--temperature", "1e-30"],
+                    ["--top-p", "2.2e-251"], ["--top-p", "1e-300", "--temperature", "1e-320"]):
         capsys.readouterr()
         status = main(["sample", "--run", str(tiny_run), "--prompt", "ROMEO:", "--max-new-tokens", "20",
-                       "--temperature", temperature, "--seed", "1", "--device", "cpu"])
+                       *setting, "--seed", "1", "--device", "cpu"])
         out, err = capsys.readouterr()
         assert status == 0, err
         outputs.append(out)
-    assert outputs[0] == outputs[1] == outputs[2]
+    assert len(set(outputs)) == 1
 
 
 # --- the demo's handler -------------------------------------------------------------------------------------------
@@ -228,10 +233,12 @@ def mostly(plausible: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return st.sampled_from([True, True, True, False]).flatmap(lambda sane: plausible if sane else ANY_VALUE)
 
 
-@settings(max_examples=150, deadline=5000)
+@settings(max_examples=examples(150))
 @given(prompt=mostly(st.text(st.sampled_from("ROMEO: \nabc!?"), max_size=250) | ANY_TEXT),
        max_new_tokens=mostly(st.integers(1, 8)), temperature=mostly(st.floats(0, 2)),
        top_k=mostly(st.integers(0, 100)), top_p=mostly(st.floats(0.01, 1)), seed=mostly(st.integers(-5, 2**63 - 1)))
+@example(prompt="ROMEO:", max_new_tokens=8, temperature=0.8, top_k=0, top_p=2.2e-251, seed=0)  # crashed once
+@example(prompt="ROMEO:", max_new_tokens=8, temperature=2.2e-313, top_k=0, top_p=1e-300, seed=0)
 def test_demo_handler_answers_any_request_or_refuses_it(trained: TrainedModel, prompt: Any, max_new_tokens: Any,
                                                         temperature: Any, top_k: Any, top_p: Any,
                                                         seed: Any) -> None:

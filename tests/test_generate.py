@@ -1,6 +1,11 @@
+import math
+
 import pytest
 import torch
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
+from conftest import examples
 from gptforge.config import GPTConfig
 from gptforge.errors import UserError
 from gptforge.generate import (
@@ -88,6 +93,39 @@ def test_top_k_filter_and_temperature_zero() -> None:
     generator = torch.Generator().manual_seed(0)
     draws = {sample_next(logits, SamplingSettings(temperature=1.0, top_k=2), generator).item() for _ in range(200)}
     assert draws == {1, 3}
+
+
+# Settings whose values leave float32's range: top-p and temperature below its smallest number are 0 there, a
+# temperature above its largest is inf (and a padded row's -inf / inf is NaN).
+TINY_AND_HUGE = [{"top_p": 2.2e-251}, {"top_p": 1e-300, "temperature": 1e-320}, {"top_p": 1e-45},
+                 {"temperature": 1e300}, {"temperature": 1e300, "top_p": 0.5}, {"temperature": 5e-324, "top_k": 1}]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("extreme", TINY_AND_HUGE, ids=str)
+def test_values_outside_the_dtype_range_still_sample_a_real_token(extreme: dict, dtype: torch.dtype) -> None:
+    logits = torch.tensor([[1.0, 5.0, 3.0, 4.0, float("-inf"), float("-inf")]], dtype=dtype)  # two padded rows
+    token = sample_next(logits, SamplingSettings(**extreme), torch.Generator().manual_seed(0)).item()
+    if extreme.get("top_p", 1.0) < 1e-30 or extreme.get("temperature", 1.0) < 1e-30:
+        assert token == 1  # a vanishing top-p or temperature keeps the most likely token only
+    else:
+        assert token < 4  # a huge temperature samples uniformly, never a padded row
+
+
+@settings(max_examples=examples(200))
+@given(temperature=st.floats(0, 1e308), top_k=st.none() | st.integers(1, 10**30),
+       top_p=st.none() | st.floats(0, 1, exclude_min=True), scale=st.floats(1e-30, 1e30),
+       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+@example(temperature=0.8, top_k=None, top_p=2.2e-251, scale=1.0, dtype=torch.float32)  # found by the demo fuzzer
+def test_any_valid_setting_samples_a_token_that_can_be_sampled(temperature: float, top_k: int | None,
+                                                                top_p: float | None, scale: float,
+                                                                dtype: torch.dtype) -> None:
+    settings = SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p)
+    settings.validate()
+    logits = (torch.linspace(-1, 1, 8) * scale).clamp(-6e4, 6e4).to(dtype)
+    logits = torch.cat([logits, torch.full((3,), float("-inf"), dtype=dtype)]).repeat(2, 1)  # padded rows
+    tokens = sample_next(logits, settings, torch.Generator().manual_seed(0))
+    assert tokens.shape == (2, 1) and all(math.isfinite(logits[0, t].item()) for t in tokens[:, 0].tolist())
 
 
 def test_padded_vocabulary_is_never_sampled() -> None:

@@ -100,6 +100,20 @@ def char_export(char_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 # --- export -----------------------------------------------------------------------------------------------
 
 
+def test_an_export_has_a_model_card_with_the_hubs_metadata_and_the_context_limit(char_run: Path,
+                                                                                char_export: Path) -> None:
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(char_export / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert "gptforge" in card.data.tags
+    block_size = json.loads((char_export / "config.json").read_text())["n_positions"]
+    assert f"| context length (`n_positions`) | {block_size:,} tokens |" in card.text
+    assert "does not slide past `n_positions`" in card.text
+    steps = torch.load(char_run / "checkpoints" / "last.pt", weights_only=False)["step"]
+    assert f"| steps trained | {steps:,} |" in card.text
+
+
 def test_exported_char_run_loads_in_transformers_with_equal_logits(char_run: Path, char_export: Path,
                                                                    tmp_path: Path) -> None:
     trained = load_trained(run=char_run, device="cpu")

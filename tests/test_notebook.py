@@ -8,12 +8,17 @@ CPU, no demo, runs in a temporary folder. Everything else is the notebook exactl
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+import gptforge
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
 NEEDS = "the notebook test needs nbclient, nbformat and ipykernel (pip install -e '.[dev]')"
@@ -63,6 +68,25 @@ def test_parameters_cell_holds_the_documented_defaults():
         assert isinstance(statement, ast.Assign), "the parameters cell should hold plain assignments only"
         assigned[statement.targets[0].id] = ast.literal_eval(statement.value)
     assert assigned == PARAMETER_DEFAULTS
+
+
+@pytest.mark.parametrize(("installed_from", "installs"), [
+    ("checkout", False), ("elsewhere", True), (None, True)])
+def test_the_install_cell_keeps_an_editable_install_of_its_checkout(installed_from: str | None, installs: bool,
+                                                                    tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """pip would replace `pip install -e .` of this checkout with a copy; any other gptforge is reinstalled."""
+    checkout = NOTEBOOK.parents[1]
+    origins = {"checkout": checkout / "src" / "gptforge" / "__init__.py",
+               "elsewhere": tmp_path / "site-packages" / "gptforge" / "__init__.py"}
+    found = SimpleNamespace(origin=str(origins[installed_from])) if installed_from else None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: found)
+    pip_calls: list[str] = []
+    monkeypatch.setattr(subprocess, "run", lambda command, **kwargs: pip_calls.append(command[-1]))
+    monkeypatch.chdir(NOTEBOOK.parent)
+    (cell,) = tagged(read_cells(), "install")
+    exec(source(cell), {"INSTALL": True, "INSTALL_FROM": None})
+    assert pip_calls == ([f"{checkout}[app]"] if installs else [])
 
 
 @pytest.fixture
@@ -118,14 +142,19 @@ def test_notebook_trains_plots_and_samples(tmp_path: Path, kernel_manager, monke
     assert "steps: 20" in (run / "summary.txt").read_text(encoding="utf-8")
 
     (install,) = tagged(notebook.cells, "install")
-    assert f"PIP {NOTEBOOK.parents[1]}[app]" in stream_text(install)  # the checkout above notebooks/
+    checkout = NOTEBOOK.parents[1]  # the checkout above notebooks/, unless gptforge is installed from it already
+    from_checkout = checkout.resolve() in Path(gptforge.__file__).resolve().parents
+    expected = "is already installed from" if from_checkout else f"PIP {checkout}[app]"
+    assert expected in stream_text(install), stream_text(install)
     (train,) = tagged(notebook.cells, "train")
     assert "reached max_steps 20" in stream_text(train)
     (curves,) = tagged(notebook.cells, "curves")
     assert any("image/png" in output.get("data", {}) for output in curves.outputs)
     streamed, batched = tagged(notebook.cells, "sample")
-    _, prompt, completion = stream_text(streamed).partition("ROMEO:")
-    assert prompt and completion.strip(), f"the streamed sample printed no text: {stream_text(streamed)!r}"
+    (shown,) = [output for output in streamed.outputs if output["output_type"] == "display_data"]  # one, updated
+    assert len(streamed.outputs) == 2  # the facts line and the sample: not one output per piece of text
+    _, prompt, completion = shown["data"]["text/plain"].partition("ROMEO:")
+    assert prompt and completion.strip(), f"the streamed sample shows no text: {shown!r}"
     samples = stream_text(batched).split("--- sample ")[1:]
     assert len(samples) == 3, stream_text(batched)
     for sample in samples:

@@ -16,7 +16,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import assert_one_error, run_main, write_corpus
+from conftest import assert_one_error, examples, run_main, write_corpus
 from gptforge import sizing
 from gptforge.checkpoint import load_checkpoint, save_checkpoint
 from gptforge.config import GPTConfig, from_preset, padded_vocab_size
@@ -28,7 +28,7 @@ CORPUS_CHARS = 3_000
 HUGE = "1000000000"
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60))
 @given(n_layer=st.integers(1, 4), n_head=st.integers(1, 4), head_width=st.integers(1, 16),
        vocab_size=st.integers(1, 300), block_size=st.integers(1, 64), bias=st.booleans())
 def test_the_analytic_parameter_count_is_the_built_models(n_layer: int, n_head: int, head_width: int,

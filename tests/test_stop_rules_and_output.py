@@ -46,6 +46,24 @@ def test_time_budget_stops_at_the_first_step_past_it(tmp_path, fake_clock) -> No
     assert outcome.last_checkpoint is not None and outcome.last_checkpoint.is_file()
 
 
+def test_a_time_budget_that_ends_the_run_in_its_warmup_is_a_warning(tmp_path, fake_clock, capsys) -> None:
+    fake_clock.tick = 0.1
+    config = tiny_char_config(tmp_path / "run", max_steps=5000, time_budget=2.0, warmup_steps=100)
+    outcome = train(config)
+    out = capsys.readouterr().out
+    assert outcome.reason == "used the time budget of 2s"
+    warning = next(line for line in out.splitlines() if "still in the learning rate's warmup" in line)
+    assert warning.startswith("warning: training stopped after ") and "of 100 steps" in warning
+    assert "--max-steps" in warning and "--warmup-steps" in warning
+    assert warning in (outcome.run_dir / "train.log").read_text()
+
+
+def test_a_time_budget_past_the_warmup_has_no_warmup_warning(tmp_path, fake_clock, capsys) -> None:
+    fake_clock.tick = 0.1
+    train(tiny_char_config(tmp_path / "run", max_steps=5000, time_budget=2.0, warmup_steps=2))
+    assert "still in the learning rate's warmup" not in capsys.readouterr().out
+
+
 def test_time_budget_counts_evaluations_too(tmp_path, fake_clock, monkeypatch) -> None:
     # steps take a millisecond of fake time and each evaluation half a second: a budget that counted
     # only the steps would run for about 700 steps

@@ -7,6 +7,7 @@ import tiktoken
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import examples
 from gptforge.errors import UserError
 from gptforge.tokenizer import (
     CharTokenizer,
@@ -81,7 +82,7 @@ def test_splitting_after_a_blank_line_would_change_the_ids(gpt2):
     assert gpt2.encode("a\n\n") + gpt2.encode("b") != gpt2.encode("a\n\nb")
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300))
 @given(text=st.text(alphabet=st.sampled_from(list("ab1 \n\r\t'!\x1c\x85\u00a0\u2028é")), max_size=60),
        chunk_chars=st.integers(1, 8))
 def test_gpt2_chunked_encoding_is_exact(gpt2, text, chunk_chars):

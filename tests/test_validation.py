@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from conftest import run_main
+from conftest import examples, run_main
 from gptforge.config import (
     INT64_MAX,
     Bounds,
@@ -168,7 +168,7 @@ def test_a_run_with_any_setting_on_its_edge_is_built(name: str, tmp_path: Path, 
         assert outcome in ("built", "refused: training", "refused: tokens_per_step", "refused: the"), (value, outcome)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=examples(100), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(train_settings=train_settings(), dropout=drawn(MODEL_BOUNDS["dropout"], float))
 def test_a_config_that_validation_accepts_builds_a_run(train_settings: dict, dropout: float, tmp_path: Path,
                                                        data_dir: Path) -> None:

@@ -13,6 +13,7 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,14 @@ from gptforge.train.trainer import Trainer
 # Dense bf16/fp16 tensor-core peaks (TFLOP/s, without sparsity) by a name fragment of the GPU.
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L4": 121.0, "T4": 65.0}
 ATTENTION_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
+# Above this many parameters a CPU takes seconds to minutes per step: the run says so before it starts.
+CPU_HEAVY_PARAMETERS = 20_000_000
+
+Progress = Callable[[str], None]
+
+
+def _silent(line: str) -> None:
+    pass
 
 
 @dataclass
@@ -93,15 +102,18 @@ def peak_memory_gb(device: torch.device) -> float | None:
     return None
 
 
-def time_training(trainer: Trainer, steps: int, warmup: int) -> tuple[float, float]:
-    """Seconds of the first step (compilation happens there) and the median of the `steps` after `warmup`."""
+def time_training(trainer: Trainer, steps: int, warmup: int, progress: Progress = _silent) -> tuple[float, float]:
+    """Seconds of the first step (compilation happens there) and the median of the `steps` after `warmup`;
+    each step's time goes to `progress` as it ends."""
     times = []
-    for _ in range(warmup + steps):
+    for step in range(1, warmup + steps + 1):
         synchronize(trainer.device)
         started = time.perf_counter()
         trainer.train_step()
         synchronize(trainer.device)
         times.append(time.perf_counter() - started)
+        kind = "warm-up" if step <= warmup else "timed"
+        progress(f"step {step}/{warmup + steps} ({kind}): {times[-1]:,.2f} s")
     return times[0], statistics.median(times[warmup:])
 
 
@@ -138,10 +150,21 @@ def synthetic_trainer(config: RunConfig, steps: int) -> Trainer:
     return Trainer(config, initial_model(config, runtime), runtime, sampler)
 
 
+def announce(config: RunConfig, trainer: Trainer, steps: int, warmup: int, generate_tokens: int) -> str:
+    """What is about to be measured, and on a CPU with a big model, that each step will take a while."""
+    parameters = count_parameters(trainer.model).total
+    line = (f"bench: {config.preset} ({parameters:,} parameters) on {trainer.device}: {warmup} warm-up and {steps} "
+            f"timed steps of {trainer.tokens_per_step:,} tokens, then {generate_tokens} generated tokens")
+    if trainer.device.type == "cpu" and parameters > CPU_HEAVY_PARAMETERS:
+        line += (f"\nnote: {config.preset} is a GPU benchmark; on a CPU each of its steps takes seconds to minutes "
+                 "(--preset tiny measures in seconds)")
+    return line
+
+
 def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, generate_tokens: int,
-              peak_tflops: float | None) -> BenchResult:
+              peak_tflops: float | None, progress: Progress = _silent) -> BenchResult:
     """Build the run's trainer on synthetic tokens, time training steps, then generation (`config` validated,
-    as config.build_config gives it)."""
+    as config.build_config gives it); what it does goes to `progress`, a line at a time."""
     if attention not in ATTENTION_BACKENDS:
         raise UserError(f"unknown attention backend {attention!r}; choose {', '.join(ATTENTION_BACKENDS)}")
     if steps < 0 or warmup < 0 or generate_tokens < 0:
@@ -153,13 +176,15 @@ def run_bench(config: RunConfig, *, steps: int, warmup: int, attention: str, gen
     model, train = config.model, config.train
     vocab_size = model.vocab_size
     trainer = synthetic_trainer(config, steps + warmup)
+    progress(announce(config, trainer, steps if steps else 0, warmup if steps else 0, generate_tokens))
     with attention_backend(attention):
         if trainer.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(trainer.device)
-        first_step, step_seconds = time_training(trainer, steps, warmup) if steps else (None, None)
+        first_step, step_seconds = time_training(trainer, steps, warmup, progress) if steps else (None, None)
         memory = peak_memory_gb(trainer.device)
         cached = uncached = None
         if generate_tokens:
+            progress(f"generating {generate_tokens} tokens with the KV cache, then without it")
             time_generation(trainer, 8, True, vocab_size)  # warm-up
             cached = time_generation(trainer, generate_tokens, True, vocab_size)
             uncached = time_generation(trainer, generate_tokens, False, vocab_size)

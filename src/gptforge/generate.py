@@ -55,8 +55,10 @@ def filter_top_p(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Keep the smallest set of tokens whose probabilities add up to at least p (nucleus sampling)."""
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
     cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    # drop a token when the tokens ranked above it already reach p; the top token always stays
+    # drop a token when the tokens ranked above it already reach p; the top token always stays, also when p
+    # is below the dtype's smallest number (2.2e-251 is 0 in float32, and 0 >= 0 would drop every token)
     drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= p
+    drop_sorted[..., 0] = False
     drop = drop_sorted.scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
@@ -68,9 +70,11 @@ def sample_next(logits: torch.Tensor, settings: SamplingSettings,
         return logits.argmax(dim=-1, keepdim=True)
     logits = logits.float()
     # Softmax does not change when the row's maximum is subtracted, and afterwards no division overflows
-    # to +inf; a temperature below float32's range (1e-310) would be 0/0 = NaN, so it is clamped into it.
-    # Either way a tiny temperature samples like greedy instead of failing on NaN probabilities.
-    temperature = max(settings.temperature, torch.finfo(torch.float32).tiny)
+    # to +inf. A temperature outside float32's range is clamped into it: below it (1e-310) it would be 0, and
+    # 0/0 = NaN; above it (1e300) it would be inf, and a padded row's -inf/inf = NaN. So a tiny temperature
+    # samples like greedy and a huge one uniformly, instead of failing on NaN probabilities.
+    finfo = torch.finfo(torch.float32)
+    temperature = min(max(settings.temperature, finfo.tiny), finfo.max)
     logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if settings.top_k is not None:
         logits = filter_top_k(logits, settings.top_k)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from gptforge.errors import UserError
+from gptforge.fileio import atomic_write_bytes
 
 GPT2_BPE_FILENAME = "gpt2.tiktoken"
 GPT2_BPE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
@@ -58,3 +59,19 @@ def read_gpt2_ranks(path: Path) -> bytes:
             f"replace it with a good copy of {GPT2_BPE_FILENAME} (sha256 {GPT2_BPE_SHA256})"
         )
     return contents
+
+
+def keep_gpt2_ranks(contents: bytes) -> Path | None:
+    """Keep verified GPT-2 ranks in the cache, where every later command finds them without --tokenizer-file:
+    the cached file, or None when the cache cannot be written (the ranks given still serve this command)."""
+    if hashlib.sha256(contents).hexdigest() != GPT2_BPE_SHA256:
+        return None
+    target = cache_dir() / GPT2_BPE_FILENAME
+    if target.is_file():
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, contents)
+    except (OSError, UserError):
+        return None
+    return target

@@ -103,14 +103,21 @@ class RunDir:
             ranked.append((rank, number, -path.lstat().st_mtime, path))
         return [path for *_, path in sorted(ranked)]
 
+    def require_folder(self, checkpoint_flag: bool = True) -> None:
+        """Refuse a path that is no folder: a checkpoint file given as RUN is pointed to --checkpoint."""
+        if self.path.is_file():
+            hint = f"pass the file as --checkpoint {self.path}" if checkpoint_flag else "pass the run's folder"
+            raise UserError(f"{self.path} is a file, not a run directory; {hint}")
+        if not self.path.is_dir():
+            raise UserError(f"run directory {self.path} not found; pass a folder made by `gptforge train`")
+
     def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict, Path, list[str]]:
         """Load the newest good checkpoint, falling back past corrupt ones.
 
         Returns the state, its path and one ``"skipping PATH: reason"`` warning per file passed over, so a
         crash while writing ``last.pt`` costs at most the steps since the previous checkpoint.
         """
-        if not self.path.is_dir():
-            raise UserError(f"run directory {self.path} not found; pass a folder made by `gptforge train`")
+        self.require_folder()
         if not self.checkpoint_dir.is_dir():
             raise UserError(f"{self.path} has no checkpoints/ folder; is it a gptforge run directory?")
         candidates = self.checkpoints()

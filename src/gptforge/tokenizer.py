@@ -23,7 +23,7 @@ from tqdm import tqdm
 from gptforge.config import GPT2_VOCAB_SIZE, TrainConfig, UnknownChoice, choices_of
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_text
-from gptforge.paths import GPT2_BPE_FILENAME, find_gpt2_ranks, local_folders, read_gpt2_ranks
+from gptforge.paths import GPT2_BPE_FILENAME, find_gpt2_ranks, keep_gpt2_ranks, local_folders, read_gpt2_ranks
 
 GPT2_EOT_ID = 50256
 # GPT-2's own pre-tokenizer regex (openai/gpt-2 encoder.py); tiktoken's r50k pattern is an
@@ -90,7 +90,8 @@ class GPT2Tokenizer(Tokenizer):
     def __init__(self, bpe_file: str | Path | None = None) -> None:
         # the verified local file the ranks came from (None: tiktoken downloaded them), for exports to copy
         self.ranks_file = find_gpt2_ranks(bpe_file)
-        self._encoding = _gpt2_encoding(self.ranks_file)
+        # a file passed by path is kept in the cache, so later commands on the same model need no path again
+        self._encoding = _gpt2_encoding(self.ranks_file, keep=bpe_file is not None)
 
     def encode(self, text: str) -> list[int]:
         _check_unicode(text)
@@ -132,6 +133,15 @@ class GPT2Tokenizer(Tokenizer):
         return [self._encoding.decode_single_token_bytes(rank) for rank in range(GPT2_EOT_ID)]
 
 
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte (openai/gpt-2 encoder.py), the alphabet of vocab.json."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    stand_ins = {byte: chr(byte) for byte in printable}
+    others = [byte for byte in range(256) if byte not in stand_ins]
+    stand_ins.update({byte: chr(256 + index) for index, byte in enumerate(others)})
+    return stand_ins
+
+
 def _check_unicode(text: str) -> None:
     """Refuse lone surrogates, which tiktoken would silently turn into U+FFFD: the model would continue
     other text than the user's. They come from undecodable bytes in a command-line argument or from
@@ -160,10 +170,14 @@ def split_for_encoding(text: str, chunk_chars: int) -> list[str]:
     return chunks
 
 
-def _gpt2_encoding(ranks_file: Path | None) -> tiktoken.Encoding:
-    """The local file when there is one, so that offline machines never reach the network."""
+def _gpt2_encoding(ranks_file: Path | None, keep: bool = False) -> tiktoken.Encoding:
+    """The local file when there is one, so that offline machines never reach the network; `keep` copies it
+    into the cache."""
     if ranks_file is not None:
-        return _build_gpt2_encoding(read_gpt2_ranks(ranks_file))
+        contents = read_gpt2_ranks(ranks_file)
+        if keep:
+            keep_gpt2_ranks(contents)
+        return _build_gpt2_encoding(contents)
     try:
         return tiktoken.get_encoding("gpt2")
     except Exception as exc:  # tiktoken's download fails in many ways (no network, proxy, bad hash)

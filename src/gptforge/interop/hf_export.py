@@ -15,6 +15,7 @@ from gptforge.fileio import write_json, write_new_folder, write_safetensors
 from gptforge.interop.hf_read import CONFIG_FILE, SAFETENSORS_FILE, TOKENIZER_FILE
 from gptforge.interop.hf_tokenizer import write_hf_tokenizer
 from gptforge.interop.hf_weights import hf_safetensors, to_hf_state_dict
+from gptforge.interop.model_card import CARD_FILE, model_card
 from gptforge.tokenizer import save_tokenizer
 from gptforge.trained_model import TrainedModel
 
@@ -55,6 +56,7 @@ def _write_hf(trained: TrainedModel, folder: Path) -> None:
                                                    "eos_token_id": tokenizer.eot_id})
     write_hf_tokenizer(tokenizer, folder, model.config.block_size)
     save_tokenizer(tokenizer, folder / TOKENIZER_FILE)  # what `--hf DIR` rebuilds gptforge's tokenizer from
+    (folder / CARD_FILE).write_text(model_card(trained), encoding="utf-8")  # the hub page `--push-to-hub` shows
 
 
 def export_hf(trained: TrainedModel, out: str | Path) -> None:

@@ -8,6 +8,7 @@ model is built.
 
 from __future__ import annotations
 
+import base64
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +24,9 @@ from gptforge.fileio import read_json
 from gptforge.interop.hf_weights import NOT_WEIGHTS, POSITIONS, hf_safetensors, hf_shapes, load_hf_state_dict
 from gptforge.interop.hub import first_line
 from gptforge.model import GPT, TIED_LM_HEAD, count_parameters
+from gptforge.paths import find_gpt2_ranks, keep_gpt2_ranks
 from gptforge.sizing import check_fits, inference_memory
-from gptforge.tokenizer import GPT2Tokenizer, tokenizer_from_dict
+from gptforge.tokenizer import GPT2_EOT_ID, GPT2Tokenizer, bytes_to_unicode, tokenizer_from_dict
 from gptforge.trained_model import ModelFacts, TrainedModel
 
 CONFIG_FILE = "config.json"
@@ -34,6 +36,7 @@ TOKENIZER_FILE = "gptforge_tokenizer.json"  # gptforge's own description, under 
 # the tokenizers library's file, which AutoTokenizer reads; exports before gptforge_tokenizer.json put gptforge's
 # own description there, and `--hf DIR` still reads those
 HF_TOKENIZER_FILE = "tokenizer.json"
+HF_VOCAB_FILE = "vocab.json"  # transformers' GPT2Tokenizer: each token spelled in GPT-2's byte alphabet, its rank
 
 
 @dataclass
@@ -152,13 +155,39 @@ def read_hf_folder(folder: str | Path) -> HFCheckpoint:
                         state=state, tokenizer=tokenizer, tokenizer_file=tokenizer_file)
 
 
+def gpt2_ranks_from_vocab(folder: Path) -> bytes | None:
+    """GPT-2's ranks file (gpt2.tiktoken's bytes) rebuilt from the folder's vocab.json, or None without one.
+
+    The ranks are the vocabulary itself; merges.txt only repeats them. Whether they are GPT-2's exactly is
+    the caller's check (the file's sha256), so a folder with another BPE is never taken for GPT-2."""
+    try:
+        vocab = read_json(folder / HF_VOCAB_FILE)
+        byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+        ranks = sorted((rank, bytes(byte_of[char] for char in token)) for token, rank in vocab.items()
+                       if rank != GPT2_EOT_ID)
+        return b"".join(base64.b64encode(token) + b" %d\n" % rank for rank, token in ranks)
+    except (UserError, AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _gpt2_tokenizer(folder: Path, tokenizer_file: str | None) -> GPT2Tokenizer:
+    """GPT-2's tokenizer: from `tokenizer_file`, the data dir or the cache, else from the folder's own
+    vocab.json (kept in the cache when it is GPT-2's), so an export loads offline with nothing passed."""
+    if tokenizer_file is None and find_gpt2_ranks() is None:
+        contents = gpt2_ranks_from_vocab(folder)
+        if contents is not None:
+            keep_gpt2_ranks(contents)
+    return GPT2Tokenizer(tokenizer_file)
+
+
 def load_hf_folder(folder: str | Path, device: str = "auto", tokenizer_file: str | None = None) -> TrainedModel:
     """A transformers GPT-2 folder as a TrainedModel: GPT-2's tokenizer, or the gptforge tokenizer described in it."""
     checkpoint = read_hf_folder(folder)
-    if checkpoint.tokenizer is not None:
-        tokenizer = tokenizer_from_dict(checkpoint.tokenizer, bpe_file=tokenizer_file)
+    described = checkpoint.tokenizer
+    if described is None or (isinstance(described, dict) and described.get("name") == "gpt2"):
+        tokenizer = _gpt2_tokenizer(checkpoint.folder, tokenizer_file)
     else:
-        tokenizer = GPT2Tokenizer(tokenizer_file)
+        tokenizer = tokenizer_from_dict(described, bpe_file=tokenizer_file)
     if tokenizer.vocab_size != checkpoint.shape.vocab_size:
         raise UserError(f"{checkpoint.config_file} has a vocabulary of {checkpoint.shape.vocab_size:,} tokens, "
                         f"the {tokenizer.name} tokenizer {tokenizer.vocab_size:,}; copy the tokenizer.json of the "

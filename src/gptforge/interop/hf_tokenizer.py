@@ -11,18 +11,9 @@ from typing import Any
 
 from gptforge.fileio import write_json
 from gptforge.interop.hf_read import HF_TOKENIZER_FILE
-from gptforge.tokenizer import GPT2_EOT_ID, CharTokenizer, GPT2Tokenizer, Tokenizer
+from gptforge.tokenizer import GPT2_EOT_ID, CharTokenizer, GPT2Tokenizer, Tokenizer, bytes_to_unicode
 
 ENDOFTEXT = "<|endoftext|>"
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in for each byte (openai/gpt-2 encoder.py), the alphabet of vocab.json."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    stand_ins = {byte: chr(byte) for byte in printable}
-    others = [byte for byte in range(256) if byte not in stand_ins]
-    stand_ins.update({byte: chr(256 + index) for index, byte in enumerate(others)})
-    return stand_ins
 
 
 def _merge_pair(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:

@@ -214,3 +214,13 @@ def warmup_warning(warmup_steps: int, max_steps: int) -> str | None:
                 f"{max_steps}; {suggestion}")
     return (f"warmup takes {warmup_steps} of the run's {max_steps} steps ({warmup_steps / max_steps:.0%}), "
             f"so little of it trains at the peak rate; {suggestion}")
+
+
+def stopped_in_warmup_warning(steps_done: int, warmup_steps: int, last_lr: float, peak_lr: float) -> str | None:
+    """Why a run that a time budget, an epoch limit or a signal stopped before its warmup ended never trained at
+    its peak rate, or None when its warmup was over (a --max-steps inside the warmup is warned of at the start)."""
+    if steps_done >= warmup_steps:
+        return None
+    return (f"training stopped after {steps_done} steps, still in the learning rate's warmup of {warmup_steps} steps "
+            f"(rate {last_lr:.2e} of its peak {peak_lr:.2e}); for a run this short (e.g. --time-budget) pass "
+            f"--max-steps {steps_done} and --warmup-steps {max(1, steps_done // 10)}, so its schedule fits it")

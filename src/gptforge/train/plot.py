@@ -17,6 +17,7 @@ from gptforge.errors import UserError
 from gptforge.run_dir import RunDir
 
 LOG_SCALE_SPAN = 10.0  # switch the loss axis to log scale when the loss spans more than this factor
+IMAGE_FORMATS = ("png", "svg", "pdf")  # chosen by the name of the file written
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -44,8 +45,11 @@ def plot_run(run_dir: str | Path, out: Path | None = None) -> Path:
     """Draw train/val loss, learning rate, grad norm, throughput and (when scored) HellaSwag accuracy against the
     step; return the file."""
     run = RunDir(Path(run_dir))
-    if not run.path.is_dir():
-        raise UserError(f"run directory {run_dir} not found; pass a folder made by `gptforge train`")
+    run.require_folder(checkpoint_flag=False)
+    out = Path(out) if out is not None else run.curves_file
+    image_format = out.suffix.lower().removeprefix(".")
+    if image_format not in IMAGE_FORMATS:  # the bytes written are the format the name says
+        raise UserError(f"cannot write a plot as {out.name}: name a .png, .svg or .pdf file")
     metrics_path = run.metrics_file
     records = read_metrics(metrics_path)
     train = [r for r in records if r.get("kind") == "train"]
@@ -69,9 +73,8 @@ def plot_run(run_dir: str | Path, out: Path | None = None) -> Path:
     if hellaswag:
         _plot_hellaswag(axes["hellaswag"], hellaswag)
 
-    out = Path(out) if out is not None else run.curves_file
     image = io.BytesIO()
-    figure.savefig(image, format="png", dpi=100)
+    figure.savefig(image, format=image_format, dpi=100)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, image.getvalue())

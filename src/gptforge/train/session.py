@@ -8,6 +8,7 @@ A config is validated where it enters (start_run, resumed_config); the Runtime i
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +33,14 @@ from gptforge.fileio import atomic_write_text
 from gptforge.hellaswag import Example, find_hellaswag, read_examples
 from gptforge.hellaswag import check_tokenizer as check_hellaswag_tokenizer
 from gptforge.interop.hf_init import prepare_init
+from gptforge.invocation import gptforge_command
 from gptforge.model import GPT, count_parameters, parameter_table
 from gptforge.run_dir import RunDir, create_run_dir, release_run_dirs
 from gptforge.sizing import check_fits, training_memory
 from gptforge.token_store import ShardedTokens
 from gptforge.tokenizer import Tokenizer, build_tokenizer, save_tokenizer, tokenizer_from_dict
 from gptforge.train import distributed
-from gptforge.train.optim import check_optimizer, warmup_warning
+from gptforge.train.optim import check_optimizer, stopped_in_warmup_warning, warmup_warning
 from gptforge.train.run_log import RunLog
 from gptforge.train.run_store import StoreData, new_store_data, resumed_store_data, uses_store
 from gptforge.train.trackers import Trackers, check_trackers
@@ -143,6 +145,8 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     if init is not None and runtime.strategy == "fsdp":
         raise UserError("--init-from cannot start a sharded run yet; use --parallel ddp (or one process)")
     check_optimizer(train.optimizer, sharded=runtime.strategy == "fsdp")
+    if train.tokenizer_file is not None:  # recorded absolute, so sample/eval/export find it from any directory
+        train.tokenizer_file = str(Path(train.tokenizer_file).expanduser().resolve())
     store = new_store_data(train) if uses_store(train.data) else None
     if store is None:
         corpus = read_corpus(train.data)  # read and hashed once: the tokenizer, the token cache and the record
@@ -335,7 +339,7 @@ def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens
              f"processes {runtime.world_size}" + (f" ({runtime.strategy})" if runtime.world_size > 1 else ""))
     if runtime.strategy == "fsdp":
         log.info("no samples while training: a sharded model needs every process to generate; "
-                 f"sample afterwards with: gptforge sample --run {run}")
+                 f"sample afterwards with: {gptforge_command()} sample --run {shlex.quote(str(run))}")
     log.info("model: " + " ".join(f"{k}={v}" for k, v in config.to_dict()["model"].items()))
     log.info("train: " + " ".join(f"{k}={v}" for k, v in config.to_dict()["train"].items()))
     log.info(parameter_table(trainer.model))
@@ -352,8 +356,14 @@ def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens
 def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> TrainOutcome:
     """Write summary.txt and curves.png, show a sample, and say where everything is."""
     run = trainer.run
-    last = run.checkpoint_file("last", trainer.config.train.compress_checkpoints)
+    train = trainer.config.train
+    last = run.checkpoint_file("last", train.compress_checkpoints)
     if trainer.rank == 0:
+        if 0 < trainer.step < train.max_steps:
+            last_lr = trainer.learning_rate(trainer.step - 1)
+            warning = stopped_in_warmup_warning(trainer.step, train.warmup_steps, last_lr, train.learning_rate)
+            if warning is not None:
+                log.warn(warning)
         counts = count_parameters(trainer.model)
         summary = [
             f"run: {run.path}",
@@ -381,7 +391,7 @@ def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> Tr
         if trainer.stop_signal is None and trainer.can_sample:
             log.info(f"--- sample ---\n{trainer.sample(trainer.config.train.sample_tokens)}\n---")
         log.info("\n".join(summary))
-        log.info(f"sample more with: gptforge sample --run {run.path}")
+        log.info(f"sample more with: {gptforge_command()} sample --run {shlex.quote(str(run.path))}")
     log.close()
     target_reached = None if trainer.config.train.target_loss is None else trainer.pass_loss.reached is not None
     return TrainOutcome(run_dir=run.path, reason=reason, signal=trainer.stop_signal,

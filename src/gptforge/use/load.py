@@ -47,10 +47,17 @@ def load_trained(run: str | Path | None = None, checkpoint: str | Path | None = 
     return _from_checkpoint(state, path, device, tokenizer_file)
 
 
+def recorded_tokenizer_file(config: RunConfig) -> str | None:
+    """The --tokenizer-file the run was trained with, while that file is still there."""
+    recorded = config.train.tokenizer_file
+    return recorded if recorded is not None and Path(recorded).expanduser().is_file() else None
+
+
 def _from_checkpoint(state: dict[str, Any], path: Path, device: str, tokenizer_file: str | None) -> TrainedModel:
     try:
         config = RunConfig.from_dict(state["config"])
-        tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=tokenizer_file)
+        bpe_file = tokenizer_file if tokenizer_file is not None else recorded_tokenizer_file(config)
+        tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=bpe_file)
     except (KeyError, TypeError) as exc:
         raise UserError(f"{path} is not a gptforge training checkpoint (missing {exc})") from None
     target = resolve_device(device)
