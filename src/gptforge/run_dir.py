@@ -72,6 +72,20 @@ class RunDir:
     tensorboard_dir = _RunFile("tensorboard")
     checkpoint_dir = _RunFile(CHECKPOINT_DIR)
 
+    def foreign_entry(self) -> str | None:
+        """The first thing in the folder that no gptforge run writes (another program's config.json counts),
+        or None: the folder is missing, empty, or a run (perhaps one killed before its first checkpoint)."""
+        if not self.path.is_dir():
+            return None
+        names = {descriptor.name for descriptor in vars(RunDir).values() if isinstance(descriptor, _RunFile)}
+        for entry in sorted(self.path.iterdir()):
+            temporary = entry.name.startswith(".") and entry.name.endswith(".tmp")
+            if entry.name not in names | {LOCK_FILE} and not temporary:
+                return entry.name
+        if self.config_file.exists() and not _is_run_config(self.config_file):
+            return f"a {self.config_file.name} that is not a gptforge run's"
+        return None
+
     def write_config(self, config: RunConfig) -> None:
         """config.json: the fully resolved config, rewritten whole (atomically) when a resume changes it."""
         atomic_write_text(self.config_file, json.dumps(config.to_dict(), indent=2) + "\n")
@@ -202,6 +216,18 @@ class RunDir:
             pass  # the PID only helps the message of a refused second trainer; the lock is what counts
 
 
+def _is_run_config(path: Path) -> bool:
+    """Whether `path` is a regular file holding a gptforge run's config (a table with a "model" and a "train"
+    table), not the config.json of a transformers export or another program."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and all(isinstance(data.get(part), dict) for part in ("model", "train"))
+
+
 def release_run_dirs() -> None:
     """Let other trainers have the folders this process locked (its exit would do the same)."""
     while _held:
@@ -234,6 +260,10 @@ def _claim_named_run_dir(path: Path) -> RunDir:
     if run.checkpoints():
         raise UserError(f"{path} already holds a run with checkpoints; continue it with --resume {path} "
                         "or choose another --out")
+    foreign = run.foreign_entry()
+    if foreign is not None:
+        raise UserError(f"{path} is not empty and is not a gptforge run (it holds {foreign}); pass a new or empty "
+                        "folder to --out (nothing was overwritten)")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # includes "exists and is a file"
