@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from gptforge.config import RunConfig
 from gptforge.errors import UserError
-from gptforge.fileio import atomic_write_text, describe_os_error, remove_temporaries
+from gptforge.fileio import atomic_write_text, describe_os_error, open_own_file, remove_temporaries
 
 if TYPE_CHECKING:
     import torch
@@ -85,6 +85,21 @@ class RunDir:
         if self.config_file.exists() and not _is_run_config(self.config_file):
             return f"a {self.config_file.name} that is not a gptforge run's"
         return None
+
+    def check_no_links(self) -> None:
+        """Refuse a run folder whose own files or folders are symbolic links, or of the wrong kind (a folder named
+        train.log): writing them would write wherever the link points. Called before anything is written."""
+        for descriptor in vars(RunDir).values():
+            if not isinstance(descriptor, _RunFile):
+                continue
+            path = self.path / descriptor.name
+            folder = descriptor.name in (CHECKPOINT_DIR, self.tensorboard_dir.name)
+            if path.is_symlink():
+                raise UserError(f"{path} is a symbolic link; gptforge does not write through links in a run folder "
+                                "(remove it)")
+            if path.exists() and path.is_dir() != folder:
+                raise UserError(f"{path} is {'not ' if folder else ''}a folder; gptforge does not write into it "
+                                "(remove it)")
 
     def write_config(self, config: RunConfig) -> None:
         """config.json: the fully resolved config, rewritten whole (atomically) when a resume changes it."""
@@ -194,8 +209,9 @@ class RunDir:
         if fcntl is None or key in _held:
             return
         path = key / LOCK_FILE
+        self.check_no_links()
         try:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            descriptor = open_own_file(path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise UserError(f"cannot lock the run folder {self.path} ({path}: {describe_os_error(exc)})") from None
         try:
