@@ -6,12 +6,18 @@ end, a .pt file far larger than its model. Decompression stops at a cap derived 
 
 from __future__ import annotations
 
+import gzip
+import io
+import json
 import shutil
+import zipfile
 import zlib
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import run_main
 from gptforge import checkpoint
@@ -105,3 +111,57 @@ def test_the_cap_leaves_room_for_every_real_checkpoint_of_the_model(compress: bo
     assert cap is not None and plain.stat().st_size < cap
     loaded = load_checkpoint_file(path)
     assert torch.equal(loaded["model"]["lm_head.weight"], state["model"]["lm_head.weight"])
+
+
+def deflated_archive(path: Path, inflated_mib: int) -> Path:
+    """A torch.save archive rewritten with deflated entries: a zeros tensor of `inflated_mib` MiB, ~1 KB/MiB on
+    disk. torch.load would inflate it whole; torch.save never writes a compressed entry."""
+    plain = path.with_name(path.name + ".plain")
+    torch.save({"model": {"w": torch.zeros(inflated_mib * MIB, dtype=torch.uint8)}, "format": 1}, plain)
+    with zipfile.ZipFile(plain) as source, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as target:
+        for entry in source.infolist():
+            target.writestr(entry.filename, source.read(entry), zipfile.ZIP_DEFLATED)
+    plain.unlink()
+    return path
+
+
+@pytest.mark.parametrize("name", ["last.pt", "step-30.pt"])
+def test_resume_and_run_fall_back_past_a_deflated_zip_archive(name: str, run: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    bad = deflated_archive(run / "checkpoints" / name, 8)
+    assert bad.stat().st_size < MIB
+    status, out, err = run_main(["sample", "--run", str(run), "--device", "cpu", "--max-new-tokens", "2"], capsys)
+    assert status == 0 and f"warning: skipping {bad}" in err and "compressed inside the archive" in err, err
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_deflated_archive_is_one_line_for_checkpoint_and_pytorch_model_bin(
+        gz: bool, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = deflated_archive(tmp_path / "bomb.pt", 4)
+    if gz:
+        bad = tmp_path / "bomb.pt.gz"
+        bad.write_bytes(gzip.compress(deflated_archive(tmp_path / "inner.pt", 4).read_bytes()))
+    status, _, err = run_main(["sample", "--checkpoint", str(bad), "--device", "cpu"], capsys)
+    assert status == 2 and len(err.splitlines()) == 1 and "compressed inside the archive" in err, err
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": 8,
+                                                "n_positions": 16, "vocab_size": 64}))
+    deflated_archive(hf / "pytorch_model.bin", 4)
+    status, _, err = run_main(["sample", "--hf", str(hf), "--device", "cpu"], capsys)
+    assert status == 2 and len(err.splitlines()) == 1 and "compressed inside the archive" in err, err
+
+
+@settings(max_examples=25, derandomize=True, deadline=None)
+@given(sizes=st.lists(st.integers(0, 64 * 1024), min_size=1, max_size=5), cap=st.integers(1, 200 * 1024))
+def test_stored_entries_are_held_to_the_cap_by_their_declared_sizes(sizes: list[int], cap: int) -> None:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for index, size in enumerate(sizes):
+            archive.writestr(f"archive/data/{index}", bytes(size))
+    if sum(sizes) > cap:
+        with pytest.raises(checkpoint.BadCheckpoint, match="inflate to"):
+            checkpoint.check_archive_size(buffer, cap, "the cap")
+    else:
+        checkpoint.check_archive_size(buffer, cap, "the cap")
+        assert buffer.tell() == 0

@@ -17,6 +17,7 @@ import pickle
 import random
 import re
 import stat
+import zipfile
 from pathlib import Path
 from typing import IO, Any
 
@@ -98,6 +99,7 @@ def read_checkpoint(path: Path, map_location: str | torch.device, bound: StateBo
                 raise BadCheckpoint(f"it is {size / MIB:,.0f} MiB, more than {bounded_by} ({cap / MIB:,.0f} MiB); "
                                     "refused")
             source: Path | io.BytesIO = _gunzip(file, cap, bounded_by) if compressed else path
+            check_archive_size(source if compressed else file, cap, bounded_by)
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
         raise BadCheckpoint(f"cannot read it ({_one_line(exc)})") from None
     state = _torch_load(source, map_location)
@@ -138,6 +140,29 @@ def _gunzip(file: IO[bytes], cap: int | None, bounded_by: str) -> io.BytesIO:
                                      "decompression bomb; refused")
     buffer.seek(0)
     return buffer
+
+
+def check_archive_size(file: IO[bytes] | io.BytesIO, cap: int | None, bounded_by: str) -> None:
+    """Read the zip archive's central directory (what torch.save writes) before torch.load inflates anything:
+    torch.save stores every entry uncompressed, so a deflated entry is refused (a 1 MB file can inflate to GBs),
+    and the entries' declared sizes together are held to `cap`. A file that is not a zip is left to torch.load,
+    which refuses it with its own reason."""
+    file.seek(0)
+    try:
+        with zipfile.ZipFile(file) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError):
+        return
+    finally:
+        file.seek(0)
+    packed = next((entry.filename for entry in entries if entry.compress_type != zipfile.ZIP_STORED), None)
+    if packed is not None:
+        raise BadCheckpoint(f"its entry {packed[:80]!r} is compressed inside the archive, which torch.save never "
+                            "writes: damaged, or a decompression bomb; refused")
+    total = sum(entry.file_size for entry in entries)
+    if cap is not None and total > cap:
+        raise BadCheckpoint(f"its entries inflate to {total / MIB:,.0f} MiB, more than {bounded_by} "
+                            f"({cap / MIB:,.0f} MiB): damaged, or a decompression bomb; refused")
 
 
 def size_cap(bound: StateBound | None, copies: int = 1) -> tuple[int | None, str]:

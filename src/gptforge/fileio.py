@@ -11,6 +11,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,23 @@ def read_json(path: Path) -> Any:
 def write_json(path: Path, data: Any) -> None:
     """Indented UTF-8, as transformers writes its own files, so an export diffs cleanly against theirs."""
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+def open_own_file(path: Path, flags: int) -> int:
+    """A descriptor on `path`, opened (and created when `flags` says so) without following a symbolic link, and
+    only when it is a regular file: a run folder received from someone else may hold `train.log` or the lock as a
+    link to any file the user can write. A link or a non-file is a one-line UserError; other OSErrors pass on."""
+    try:
+        descriptor = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or Path(path).is_symlink():
+            raise UserError(f"{path} is a symbolic link; gptforge does not write through links in a run folder "
+                            "(remove it)") from None
+        raise
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise UserError(f"{path} is not a regular file; gptforge does not write into it (remove it)")
+    return descriptor
+
 
 def atomic_write_text(path: Path, text: str, what: str = "file") -> None:
     """``atomic_write_bytes`` for UTF-8 text (config.json, summary.txt)."""

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from gptforge.config import RunConfig
 from gptforge.errors import UserError
-from gptforge.fileio import atomic_write_text, describe_os_error, remove_temporaries
+from gptforge.fileio import atomic_write_text, describe_os_error, open_own_file, remove_temporaries
 
 if TYPE_CHECKING:
     import torch
@@ -71,6 +71,35 @@ class RunDir:
     curves_file = _RunFile("curves.png")
     tensorboard_dir = _RunFile("tensorboard")
     checkpoint_dir = _RunFile(CHECKPOINT_DIR)
+
+    def foreign_entry(self) -> str | None:
+        """The first thing in the folder that no gptforge run writes (another program's config.json counts),
+        or None: the folder is missing, empty, or a run (perhaps one killed before its first checkpoint)."""
+        if not self.path.is_dir():
+            return None
+        names = {descriptor.name for descriptor in vars(RunDir).values() if isinstance(descriptor, _RunFile)}
+        for entry in sorted(self.path.iterdir()):
+            temporary = entry.name.startswith(".") and entry.name.endswith(".tmp")
+            if entry.name not in names | {LOCK_FILE} and not temporary:
+                return entry.name
+        if self.config_file.exists() and not _is_run_config(self.config_file):
+            return f"a {self.config_file.name} that is not a gptforge run's"
+        return None
+
+    def check_no_links(self) -> None:
+        """Refuse a run folder whose own files or folders are symbolic links, or of the wrong kind (a folder named
+        train.log): writing them would write wherever the link points. Called before anything is written."""
+        for descriptor in vars(RunDir).values():
+            if not isinstance(descriptor, _RunFile):
+                continue
+            path = self.path / descriptor.name
+            folder = descriptor.name in (CHECKPOINT_DIR, self.tensorboard_dir.name)
+            if path.is_symlink():
+                raise UserError(f"{path} is a symbolic link; gptforge does not write through links in a run folder "
+                                "(remove it)")
+            if path.exists() and path.is_dir() != folder:
+                raise UserError(f"{path} is {'not ' if folder else ''}a folder; gptforge does not write into it "
+                                "(remove it)")
 
     def write_config(self, config: RunConfig) -> None:
         """config.json: the fully resolved config, rewritten whole (atomically) when a resume changes it."""
@@ -187,8 +216,9 @@ class RunDir:
         if fcntl is None or key in _held:
             return
         path = key / LOCK_FILE
+        self.check_no_links()
         try:
-            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            descriptor = open_own_file(path, os.O_RDWR | os.O_CREAT)
         except OSError as exc:
             raise UserError(f"cannot lock the run folder {self.path} ({path}: {describe_os_error(exc)})") from None
         try:
@@ -207,6 +237,18 @@ class RunDir:
             os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
         except OSError:
             pass  # the PID only helps the message of a refused second trainer; the lock is what counts
+
+
+def _is_run_config(path: Path) -> bool:
+    """Whether `path` is a regular file holding a gptforge run's config (a table with a "model" and a "train"
+    table), not the config.json of a transformers export or another program."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and all(isinstance(data.get(part), dict) for part in ("model", "train"))
 
 
 def release_run_dirs() -> None:
@@ -241,6 +283,10 @@ def _claim_named_run_dir(path: Path) -> RunDir:
     if run.checkpoints():
         raise UserError(f"{path} already holds a run with checkpoints; continue it with --resume {path} "
                         "or choose another --out")
+    foreign = run.foreign_entry()
+    if foreign is not None:
+        raise UserError(f"{path} is not empty and is not a gptforge run (it holds {foreign}); pass a new or empty "
+                        "folder to --out (nothing was overwritten)")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # includes "exists and is a file"

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from gptforge.checkpoint import code_it_would_run
+from gptforge.checkpoint import BadCheckpoint, check_archive_size, code_it_would_run, size_cap
 from gptforge.config import GPT2_VOCAB_SIZE, GPTConfig, RunConfig, TrainConfig, choices_of
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
@@ -93,8 +93,7 @@ def _read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
     if path is None:
         raise UserError(f"no weights in {folder}: expected {SAFETENSORS_FILE} or {BIN_FILE} (sharded checkpoints "
                         "are not supported)")
-    load = (hf_safetensors().load_file if path.name == SAFETENSORS_FILE
-            else lambda file: torch.load(file, map_location="cpu", weights_only=True))
+    load = hf_safetensors().load_file if path.name == SAFETENSORS_FILE else _load_bin
     try:
         return path, load(str(path))
     except pickle.UnpicklingError as exc:
@@ -103,8 +102,20 @@ def _read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:
             raise UserError(f"{path}: refused: this file would run code when loaded (it asks for {forbidden}); "
                             "use model.safetensors or a file you trust") from None
         raise UserError(f"cannot read the weights in {path}: not a PyTorch weights file") from None
+    except UserError:
+        raise
     except Exception as exc:  # a corrupt or foreign file fails in each loader's own way (SafetensorError, pickle)
         raise UserError(f"cannot read the weights in {path}: {first_line(exc)}") from None
+
+
+def _load_bin(file: str) -> dict[str, Any]:
+    """pytorch_model.bin through torch.load, its zip archive's sizes checked first (as checkpoints' are)."""
+    try:
+        with open(file, "rb") as stream:
+            check_archive_size(stream, *size_cap(None))
+    except BadCheckpoint as exc:
+        raise UserError(f"cannot read the weights in {file}: {exc}") from None
+    return torch.load(file, map_location="cpu", weights_only=True)
 
 
 def _hf_names(state: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -8,16 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
 from gptforge.errors import UserError
-from gptforge.fileio import describe_os_error
+from gptforge.fileio import describe_os_error, open_own_file
 from gptforge.run_dir import RunDir
 from gptforge.train.trackers import Trackers
+
+
+def _open_append(path: Path) -> TextIO:
+    """A run's log file for appending, never through a symbolic link (closed in RunLog.close)."""
+    return os.fdopen(open_own_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8")
 
 
 class RunLog:
@@ -30,8 +37,8 @@ class RunLog:
         if enabled and run is not None:
             try:
                 run.path.mkdir(parents=True, exist_ok=True)
-                self._log = open(run.log_file, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-                self._metrics = open(run.metrics_file, "a", encoding="utf-8")  # noqa: SIM115
+                self._log = _open_append(run.log_file)
+                self._metrics = _open_append(run.metrics_file)
             except OSError as exc:
                 if self._log is not None:
                     self._log.close()

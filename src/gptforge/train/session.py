@@ -145,6 +145,7 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     if init is not None and runtime.strategy == "fsdp":
         raise UserError("--init-from cannot start a sharded run yet; use --parallel ddp (or one process)")
     check_optimizer(train.optimizer, sharded=runtime.strategy == "fsdp")
+    check_out_outside_data(train.out or "runs", train.data)
     if train.tokenizer_file is not None:  # recorded absolute, so sample/eval/export find it from any directory
         train.tokenizer_file = str(Path(train.tokenizer_file).expanduser().resolve())
     store = new_store_data(train) if uses_store(train.data) else None
@@ -193,6 +194,19 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     return trainer, log
 
 
+def check_out_outside_data(out: str | Path, data: str) -> None:
+    """Refuse a run folder equal to, or inside, a --data folder: its logs and checkpoints would be written
+    among the corpus (and a later run over that folder would read them as training text)."""
+    folder = Path(data)
+    if not data or not folder.is_dir():
+        return
+    corpus, run = folder.resolve(), Path(out).resolve()
+    if run == corpus or corpus in run.parents:
+        where = "is" if run == corpus else "is inside"
+        raise UserError(f"--out {out} {where} the --data folder {data}; put the run outside the corpus "
+                        "(nothing was written)")
+
+
 def resumed_config(state: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
     """The run's config from its checkpoint with the given training flags applied, validated: a resume's edge."""
     config = RunConfig.from_dict(state["config"])
@@ -213,6 +227,8 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
                world_size: int = 1) -> tuple[Trainer, RunLog]:
     """Continue a run from its newest good checkpoint; training settings may change (e.g. max_steps)."""
     run = RunDir(Path(run_dir))
+    if run.path.is_dir():
+        run.check_no_links()  # before its files are read or written: a received run may link them anywhere
     state, path, warnings = run.load_latest()
     check_checkpoint_fits_run(run, state, path)
     config = resumed_config(state, overrides)
@@ -225,6 +241,7 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     resolve_accumulation(config, world_size)
     runtime = resolve_runtime(config.train, rank, world_size)
     check_training_fits(config, runtime)
+    check_out_outside_data(run.path, config.train.data)
     tokenizer = tokenizer_from_dict(state["tokenizer"], bpe_file=config.train.tokenizer_file)
     check_tokenizer_file(run.tokenizer_file, tokenizer, path)
     console = RunLog(None, enabled=rank == 0)
