@@ -114,7 +114,7 @@ CASES: dict[str, tuple[list[str], str]] = {
     "resume with config": (["train", "--resume", "{run}", "--config", "{unknown_key_toml}"], "drop --preset/--config"),
     "resume zero max_steps": (["train", "--resume", "{run}", "--max-steps", "0"], "max_steps must be a positive"),
     "resume a folder without checkpoints": (["train", "--resume", "{empty_dir}"], "no checkpoints/ folder"),
-    "resume a file": (["train", "--resume", "{file}"], "not found"),
+    "resume a file": (["train", "--resume", "{file}"], "is a file, not a run directory; pass the run's folder"),
     # --- summary
     "summary zero n_layer": (["summary", "--preset", "tiny", "--n-layer", "0"], "n_layer must be a positive"),
     "summary heads do not divide width": (["summary", "--n-embd", "30", "--n-head", "4"], "divisible by n_head"),
@@ -183,8 +183,8 @@ CASES: dict[str, tuple[list[str], str]] = {
     "serve missing run": (["serve", "--run", "{missing}"], "not found"),
     "serve truncated checkpoint": (["serve", "--checkpoint", "{truncated_ckpt}"], "truncated.pt"),
     # --- export
-    "export unknown format": (["export", "--run", "{run}", "--format", "onnx", "--out", "{out}"],
-                              "invalid choice: 'onnx'"),
+    "export unknown format": (["export", "--run", "{run}", "--format", "gguf", "--out", "{out}"],
+                              "invalid choice: 'gguf'"),
     "export into a non-empty folder": (["export", "--run", "{run}", "--format", "space", "--out", "{full_dir}"],
                                        "is not empty"),
     "export onto a file": (["export", "--run", "{run}", "--format", "hf", "--out", "{file}"], "is not a folder"),

@@ -32,6 +32,7 @@ from conftest import mount, mount_refusal, run_main
 from gptforge import fileio
 from gptforge.checkpoint import load_checkpoint, save_checkpoint
 from gptforge.cli import main
+from gptforge.config import from_preset
 from gptforge.run_dir import RunDir
 from gptforge.train import run_log as runlog
 
@@ -286,7 +287,7 @@ def test_a_run_killed_while_writing_its_first_checkpoint_starts_again_and_sweeps
     """What kill -9 during the first save leaves: a run folder, a config and a hidden half-written checkpoint."""
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
-    (run_dir / "config.json").write_text("{}", encoding="utf-8")
+    (run_dir / "config.json").write_text(json.dumps(from_preset("tiny").to_dict()), encoding="utf-8")
     debris = run_dir / "checkpoints" / ".last.pt.0123abcd.tmp"
     debris.write_bytes(b"PK\x03\x04 half a checkpoint")
     status, _, err = run_main(["train", "--resume", str(run_dir)], capsys)

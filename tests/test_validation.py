@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import typing
 from pathlib import Path
 
@@ -28,11 +29,14 @@ from gptforge.config import (
     from_preset,
 )
 from gptforge.errors import UserError
+from gptforge.hellaswag import HELLASWAG_FILENAME
+from gptforge.paths import cache_dir
 from gptforge.train.session import start_run
 
 MODEL_BOUNDS = bounds_of(GPTConfig)
 TRAIN_BOUNDS = bounds_of(TrainConfig)  # every int and float field: a test checks that none is missing
 CORPUS_CHARS = 3_000
+HELLASWAG_SAMPLE = Path(__file__).parent / "fixtures" / "hellaswag_val_sample.jsonl"
 TINY_MODEL = ["--n-layer", "1", "--n-embd", "16", "--n-head", "2", "--block-size", "8"]
 
 
@@ -143,9 +147,13 @@ def build_or_refuse(train_settings: dict, dropout: float, tmp_path: Path, data_d
     if not corpus.exists():
         corpus.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:CORPUS_CHARS])
     out = tmp_path / f"run-{len(list(tmp_path.iterdir()))}"
+    tokenizer = "char"
+    if train_settings.get("hellaswag_interval"):  # HellaSwag needs GPT-2's tokenizer and its val file
+        tokenizer = "gpt2"
+        shutil.copyfile(HELLASWAG_SAMPLE, cache_dir() / HELLASWAG_FILENAME)
     config = from_preset("tiny")
     config.model = dataclasses.replace(config.model, n_layer=1, n_embd=16, n_head=2, block_size=8, dropout=dropout)
-    config.train = dataclasses.replace(config.train, **train_settings, data=str(corpus), tokenizer="char",
+    config.train = dataclasses.replace(config.train, **train_settings, data=str(corpus), tokenizer=tokenizer,
                                        device="cpu", dtype="float32", compile=False, progress=False, out=str(out))
     try:
         trainer, log = start_run(config)

@@ -227,8 +227,8 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
                world_size: int = 1) -> tuple[Trainer, RunLog]:
     """Continue a run from its newest good checkpoint; training settings may change (e.g. max_steps)."""
     run = RunDir(Path(run_dir))
-    if run.path.is_dir():
-        run.check_no_links()  # before its files are read or written: a received run may link them anywhere
+    run.require_folder(checkpoint_flag=False)  # train has no --checkpoint: a file is pointed to its run's folder
+    run.check_no_links()  # before its files are read or written: a received run may link them anywhere
     state, path, warnings = run.load_latest()
     check_checkpoint_fits_run(run, state, path)
     config = resumed_config(state, overrides)
