@@ -47,12 +47,9 @@ class Split:
     shards: list[dict[str, Any]] = field(default_factory=list)
     through: int = -1  # every piece of this split up to this index is in a written shard
     pending: list[np.ndarray] = field(default_factory=list)
+    pending_tokens: int = 0  # kept as pieces come: summing a shard's thousands of pieces at each one is quadratic
     pending_documents: int = 0
     last_piece: int = -1
-
-    @property
-    def pending_tokens(self) -> int:
-        return sum(len(part) for part in self.pending)
 
 
 def is_val_piece(index: int, val_fraction: float) -> bool:
@@ -167,6 +164,7 @@ class _Writer:
         for index, tokens, starts in encoded:
             split = self.splits["val" if is_val_piece(index, val_fraction) else "train"]
             split.pending.append(tokens)
+            split.pending_tokens += len(tokens)
             split.pending_documents += starts
             split.last_piece = index
             self.tokens += len(tokens)
@@ -183,7 +181,7 @@ class _Writer:
                              "documents": split.pending_documents, "bytes": path.stat().st_size,
                              "sha256": _file_sha256(path)})
         split.through = split.last_piece
-        split.pending, split.pending_documents = [], 0
+        split.pending, split.pending_tokens, split.pending_documents = [], 0, 0
         self.save_state()
 
     def save_state(self) -> None:
