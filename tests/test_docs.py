@@ -1,0 +1,159 @@
+"""The README and docs/ cannot drift from the code: every `gptforge ...` command in their code blocks parses with
+the real command line's parser, every relative link (and #anchor) leads somewhere, every `make X` names a
+Makefile target, and every download hint is the one the error messages give."""
+
+import contextlib
+import io
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from gptforge.cli import build_parser, preset_asking_for_help
+from gptforge.paths import hf_download_command
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "RESULTS.md"]
+FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+SHELL_OPERATORS = {"&&", "||", "|", ";", ">", ">>", "<", "2>", "&"}
+
+
+def code_blocks(text: str) -> list[str]:
+    return FENCE.findall(text)
+
+
+def shell_lines(block: str) -> list[str]:
+    """The block's commands, a line ending in `\\` joined with the next."""
+    return block.replace("\\\n", " ").splitlines()
+
+
+def gptforge_argv(line: str) -> list[str] | None:
+    """The arguments after `gptforge` (or `.venv/bin/gptforge`, `-m gptforge`) up to a shell operator; None when
+    the line runs no gptforge command (pip install "gptforge[hf]" does not)."""
+    try:
+        words = shlex.split(line, comments=True)
+    except ValueError:  # not shell (a log line, a table): runs nothing
+        return None
+    for i, word in enumerate(words):
+        runs = word == "gptforge" and (i == 0 or words[i - 1] == "-m" or words[i - 1] in SHELL_OPERATORS)
+        if runs or word.endswith("/bin/gptforge"):
+            rest = words[i + 1:]
+            ends = [j for j, w in enumerate(rest) if w in SHELL_OPERATORS]
+            return rest[:ends[0]] if ends else rest
+    return None
+
+
+def documented_commands() -> list[tuple[str, list[str]]]:
+    found = []
+    for page in PAGES:
+        for block in code_blocks(page.read_text(encoding="utf-8")):
+            for line in shell_lines(block):
+                argv = gptforge_argv(line)
+                if argv is not None:
+                    found.append((f"{page.relative_to(ROOT)}: {line.strip()}", argv))
+    return found
+
+
+def parse_status(argv: list[str]) -> tuple[int, str]:
+    """Parse `argv` as `gptforge.cli.main` does, without running the command: 0, or argparse's exit status and
+    its message (`--help` exits 0 after printing)."""
+    parser = build_parser(preset_asking_for_help(argv), help_asked=bool({"-h", "--help"} & set(argv)))
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0), err.getvalue()
+    return (0, "") if args.command is not None else (2, "no command")
+
+
+COMMANDS = documented_commands()
+
+
+def test_the_docs_hold_commands_of_every_kind() -> None:
+    """The extraction finds what is there: a parser that found nothing would pass every check below."""
+    commands = {argv[0] for _, argv in COMMANDS if argv}
+    assert {"train", "summary", "prepare", "plot", "sample", "chat", "eval", "serve", "bench", "export"} <= commands
+    assert any("--nproc" in argv for _, argv in COMMANDS)  # a continued torchrun line was joined and found
+
+
+@pytest.mark.parametrize(("where", "argv"), COMMANDS, ids=[where for where, _ in COMMANDS])
+def test_every_documented_command_parses(where: str, argv: list[str]) -> None:
+    status, message = parse_status(argv)
+    assert status == 0, f"{where}\n{message}"
+
+
+def test_the_checker_rejects_a_bad_command() -> None:
+    """The negative self-check: the same extraction and parse refuse what the CLI refuses."""
+    block = "gptforge train --preset tiny --no-such-flag 1   # a comment\ngptforge sample --top-q 0.9 RUN\n" \
+            "gptforge export --run RUN --format pdf --out x\ngptforge bench \\\n    --preset no-such-preset\n"
+    argvs = [gptforge_argv(line) for line in shell_lines(block)]
+    assert argvs[3] == ["bench", "--preset", "no-such-preset"]
+    assert all(parse_status(argv)[0] == 2 for argv in argvs if argv is not None)
+    assert parse_status(["sample", "--top-p", "0.9", "RUN"]) == (0, "")
+    assert gptforge_argv('pip install -e ".[app]"          # gptforge + the Gradio demo') is None
+    assert gptforge_argv("torchrun --nproc_per_node 2 -m gptforge train --preset tiny") == ["train", "--preset",
+                                                                                            "tiny"]
+
+
+def heading_anchors(text: str) -> set[str]:
+    """GitHub's anchors: lower case, punctuation but `-` and `_` dropped, spaces as `-`, repeats numbered."""
+    anchors: set[str] = set()
+    outside_code = FENCE.sub("", text)
+    for heading in re.findall(r"^#+\s+(.*?)\s*$", outside_code, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        anchor, n = slug, 1
+        while anchor in anchors:
+            anchor, n = f"{slug}-{n}", n + 1
+        anchors.add(anchor)
+    return anchors
+
+
+def broken_links(page: Path) -> list[str]:
+    text = page.read_text(encoding="utf-8")
+    broken = []
+    for target in LINK.findall(FENCE.sub("", text)):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:: not checked offline
+            continue
+        path, _, anchor = target.partition("#")
+        file = (page.parent / path).resolve() if path else page
+        if not file.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and file.suffix == ".md" and anchor not in heading_anchors(file.read_text(encoding="utf-8")):
+            broken.append(f"{target}: no such heading")
+    return broken
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda page: str(page.relative_to(ROOT)))
+def test_every_relative_link_leads_to_a_file_and_heading(page: Path) -> None:
+    assert broken_links(page) == []
+
+
+def test_the_link_checker_finds_a_broken_link(tmp_path: Path) -> None:
+    (tmp_path / "other.md").write_text("# Other page\n## The `--loss-chunks` flag (CPU)\n", encoding="utf-8")
+    page = tmp_path / "page.md"
+    page.write_text("# Page\n[ok](other.md#the---loss-chunks-flag-cpu) [self](#page) [gone](missing.md) "
+                    "[no heading](other.md#nowhere)\n```\n[in code](not-checked.md)\n```\n", encoding="utf-8")
+    assert broken_links(page) == ["missing.md: no such file", "other.md#nowhere: no such heading"]
+
+
+def makefile_targets() -> set[str]:
+    return set(re.findall(r"^([A-Za-z][\w-]*):", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M))
+
+
+def test_every_make_target_named_in_the_docs_exists() -> None:
+    named = {target for page in PAGES
+             for target in re.findall(r"(?:^|`|\s)make ([a-z][\w-]*)", page.read_text(encoding="utf-8"), re.M)}
+    assert {"train", "test"} <= named
+    assert named - makefile_targets() == set()
+    assert "no-such-target" not in makefile_targets()
+
+
+def test_every_download_hint_in_the_docs_is_the_one_the_errors_give() -> None:
+    """`hf download ...` lines in code blocks are exactly hf_download_command's (the offline error's)."""
+    hints = [line.strip() for page in PAGES for block in code_blocks(page.read_text(encoding="utf-8"))
+             for line in shell_lines(block) if line.strip().startswith(("hf download", "huggingface-cli download"))]
+    assert hints, "the docs give the download command"
+    assert [hint.split("#")[0].strip() for hint in hints] == [hf_download_command(hint.split()[2]) for hint in hints]
