@@ -163,3 +163,19 @@ def test_every_download_hint_in_the_docs_is_the_one_the_errors_give() -> None:
              for line in shell_lines(block) if line.strip().startswith(("hf download", "huggingface-cli download"))]
     assert hints, "the docs give the download command"
     assert [hint.split("#")[0].strip() for hint in hints] == [hf_download_command(hint.split()[2]) for hint in hints]
+
+
+def numbers_not_in_history(results: str) -> list[str]:
+    """The numbers of RESULTS.md's tables (above `# History`) that the History does not hold: a table only
+    sorts what was measured and recorded below, it never adds a figure."""
+    tables, history = results.split("\n# History\n", 1)
+    rows = [re.sub(r"\]\([^)]*\)", "]", line) for line in tables.splitlines() if line.startswith("|")]
+    return [number for row in rows for number in re.findall(r"\d[\d,.]*\d|\d", row) if number not in history]
+
+
+def test_the_results_tables_hold_only_figures_from_the_history() -> None:
+    results = (ROOT / "benchmarks" / "RESULTS.md").read_text(encoding="utf-8")
+    assert results.count("\n| ") > 20  # the tables are there
+    assert numbers_not_in_history(results) == []
+    invented = "| when | result |\n| --- | --- |\n| today | 123.4 ms |\n\n# History\n\n| old | 98.7 ms |\n"
+    assert numbers_not_in_history(invented) == ["123.4"]
