@@ -1,7 +1,10 @@
 """The README and docs/ cannot drift from the code: every `gptforge ...` command in their code blocks parses with
-the real command line's parser, every relative link (and #anchor) leads somewhere, every `make X` names a
-Makefile target, and every download hint is the one the error messages give."""
+the real command line's parser (parsed only, never run; placeholders such as RUN are plain values to argparse, so
+no line is skipped), every `--flag` named in the prose exists, every relative link (and #anchor) leads somewhere,
+every `make X` names a Makefile target, every download hint is the one the error messages give, and RESULTS.md's
+tables hold only figures recorded in its History. Each checker is shown to reject a bad case."""
 
+import argparse
 import contextlib
 import io
 import re
@@ -96,6 +99,34 @@ def test_the_checker_rejects_a_bad_command() -> None:
     assert gptforge_argv('pip install -e ".[app]"          # gptforge + the Gradio demo') is None
     assert gptforge_argv("torchrun --nproc_per_node 2 -m gptforge train --preset tiny") == ["train", "--preset",
                                                                                             "tiny"]
+
+
+# Flags of the other tools the docs run: torchrun's, pip's, pytest-xdist's (the benchmark scripts' are read from
+# their source below).
+OTHER_TOOLS_FLAGS = {"--master-addr", "--master-port", "--node-rank", "--rdzv-backend", "--rdzv-endpoint",
+                     "--rdzv-id", "--nnodes", "--nproc-per-node", "--extra-index-url", "--dist"}
+
+
+def gptforge_flags() -> set[str]:
+    parser = build_parser(help_asked=False)
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    return {flag for command in commands.choices.values() for action in command._actions
+            for flag in action.option_strings if flag.startswith("--")}
+
+
+def unknown_flags(text: str, known: set[str]) -> set[str]:
+    """`--flags` named in the prose's inline code (`--max-new-tokens-cap`) that nothing documented takes."""
+    spans = re.findall(r"`([^`\n]+)`", FENCE.sub("", text))
+    return {flag for span in spans for flag in re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*(?!\w)", span)} - known
+
+
+def test_every_flag_named_in_the_prose_exists() -> None:
+    scripts = "".join(path.read_text(encoding="utf-8") for path in (ROOT / "benchmarks").glob("*.py"))
+    known = gptforge_flags() | OTHER_TOOLS_FLAGS | set(re.findall(r"\"(--[a-z][a-z0-9-]*)\"", scripts))
+    assert {"--max-new-tokens-cap", "--init-from", "--target-loss", "--nanogpt-dir"} <= known
+    assert {page.name: unknown_flags(page.read_text(encoding="utf-8"), known) for page in PAGES} == \
+        {page.name: set() for page in PAGES}
+    assert unknown_flags("`--top-q 0.9` and `--top-p`, `--log_interval=50`\n", known) == {"--top-q"}
 
 
 def heading_anchors(text: str) -> set[str]:
