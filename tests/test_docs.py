@@ -210,3 +210,11 @@ def test_the_results_tables_hold_only_figures_from_the_history() -> None:
     assert numbers_not_in_history(results) == []
     invented = "| when | result |\n| --- | --- |\n| today | 123.4 ms |\n\n# History\n\n| old | 98.7 ms |\n"
     assert numbers_not_in_history(invented) == ["123.4"]
+
+
+def test_the_readme_is_a_front_page() -> None:
+    """Under 200 lines (issue 24): the reference lives in docs/, and the README links every page there."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) < 200
+    linked = {Path(target.partition("#")[0]).name for target in LINK.findall(readme) if target.startswith("docs/")}
+    assert {page.name for page in (ROOT / "docs").glob("*.md")} <= linked
