@@ -1,6 +1,6 @@
 """The Hugging Face hub with the network refused: hub names and pushes fail in one line saying what to do.
 
-The online paths (a download into huggingface_hub's cache, an upload) are a manual check (README)."""
+The online paths (a download into huggingface_hub's cache, an upload) are a manual check (docs/interop.md)."""
 
 import socket
 from pathlib import Path
