@@ -218,3 +218,18 @@ def test_the_readme_is_a_front_page() -> None:
     assert len(readme.splitlines()) < 200
     linked = {Path(target.partition("#")[0]).name for target in LINK.findall(readme) if target.startswith("docs/")}
     assert {page.name for page in (ROOT / "docs").glob("*.md")} <= linked
+
+
+def missing_repo_paths(text: str, root: Path) -> list[str]:
+    """The repository paths the prose names (`benchmarks/x.py`, `tests/test_y.py`, `docs/z.png`) that do not exist."""
+    named = re.findall(r"(?<![\w./-])((?:benchmarks|tests|src|notebooks|scripts|docs)/[\w./-]*\w)", text)
+    return [path for path in named if not (root / path).exists()]
+
+
+def test_every_repository_path_named_in_the_docs_exists(tmp_path: Path) -> None:
+    assert {page.name: missing_repo_paths(page.read_text(encoding="utf-8"), ROOT) for page in PAGES} == \
+        {page.name: [] for page in PAGES}
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "bench_a.py").touch()
+    text = "run `benchmarks/bench_a.py`, then benchmarks/bench_gone.py and ../shared/benchmarks/x.py\n"
+    assert missing_repo_paths(text, tmp_path) == ["benchmarks/bench_gone.py"]
