@@ -1,4 +1,4 @@
-"""The package's shape (README, ARCHITECTURE): imports point down the phases and never form a cycle.
+"""The package's shape (docs/architecture.md): imports point down the phases and never form a cycle.
 
 core (the modules directly in src/gptforge) <- interop/ <- train/ and use/ <- bench.py, cli.py. Every import
 counts, those inside functions and under TYPE_CHECKING too: a lazy import still ties two modules together.

@@ -1,6 +1,6 @@
 """The Hugging Face hub with the network refused: hub names and pushes fail in one line saying what to do.
 
-The online paths (a download into huggingface_hub's cache, an upload) are a manual check (README)."""
+The online paths (a download into huggingface_hub's cache, an upload) are a manual check (docs/interop.md)."""
 
 import socket
 from pathlib import Path
@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_main
+from gptforge.interop.hub import download_hint
+from gptforge.paths import hf_download_command
 
 huggingface_hub = pytest.importorskip("huggingface_hub", reason="huggingface_hub comes with the hf and dev extras")
 hub_constants = pytest.importorskip("huggingface_hub.constants")
@@ -46,9 +48,20 @@ def test_init_from_a_hub_name_offline_is_one_line_saying_how_to_download_it(
     status, _, err = run_main(["train", "--preset", "shakespeare-finetune", "--init-from", f"hf:{name}",
                                "--out", str(offline / "run")], capsys)
     assert status == 2
-    assert err == (f"error: hf:{name}: no network; download it with `hf download {name} "
+    files = "config.json generation_config.json model.safetensors vocab.json merges.txt"
+    assert err == (f"error: hf:{name}: no network; download it with `hf download {name} {files} "
                    f"--local-dir {local}` and pass hf:{local}\n")
     assert list(offline.iterdir()) == []  # no run directory
+
+
+def test_every_download_hint_is_the_same_command(capsys: pytest.CaptureFixture[str]) -> None:
+    """The offline error, the empty --init-from error and the docs give one command, naming only the files read."""
+    command = hf_download_command("gpt2")
+    assert command == ("hf download gpt2 config.json generation_config.json model.safetensors vocab.json merges.txt "
+                       "--local-dir gpt2")
+    status, _, err = run_main(["train", "--preset", "shakespeare-finetune", "--init-from", "hf:"], capsys)
+    assert status == 2 and f"`{command}`" in err
+    assert f"`{command}`" in download_hint("gpt2")  # docs/interop.md gives it too (test_docs.py)
 
 
 def test_a_missing_path_is_still_a_missing_folder_not_a_hub_name(offline: Path,

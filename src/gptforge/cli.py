@@ -428,7 +428,8 @@ def build_parser(train_preset: str | None = None, help_asked: bool = True) -> ar
     train.add_argument("--resume", metavar="RUN", help="continue the run in this directory from its newest good "
                        "checkpoint; training flags (e.g. --max-steps) may change")
     train.add_argument("--nproc", type=int, metavar="N", help="train with N processes on this machine, one per GPU "
-                       "(or N on the CPU): starts torchrun; for several machines run torchrun yourself (README)")
+                       "(or N on the CPU): starts torchrun; for several machines run torchrun yourself "
+                       "(docs/multi-gpu.md)")
     add_config_flags(train, [GPTConfig, TrainConfig], skip={"vocab_size"},
                      shown=from_preset(train_preset) if train_preset else None)
     train.set_defaults(func=cmd_train)

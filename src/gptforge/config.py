@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gptforge.errors import UserError
+from gptforge.paths import hf_download_command
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -276,7 +277,7 @@ class TrainConfig:
             raise UserError(f"unknown init {self.init!r}; choose scratch or hf:DIR (a transformers GPT-2 folder)")
         if self.init.startswith("hf:") and not self.init[3:].strip():
             raise UserError("init names no folder: pass --init-from hf:DIR with DIR a transformers GPT-2 folder "
-                            "(e.g. from `huggingface-cli download gpt2 --local-dir gpt2` on a machine with internet)")
+                            f"(e.g. from `{hf_download_command('gpt2')}` on a machine with internet)")
 
 
 def bounds_of(cls: type) -> dict[str, Bounds]:

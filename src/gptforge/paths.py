@@ -15,6 +15,16 @@ from gptforge.fileio import atomic_write_bytes
 
 GPT2_BPE_FILENAME = "gpt2.tiktoken"
 GPT2_BPE_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+# The files of a transformers GPT-2 that gptforge reads (not the whole repository, which holds several GB of
+# other formats): what every hint that says how to download one names.
+HF_DOWNLOAD_FILES = ("config.json", "generation_config.json", "model.safetensors", "vocab.json", "merges.txt")
+
+
+def hf_download_command(repo_id: str) -> str:
+    """The one command every message and page gives for fetching a hub GPT-2 by hand: `hf` is huggingface_hub's
+    command (releases before 1.0 called it huggingface-cli), into a folder named like the model."""
+    local = repo_id.rsplit("/", 1)[-1]
+    return f"hf download {repo_id} {' '.join(HF_DOWNLOAD_FILES)} --local-dir {local}"
 
 
 def cache_dir() -> Path:

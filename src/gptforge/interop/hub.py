@@ -14,6 +14,7 @@ from pathlib import Path
 from types import ModuleType
 
 from gptforge.errors import UserError
+from gptforge.paths import hf_download_command
 
 # `gpt2`, `openai-community/gpt2`: a hub repository id, as opposed to a path on this machine
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -46,9 +47,7 @@ def is_hub_name(spec: str) -> bool:
 
 
 def download_hint(repo_id: str) -> str:
-    local = repo_id.rsplit("/", 1)[-1]
-    # `hf` is huggingface_hub's command (its older releases called it huggingface-cli)
-    return f"download it with `hf download {repo_id} --local-dir {local}` and pass hf:{local}"
+    return f"download it with `{hf_download_command(repo_id)}` and pass hf:{repo_id.rsplit('/', 1)[-1]}"
 
 
 def fetch_model(repo_id: str) -> Path:

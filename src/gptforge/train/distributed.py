@@ -1,6 +1,6 @@
 """Training on several processes under torchrun: process-group setup, rank helpers, DDP / FSDP2 wrapping.
 
-The model code is single-device and knows nothing of other processes (README, Architecture); everything that
+The model code is single-device and knows nothing of other processes (docs/architecture.md); everything that
 does lives here, and a one-process run never touches torch.distributed. FSDP2's imports stay inside
 the functions that need them, so that older torch builds (or ones without torch.distributed) still
 train on one process.
