@@ -181,6 +181,7 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     run = RunDir(distributed.run_on_rank0(create, rank, world_size))  # the other ranks learn its name
     config.train.out = str(run.path)
     log = open_log(run, config, rank)
+    log.begin_session(step=0)
     model = initial_model(config, runtime)
     if init is not None:
         init.checkpoint.load_into(model)
@@ -257,6 +258,7 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     check_trackers(config.train.tensorboard, config.train.wandb)
     distributed.run_on_rank0(run.lock, rank, world_size)  # before anything is written
     log = open_log(run, config, rank)
+    log.begin_session(step=state["step"])
     for warning in warnings:
         log.warn(warning)
     train = config.train
@@ -389,11 +391,13 @@ def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> Tr
             f"steps: {trainer.step}",
             f"tokens seen: {trainer.tokens_seen:,} ({trainer.sampler.epoch:.2f} epochs)",
             *filter(None, [trainer.pass_loss.report()]),
-            f"training time: {trainer.training_s:.1f}s, and {trainer.startup_s:.1f}s in the first "
-            f"step of each session (compilation and warm-up) (wall time of this session {time.time() - started:.1f}s)",
+            # one figure a line; --time-budget counts the first two together
+            f"training time, all sessions: {trainer.training_s:.1f}s (without the first step of each)",
+            f"first step of each session: {trainer.startup_s:.1f}s (compilation and warm-up)",
+            f"wall time, this session: {time.time() - started:.1f}s",
             f"final training loss: {trainer.last_loss:.4f}",
-            f"best loss ({'val' if trainer.evaluates else 'train'}): "
-            f"{trainer.best_loss:.4f}",
+            f"best loss ({'val' if trainer.evaluates else 'train'}): {trainer.best_loss:.4f}"
+            + (f" at step {trainer.best_step}" if trainer.best_step is not None else ""),
             f"parameters: {counts.total:,}",
             f"checkpoints: {', '.join(str(path) for path in sorted(run.checkpoints())) or 'none'}",
         ]
