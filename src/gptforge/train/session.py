@@ -188,7 +188,8 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
         for note in init.notes:
             log.info(note)
     trainer = build_trainer(config, runtime, model, train_tokens, val_tokens, tokenizer, run, log, hellaswag)
-    describe(trainer, len(tokens), len(train_tokens), len(val_tokens))
+    describe(trainer, len(tokens), len(train_tokens), len(val_tokens),
+             source=corpus.describe() if store is None else train.data)
     warning = warmup_warning(train.warmup_steps, train.max_steps)
     if warning is not None:
         log.warn(warning)
@@ -249,11 +250,12 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     if config.corpus is not None and config.corpus.store:
         store = resumed_store_data(config.corpus, config.train, given_data="data" in overrides)
         train_tokens, val_tokens = store_tokens(config, store, console)
-        tokens = store.store.all_tokens
+        tokens, source = store.store.all_tokens, config.train.data
     else:
         corpus = resume_corpus(config, given_data="data" in overrides)
         config.corpus = corpus.record
         tokens, train_tokens, val_tokens = load_data(config, corpus, tokenizer, console)
+        source = corpus.describe()
     hellaswag = hellaswag_examples(config, tokenizer)
     check_trackers(config.train.tensorboard, config.train.wandb)
     distributed.run_on_rank0(run.lock, rank, world_size)  # before anything is written
@@ -278,7 +280,7 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
         run.write_config(config)
     log.info(f"resuming {run.path} from {path.name} at step {trainer.step} "
              f"({trainer.tokens_seen:,} tokens seen, {trainer.elapsed_s:.1f}s trained)")
-    describe(trainer, len(tokens), len(train_tokens), len(val_tokens))
+    describe(trainer, len(tokens), len(train_tokens), len(val_tokens), source)
     return trainer, log
 
 
@@ -348,8 +350,9 @@ def resume_corpus(config: RunConfig, given_data: bool) -> Corpus:
     return current
 
 
-def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens: int) -> None:
-    """The start-of-run report: where, on what, how big, and how the tokens flow."""
+def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens: int, source: str) -> None:
+    """The start-of-run report: where, on what, how big, and how the tokens flow. `source` says what the
+    tokens came from (Corpus.describe: a folder's number of files and size)."""
     config, train, log = trainer.config, trainer.config.train, trainer.log
     per_rank_micro = train.batch_size * config.model.block_size
     runtime, run = trainer.runtime, trainer.run.path
@@ -363,7 +366,7 @@ def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens
     log.info("train: " + " ".join(f"{k}={v}" for k, v in config.to_dict()["train"].items()))
     log.info(parameter_table(trainer.model))
     batches_per_epoch = trainer.sampler.batches_per_epoch
-    log.info(f"data: {train.data} | tokenizer {trainer.tokenizer.name} (vocab {trainer.tokenizer.vocab_size:,}, "
+    log.info(f"data: {source} | tokenizer {trainer.tokenizer.name} (vocab {trainer.tokenizer.vocab_size:,}, "
              f"model vocab {config.model.vocab_size:,}) | {corpus_tokens:,} tokens: {train_tokens:,} train, "
              f"{val_tokens:,} val")
     log.info(f"tokens per step: {trainer.tokens_per_step:,} = batch {train.batch_size} x block "
