@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from conftest import run_main
-from gptforge.checkpoint import load_checkpoint
+from gptforge.checkpoint import load_checkpoint, save_checkpoint
 from gptforge.train.pass_loss import Milestone, PassLoss
 from gptforge.train.session import start_run, train
 from gptforge.train.trainer import StepStats, Trainer
@@ -83,6 +83,23 @@ def test_a_resume_with_another_target_or_pass_length_keeps_only_what_still_means
     shorter.load_state_dict(rule.state_dict())
     assert shorter.mean() == pytest.approx(0.15)  # the newest two losses
     assert shorter.first_batch_below == at(1, 0.05)
+
+
+def test_milestones_of_a_checkpoint_that_counted_steps_from_0_are_moved_on(tmp_path: Path, corpus: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Older checkpoints (no best_step) named the 0-based index of a step; today's step N is N steps done."""
+    scripted_steps(monkeypatch, [0.5, 0.05, 0.5, 0.5, 0.5])
+    run_dir = tmp_path / "run"
+    train(tiny_config(run_dir, corpus, target_loss=0.1, max_steps=3, **PASS_SETTINGS))
+    last = run_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    assert state["pass_loss"]["first_batch_below"]["step"] == 2 and state["best_step"] is not None
+    state["pass_loss"]["first_batch_below"]["step"] = 1  # as the older code saved it
+    del state["best_step"]
+    save_checkpoint(state, last)
+    train(resume=run_dir, overrides={"max_steps": 5})
+    assert "one batch first below at step 2, " in (run_dir / "summary.txt").read_text(encoding="utf-8")
+    assert load_checkpoint(last)["pass_loss"]["first_batch_below"]["step"] == 2
 
 
 # --- the trainer -----------------------------------------------------------------------------------
