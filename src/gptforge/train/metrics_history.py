@@ -30,16 +30,17 @@ def read_metrics(path: Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         return []
-    records = []
     with path.open(encoding="utf-8", errors="replace") as file:
-        for line in file:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
+        return [record for line in file for record in _parsed(line)]
+
+
+def _parsed(line: str) -> list[dict]:
+    """The JSON object on a line, or none for a line that is not one."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return []
+    return [record] if isinstance(record, dict) else []
 
 
 def _step(record: dict) -> int | None:
@@ -67,9 +68,17 @@ def read_history(path: Path) -> list[dict]:
     return history(read_metrics(path))
 
 
-def sessions_before(records: list[dict]) -> int:
-    """How many sessions wrote these records: one per session record, and one for an older gptforge's records
-    before the first (it wrote none, so its resumes cannot be told apart)."""
+def sessions_before(path: Path) -> int:
+    """How many sessions wrote a metrics.jsonl: one per session record, and one for an older gptforge's records
+    before the first (it wrote none, so its resumes cannot be told apart). Only lines that can be session
+    records are parsed: a long run's file holds millions of others."""
+    records = []
+    path = Path(path)
+    if path.is_file():
+        with path.open(encoding="utf-8", errors="replace") as file:
+            for line in file:
+                if not records or f'"{SESSION}"' in line:
+                    records.extend(_parsed(line))
     sessions = sum(record.get("kind") == SESSION for record in records)
     if records and records[0].get("kind") != SESSION:
         sessions += 1

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from gptforge.errors import UserError
 from gptforge.fileio import describe_os_error, open_own_file
 from gptforge.run_dir import RunDir
-from gptforge.train.metrics_history import SESSION, read_metrics, sessions_before
+from gptforge.train.metrics_history import SESSION, sessions_before
 from gptforge.train.trackers import Trackers
 
 
@@ -94,7 +94,7 @@ class RunLog:
         if self._metrics is None:
             return
         # a resume follows at least one session, even where metrics.jsonl holds none of its records
-        session = max(sessions_before(read_metrics(self._metrics_path)), 1 if step > 0 else 0) + 1
+        session = max(sessions_before(self._metrics_path), 1 if step > 0 else 0) + 1
         self._write_record(SESSION, {"session": session, "step": step})  # for the history, not for the trackers
         if session > 1:  # where a resumed session begins in train.log; the console says "resuming ..."
             self._write_log(f"--- resumed at step {step} (session {session}) ---")
