@@ -145,6 +145,9 @@ def test_a_run_on_a_folder_says_how_many_files_went_in(tmp_path, data_dir, capsy
     line = f"data: 3 files (0.0 MB) from {root.resolve()} | tokenizer char"
     assert line in out and line in read_log(run_dir)
     assert f"{12_000 + 2:,} tokens:" in out  # the three files joined by newlines
+    status, out, err = run_main(["prepare", "--data", str(root), "--tokenizer", "char"], capsys)
+    assert status == 0, err
+    assert out.startswith(f"3 files (0.0 MB) from {root.resolve()}: {12_002:,} tokens (char tokenizer"), out
 
 
 # --- token cache ----------------------------------------------------------------------------------
