@@ -57,7 +57,7 @@ flagship() {  # flagship NAME ARGS...: the recipe at 3 seeds; NAME.txt gets each
     "$PYTHON" -m gptforge train --preset shakespeare-gpt2 --seed "$seed" --no-progress --out "$run" \
       "$@" "${FLAGSHIP_ARGS[@]}" > "$run.out" 2>&1
     echo "== $name seed $seed (exit $?)" | tee -a "$OUT/$name.txt"
-    grep -E "^(stopped|steps|tokens seen|target loss|training time)" "$run/summary.txt" | tee -a "$OUT/$name.txt"
+    grep -E "^(stopped|steps|tokens seen|target loss|training time|first step|wall time)" "$run/summary.txt" | tee -a "$OUT/$name.txt"
     grep -E "took .*s: torch.compile" "$run/train.log" | tee -a "$OUT/$name.txt"
   done
   [ "$name" = flagship ] || return 0

@@ -1,6 +1,7 @@
 """Shared fixtures: the offline data folder, and a private cache dir so tests never touch ~/.cache."""
 
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,3 +181,14 @@ def reap(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.kill()
         process.wait()
+
+
+LOG_STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ")  # ISO 8601 UTC, before every line of train.log
+
+
+def read_log(run_dir: Path) -> str:
+    """RUN/train.log as the console showed it: each line's timestamp checked and removed."""
+    lines = (run_dir / "train.log").read_text(encoding="utf-8").splitlines()
+    unstamped = [line for line in lines if not LOG_STAMP.match(line)]
+    assert not unstamped, f"train.log lines without a timestamp: {unstamped[:3]}"
+    return "".join(LOG_STAMP.sub("", line) + "\n" for line in lines)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import read_log, run_main
 from gptforge import data
 from gptforge.data import (
     RandomSampler,
@@ -104,6 +105,49 @@ def test_folder_of_txt_files_sorted_and_joined(tmp_path):
     assert corpus.text == "first\nsecond"
     assert corpus.sha256 == hashlib.sha256(b"first\nsecond").hexdigest()
     assert corpus.location == tmp_path.resolve() and corpus.record.path == str(tmp_path.resolve())
+
+
+def test_a_folder_corpus_reads_its_txt_files_at_any_depth_in_a_fixed_order(tmp_path):
+    """Files of a folder before its subfolders', each level sorted; links out of the folder, hidden and
+    non-.txt files left out; the same text (and sha256) however the folder was written."""
+    root = tmp_path / "corpus"
+    for relative, text in [("b.txt", "top b"), ("a.txt", "top a"), ("z/2.txt", "z two"), ("z/1.txt", "z one"),
+                           ("m/deep/x.txt", "deep x"), ("m/notes.md", "not text"), (".hidden.txt", "hidden")]:
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text("secret")
+    (root / "z" / "link.txt").symlink_to(tmp_path / "outside" / "secret.txt")  # leads out: skipped
+    (root / "linked-folder").symlink_to(tmp_path / "outside", target_is_directory=True)  # not followed
+    (root / "m" / "again.txt").symlink_to(root / "a.txt")  # stays inside: read
+    corpus = read_corpus(str(root))
+    assert corpus.text == "\n".join(["top a", "top b", "top a", "deep x", "z one", "z two"])
+    assert [str(path.relative_to(root.resolve())) for path in corpus.files] == [
+        "a.txt", "b.txt", "m/again.txt", "m/deep/x.txt", "z/1.txt", "z/2.txt"]
+    size = sum(len(text) for text in ["top a", "top b", "top a", "deep x", "z one", "z two"])
+    assert corpus.size_bytes == size
+    assert corpus.describe() == f"6 files ({size / 1e6:.1f} MB) from {root.resolve()}"
+    assert read_corpus(str(root)).sha256 == corpus.sha256
+
+
+def test_a_run_on_a_folder_says_how_many_files_went_in(tmp_path, data_dir, capsys):
+    root = tmp_path / "corpus"
+    text = (data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:12_000]
+    for index, relative in enumerate(["one.txt", "act2/two.txt", "act2/scene/three.txt"]):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_text(text[index * 4000:(index + 1) * 4000], encoding="utf-8")
+    run_dir = tmp_path / "run"
+    status, out, err = run_main(["train", "--preset", "tiny", "--tokenizer", "char", "--data", str(root), "--out",
+                                 str(run_dir), "--device", "cpu", "--no-progress", "--max-steps", "1",
+                                 "--block-size", "16", "--batch-size", "2", "--eval-batches", "1",
+                                 "--sample-tokens", "2"], capsys)
+    assert status == 0, err
+    line = f"data: 3 files (0.0 MB) from {root.resolve()} | tokenizer char"
+    assert line in out and line in read_log(run_dir)
+    assert f"{12_000 + 2:,} tokens:" in out  # the three files joined by newlines
+    status, out, err = run_main(["prepare", "--data", str(root), "--tokenizer", "char"], capsys)
+    assert status == 0, err
+    assert out.startswith(f"3 files (0.0 MB) from {root.resolve()}: {12_002:,} tokens (char tokenizer"), out
 
 
 # --- token cache ----------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def test_two_processes_with_half_the_batch_train_like_one_with_all_of_it(runs: R
                                                                          grad_accum: int) -> None:
     single, ranks = runs.single(grad_accum), runs.two_ranks(parallel, grad_accum)
     expected, actual = losses(single), losses(ranks)
-    assert [r["step"] for r in records(ranks, "train")] == list(range(STEPS))  # once each: rank 0 alone writes
+    assert [r["step"] for r in records(ranks, "train")] == list(range(1, STEPS + 1))  # once each: rank 0 alone writes
     assert actual == pytest.approx(expected, abs=TOLERANCE, rel=0)
     assert len(set(expected.values())) == STEPS  # the loss moves, so a step that went wrong would show
     assert losses(ranks, "eval") == pytest.approx(losses(single, "eval"), abs=TOLERANCE, rel=0)
@@ -222,7 +222,7 @@ def test_gradients_are_exchanged_only_on_the_last_micro_step(runs: Runs, paralle
                                       eval_interval=0), probe="sync")
     steps = [json.loads(line.removeprefix("SYNC ")) for line in result.stdout.splitlines()
              if line.startswith("SYNC ")]
-    assert [step["step"] for step in steps] == [0, 1]
+    assert [step["step"] for step in steps] == [1, 2]
     for step in steps:
         if parallel == "ddp":
             assert step["ddp_buckets"] == 1 and step["fsdp_sync"] == [], step
@@ -246,8 +246,8 @@ def test_a_nan_on_one_process_stops_both_before_the_update(runs: Runs) -> None:
                            check=False)
     assert result.returncode != 0
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "non-finite values at step 2" in errors[0], result.stderr[-3000:]
-    assert [r["step"] for r in records(run_dir, "train")] == [0, 1]
+    assert len(errors) == 1 and "non-finite values at step 3" in errors[0], result.stderr[-3000:]
+    assert [r["step"] for r in records(run_dir, "train")] == [1, 2]
     assert last_state(run_dir)["step"] == 2  # the last good checkpoint, from before the bad step
 
 
@@ -349,8 +349,8 @@ def test_sigterm_stops_every_process_after_the_same_step_and_saves_once(runs: Ru
     assert log.count("SIGTERM: saving") == 1  # with target "rank 1", rank 0 got no signal and still stopped
     state = last_state(run_dir)
     assert 4 <= state["step"] < 1_000_000
-    assert state["step"] == records(run_dir, "train")[-1]["step"] + 1
-    assert f"stopped by SIGTERM after step {state['step'] - 1}" in log
+    assert state["step"] == records(run_dir, "train")[-1]["step"]
+    assert f"stopped by SIGTERM after {state['step']} steps" in log
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
     assert "stopped: stopped by SIGTERM" in (run_dir / "summary.txt").read_text(encoding="utf-8")
 

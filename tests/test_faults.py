@@ -225,7 +225,7 @@ def test_kill_9_at_20_random_moments_then_resume_gives_the_uninterrupted_weights
             ready = lambda output, seconds, at=kill_at: seconds >= at or "| loss " in output
         else:  # at a random moment of a random step, leaving work for the rounds still to come
             window_steps = max(2, 2 * (KILL_STEPS - from_step) // (KILL_ROUNDS - round_index))
-            target = min(from_step + rng.randrange(window_steps), KILL_STEPS - 2)
+            target = min(from_step + 1 + rng.randrange(window_steps), KILL_STEPS - 1)  # "step N": N steps done
             trigger, delay_s = "training", rng.uniform(0, step_s)
             ready = lambda output, _, step=target: last_step_printed(output) >= step
         process = start(argv, output_path)
@@ -262,7 +262,7 @@ def test_kill_9_at_20_random_moments_then_resume_gives_the_uninterrupted_weights
     # every step any process of the chain took, including steps redone after a kill, has the reference's loss
     reference_loss = {record["step"]: record["loss"] for record in read_records(reference_dir, "train")}
     chain_records = read_records(run_dir, "train")
-    assert {record["step"] for record in chain_records} == set(range(KILL_STEPS))
+    assert {record["step"] for record in chain_records} == set(range(1, KILL_STEPS + 1))
     assert [(r["step"], r["loss"]) for r in chain_records] == [(r["step"], reference_loss[r["step"]])
                                                                for r in chain_records]
     assert not [name for name in os.listdir(checkpoint_dir) if TEMPORARY_CHECKPOINT.fullmatch(name)], \
@@ -613,9 +613,9 @@ def test_diverging_run_stops_before_the_bad_step_and_its_checkpoint_still_loads(
     bad_step = int(re.search(r"at step (\d+)", line).group(1))
     last = run_dir / "checkpoints" / "last.pt"
     saved = load_checkpoint(last)
-    assert saved["step"] == bad_step >= 1  # the steps before the NaN, none after
+    assert saved["step"] == bad_step - 1 >= 1  # the steps before the NaN, none after
     assert all(torch.isfinite(tensor).all() for tensor in saved["model"].values())
-    assert [record["step"] for record in read_records(run_dir, "train")] == list(range(bad_step))
+    assert [record["step"] for record in read_records(run_dir, "train")] == list(range(1, bad_step))
     before = last.read_bytes()
 
     status, _, err = run_main(["train", "--resume", str(run_dir)], capsys)  # loads, and stops at the same step

@@ -355,7 +355,7 @@ def test_finetune_recipe_trains_from_a_gpt2_folder(tmp_path: Path) -> None:
     assert config["model"]["n_embd"] == 16  # the folder's shape, not GPT-2 124M's
     evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
              if json.loads(line)["kind"] == "eval"]
-    assert [record["step"] for record in evals] == [2]
+    assert [record["step"] for record in evals] == [3]
 
 
 # --- errors -----------------------------------------------------------------------------------------------

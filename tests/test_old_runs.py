@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_main
+from gptforge.train.metrics_history import read_history, read_metrics
 
 FIXTURES = Path(__file__).parent / "fixtures"
 OLD_RUN = FIXTURES / "run-28d40e9"
@@ -39,9 +40,30 @@ def test_a_run_from_commit_28d40e9_resumes_to_the_same_losses(old_run: Path, dat
     for kind in ("train", "eval"):
         old = [record for record in expected if record["kind"] == kind]
         new = [record for record in resumed if record["kind"] == kind]
-        assert [r["step"] for r in new] == [r["step"] for r in old]
+        assert [r["step"] for r in new] == [r["step"] + 1 for r in old]  # the old code numbered steps from 0
         key = "loss" if kind == "train" else "val_loss"
         assert [r[key] for r in new] == pytest.approx([r[key] for r in old], rel=1e-6)
+
+
+def test_an_old_runs_metrics_read_back_in_todays_numbering_each_step_once(
+        old_run: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """As if the old session had logged steps 5 and 6 (its indices 4 and 5) and lost their checkpoint: the
+    resume from step 4 redoes them, and the history (and the plot) holds each step once, the redone ones."""
+    old_records = (FIXTURES / "run-28d40e9-continued-metrics.jsonl").read_text(encoding="utf-8")
+    (old_run / "metrics.jsonl").write_text(old_records, encoding="utf-8")
+    status, _, err = run_main(["train", "--resume", str(old_run), "--max-steps", "6", "--no-progress",
+                               "--data", str(data_dir / "tinyshakespeare.txt")], capsys)
+    assert status == 0, err
+    raw = read_metrics(old_run / "metrics.jsonl")
+    assert [r["step"] for r in raw if r["kind"] == "eval"] == [5, 6]  # the old index 5 and today's step 6
+    kept = read_history(old_run / "metrics.jsonl")
+    assert [r["step"] for r in kept if r["kind"] == "train"] == [5, 6]
+    assert [r["step"] for r in kept if r["kind"] == "eval"] == [6]
+    assert [r for r in kept if r["kind"] == "session"] == [r for r in raw if r["kind"] == "session"]
+    assert [r["session"] for r in kept if r["kind"] == "session"] == [2]
+    redone = [r for r in raw if r["kind"] == "train"][2:]
+    assert [r for r in kept if r["kind"] == "train"] == redone
+    assert "--- resumed at step 4 (session 2) ---" in (old_run / "train.log").read_text(encoding="utf-8")
 
 
 def test_a_run_from_commit_28d40e9_samples_and_evaluates(old_run: Path, data_dir: Path,

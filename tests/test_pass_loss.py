@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from conftest import run_main
-from gptforge.checkpoint import load_checkpoint
+from gptforge.checkpoint import load_checkpoint, save_checkpoint
 from gptforge.train.pass_loss import Milestone, PassLoss
 from gptforge.train.session import start_run, train
 from gptforge.train.trainer import StepStats, Trainer
@@ -85,6 +85,23 @@ def test_a_resume_with_another_target_or_pass_length_keeps_only_what_still_means
     assert shorter.first_batch_below == at(1, 0.05)
 
 
+def test_milestones_of_a_checkpoint_that_counted_steps_from_0_are_moved_on(tmp_path: Path, corpus: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Older checkpoints (no best_step) named the 0-based index of a step; today's step N is N steps done."""
+    scripted_steps(monkeypatch, [0.5, 0.05, 0.5, 0.5, 0.5])
+    run_dir = tmp_path / "run"
+    train(tiny_config(run_dir, corpus, target_loss=0.1, max_steps=3, **PASS_SETTINGS))
+    last = run_dir / "checkpoints" / "last.pt"
+    state = load_checkpoint(last)
+    assert state["pass_loss"]["first_batch_below"]["step"] == 2 and state["best_step"] is not None
+    state["pass_loss"]["first_batch_below"]["step"] = 1  # as the older code saved it
+    del state["best_step"]
+    save_checkpoint(state, last)
+    train(resume=run_dir, overrides={"max_steps": 5})
+    assert "one batch first below at step 2, " in (run_dir / "summary.txt").read_text(encoding="utf-8")
+    assert load_checkpoint(last)["pass_loss"]["first_batch_below"]["step"] == 2
+
+
 # --- the trainer -----------------------------------------------------------------------------------
 
 
@@ -94,9 +111,9 @@ def scripted_steps(monkeypatch: pytest.MonkeyPatch, losses: list[float]) -> None
     def train_step(self: Trainer) -> StepStats:
         for _ in range(self.config.train.grad_accum):
             self.sampler.next_batch()
-        stats = StepStats(step=self.step, loss=losses[self.step], grad_norm=1.0, lr=1e-3,
-                          tokens=self.tokens_per_step, seconds=0.01)
         self.step += 1
+        stats = StepStats(step=self.step, loss=losses[self.step - 1], grad_norm=1.0, lr=1e-3,
+                          tokens=self.tokens_per_step, seconds=0.01)
         self.tokens_seen += stats.tokens
         self.last_loss = stats.loss
         return stats
@@ -126,7 +143,7 @@ def test_one_pass_is_an_epoch_in_optimizer_steps(tmp_path: Path, corpus: Path, s
 
 def test_one_batch_below_the_target_does_not_stop_the_run(tmp_path: Path, corpus: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    # a pass is 9 steps (sequential, accumulation 2); step 4 alone dips below; the mean over steps 9-17 is
+    # a pass is 9 steps (sequential, accumulation 2); step 5 alone dips below; the mean over steps 10-18 is
     # (0.15 + 0.12 + 7 x 0.095) / 9 = 0.0978, the first below 0.1
     losses = [1.0, 0.8, 0.6, 0.4, 0.05, 0.3, 0.2, 0.2, 0.15, 0.12] + [0.095] * 9 + [0.01] * 20
     scripted_steps(monkeypatch, losses)
@@ -134,17 +151,17 @@ def test_one_batch_below_the_target_does_not_stop_the_run(tmp_path: Path, corpus
     outcome = train(tiny_config(run_dir, corpus, grad_accum=2, target_loss=0.1, max_steps=len(losses),
                                 **PASS_SETTINGS))
     assert outcome.target_reached is True
-    assert "at step 17," in outcome.reason and "over the last pass of the data (9 steps) is 0.0978" in outcome.reason
+    assert "at step 18," in outcome.reason and "over the last pass of the data (9 steps) is 0.0978" in outcome.reason
     records = read_metrics(run_dir, "train")
-    assert records[-1]["step"] == 17
+    assert records[-1]["step"] == 18
     assert "pass_loss" not in records[7] and records[8]["pass_loss"] == pytest.approx(math.fsum(losses[:9]) / 9)
     log_text = (run_dir / "train.log").read_text(encoding="utf-8")
-    assert "step 4: one batch's loss 0.0500 is below the target 0.1; the run stops once the mean over a whole pass" \
+    assert "step 5: one batch's loss 0.0500 is below the target 0.1; the run stops once the mean over a whole pass" \
         in log_text
     assert "| pass mean 0.0978 |" in log_text
     summary = (run_dir / "summary.txt").read_text(encoding="utf-8")
-    assert "target loss 0.1 reached: mean over the last pass of the data 0.0978 at step 17, after" in summary
-    assert "one batch first below at step 4, after" in summary
+    assert "target loss 0.1 reached: mean over the last pass of the data 0.0978 at step 18, after" in summary
+    assert "one batch first below at step 5, after" in summary
     assert f"{18 * 2 * 1024:,} tokens, 2.12 epochs;" in summary  # 36 micro-batches of an epoch's 17
 
 
@@ -157,7 +174,7 @@ def test_a_missed_target_is_said_plainly_and_fails_only_when_required(
     status, out, _ = run_main([*argv, "--out", str(tmp_path / "lenient")], capsys)
     assert status == 0
     summary = (tmp_path / "lenient" / "summary.txt").read_text(encoding="utf-8")
-    assert "target loss 0.1 NOT reached: best pass mean 0.2750; one batch first below at step 1," in summary
+    assert "target loss 0.1 NOT reached: best pass mean 0.2750; one batch first below at step 2," in summary
     assert "NOT reached" in out
     status, _, _ = run_main([*argv, "--out", str(tmp_path / "strict"), "--require-target"], capsys)
     assert status == 3
@@ -165,22 +182,22 @@ def test_a_missed_target_is_said_plainly_and_fails_only_when_required(
 
 def test_a_resumed_run_stops_at_the_same_step_as_an_uninterrupted_one(tmp_path: Path, corpus: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    # a pass is 17 steps: the mean over steps 4-20 is (0.2 + 5 x 0.11 + 11 x 0.08) / 17 = 0.0959
+    # a pass is 17 steps: the mean over steps 5-21 is (0.2 + 5 x 0.11 + 11 x 0.08) / 17 = 0.0959
     losses = [0.9, 0.5, 0.09, 0.3, 0.2] + [0.11] * 5 + [0.08] * 18 + [0.01] * 20
     scripted_steps(monkeypatch, losses)
     settings: dict[str, Any] = {**PASS_SETTINGS, "target_loss": 0.1, "max_steps": len(losses), "decay_steps": 40}
     straight = train(tiny_config(tmp_path / "straight", corpus, **settings))
     split_dir = tmp_path / "split"
     train(tiny_config(split_dir, corpus, **{**settings, "max_steps": 12}))
-    assert load_checkpoint(split_dir / "checkpoints" / "last.pt")["pass_loss"]["first_batch_below"]["step"] == 2
+    assert load_checkpoint(split_dir / "checkpoints" / "last.pt")["pass_loss"]["first_batch_below"]["step"] == 3
     resumed = train(resume=split_dir, overrides={"max_steps": len(losses)})
     assert straight.target_reached and resumed.target_reached
     assert read_metrics(split_dir, "train")[-1]["step"] == read_metrics(tmp_path / "straight", "train")[-1]["step"]
     straight_summary = (tmp_path / "straight" / "summary.txt").read_text(encoding="utf-8")
     split_summary = (split_dir / "summary.txt").read_text(encoding="utf-8")
     for summary in (straight_summary, split_summary):
-        assert "target loss 0.1 reached: mean over the last pass of the data 0.0959 at step 20, after" in summary
-        assert "one batch first below at step 2, after" in summary
+        assert "target loss 0.1 reached: mean over the last pass of the data 0.0959 at step 21, after" in summary
+        assert "one batch first below at step 3, after" in summary
 
 
 def test_checkpoint_every_s_saves_on_wall_time(tmp_path: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from gptforge.errors import UserError
-from gptforge.train.plot import plot_run, read_metrics
+from gptforge.train.metrics_history import read_metrics
+from gptforge.train.plot import plot_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import tiny_char_config
+from conftest import read_log, tiny_char_config
 from gptforge.train.session import train
 from gptforge.train.trainer import Trainer
 
@@ -95,9 +95,9 @@ def test_periodic_samples_are_logged(tmp_path) -> None:
     config = tiny_char_config(tmp_path / "run", max_steps=6, sample_interval=3, sample_tokens=12)
     outcome = train(config)
     samples = records(outcome.run_dir, "sample")
-    assert [s["step"] for s in samples] == [2]  # after step index 2 (3 steps done); not again at the end
+    assert [s["step"] for s in samples] == [3]  # after 3 steps; not again at the end
     assert len(samples[0]["text"]) == 12
-    assert "--- sample at step 2 ---" in (outcome.run_dir / "train.log").read_text()
+    assert "--- sample at step 3 ---" in (outcome.run_dir / "train.log").read_text()
 
 
 def run_in_terminal(args: list[str], timeout_s: float = 120) -> str:
@@ -133,9 +133,9 @@ def test_progress_bar_in_a_terminal_does_not_garble_the_log(tmp_path) -> None:
                               "--device", "cpu", "--max-steps", "40", "--log-interval", "10", "--batch-size", "4",
                               "--eval-interval", "0", "--sample-tokens", "8", "--out", str(out)])
     assert "step/s" in screen or "s/step" in screen  # the bar was drawn
-    log_lines = (out / "train.log").read_text().splitlines()
+    log_lines = read_log(out).splitlines()
     step_lines = [line for line in log_lines if re.match(r"step \d+ \| epoch", line)]
-    assert [int(line.split()[1]) for line in step_lines] == [0, 10, 20, 30, 39]
+    assert [int(line.split()[1]) for line in step_lines] == [1, 10, 20, 30, 40]
     # each step line reaches the terminal whole: on a line of its own after the bar is cleared
     terminal_lines = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", part) for part in re.split(r"[\r\n]+", screen)]
     for line in step_lines:

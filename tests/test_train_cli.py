@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import reap
+from conftest import read_log, reap
 from gptforge.checkpoint import load_checkpoint
 from gptforge.cli import main
 from gptforge.config import padded_vocab_size
@@ -90,7 +90,7 @@ def read_records(run_dir: Path, kind: str | None = None) -> list[dict]:
 
 
 def latest_step(run_dir: Path) -> int:
-    return max((r["step"] for r in read_records(run_dir, "train")), default=-1)
+    return max((r["step"] for r in read_records(run_dir, "train")), default=0)
 
 
 def assert_one_error_line(status: int, err: str) -> None:
@@ -164,7 +164,7 @@ def test_kill_9_between_saves_then_resume_matches_an_uninterrupted_run(
     saved_step = load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"]
     assert saved_step >= 2 and saved_step % 2 == 0
     # past every step the killed session logged: it may have run ahead of a save still being written
-    total_steps = max(saved_step + 3, latest_step(run_dir) + 1)
+    total_steps = max(saved_step + 3, latest_step(run_dir))
     status, out, err = run_main(["train", "--resume", str(run_dir), "--max-steps", str(total_steps)], capsys)
     assert status == 0, err
     assert f"from last.pt at step {saved_step}" in out
@@ -174,7 +174,7 @@ def test_kill_9_between_saves_then_resume_matches_an_uninterrupted_run(
     assert status == 0, err
 
     reference = {r["step"]: r["loss"] for r in read_records(reference_dir, "train")}
-    assert sorted(reference) == list(range(total_steps))
+    assert sorted(reference) == list(range(1, total_steps + 1))  # "step N": N steps done
     interrupted = read_records(run_dir, "train")
     assert {r["step"] for r in interrupted} == set(reference)
     # every step, whether from the killed session, redone after the kill or new, has the reference's loss
@@ -208,7 +208,8 @@ def test_signal_finishes_the_step_saves_and_exits_128_plus_signal(tmp_path: Path
     state = load_checkpoint(last)
     records = read_records(run_dir, "train")
     assert 4 <= state["step"] < 1000  # saved by the signal, not by checkpoint_interval
-    assert state["step"] == records[-1]["step"] + 1  # the last logged step is the saved one
+    assert state["step"] == records[-1]["step"]  # the last logged step is the saved one
+    assert f"stopped by {name} after {state['step']} steps" in stdout
     assert state["tokens_seen"] == records[-1]["tokens_seen"]
     assert f"stopped: stopped by {name}" in (run_dir / "summary.txt").read_text(encoding="utf-8")
 
@@ -276,7 +277,7 @@ def test_signal_while_blocked_writing_to_a_full_stdout_pipe_still_saves_and_exit
     assert process.returncode == 143, stderr[-3000:]
     assert "stopped by SIGTERM" in output.decode(errors="replace")
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert state["step"] == read_records(run_dir, "train")[-1]["step"] + 1
+    assert state["step"] == read_records(run_dir, "train")[-1]["step"]
 
 
 # --- a finished run, configured by a TOML file and flags -------------------------------------------------------
@@ -345,29 +346,30 @@ def test_config_json_is_fully_resolved(finished_run: Path) -> None:
 
 def test_finished_run_has_metrics_log_summary_and_curves(finished_run: Path) -> None:
     train_steps = [r["step"] for r in read_records(finished_run, "train")]
-    assert train_steps == list(range(6))
-    assert [r["step"] for r in read_records(finished_run, "eval")] == [2, 5]
+    assert train_steps == list(range(1, 7))
+    assert [r["step"] for r in read_records(finished_run, "eval")] == [3, 6]
     log = (finished_run / "train.log").read_text(encoding="utf-8")
-    assert "step 0 | epoch" in log and "step 5 | epoch" in log
+    assert "step 1 | epoch" in log and "step 6 | epoch" in log
     summary = (finished_run / "summary.txt").read_text(encoding="utf-8")
     assert "stopped: reached max_steps 6" in summary
     assert "steps: 6\n" in summary
-    best_val = min(r["val_loss"] for r in read_records(finished_run, "eval"))
+    best = min(read_records(finished_run, "eval"), key=lambda r: r["val_loss"])
     last_train = read_records(finished_run, "train")[-1]
     assert f"tokens seen: {6 * 64:,}" in summary
     assert f"final training loss: {last_train['loss']:.4f}" in summary
-    assert f"best loss (val): {best_val:.4f}" in summary
-    assert re.search(r"training time: \d+\.\ds, and \d+\.\ds in the first step of each session \(compilation and "
-                     r"warm-up\) \(wall time of this session \d+\.\ds\)", summary)
+    assert f"best loss (val): {best['val_loss']:.4f} at step {best['step']}\n" in summary
+    assert re.search(r"^training time, all sessions: \d+\.\ds \(without the first step of each\)$", summary, re.M)
+    assert re.search(r"^first step of each session: \d+\.\ds \(compilation and warm-up\)$", summary, re.M)
+    assert re.search(r"^wall time, this session: \d+\.\ds$", summary, re.M)
     assert str(finished_run / "checkpoints" / "best.pt") in summary
     assert (finished_run / "curves.png").read_bytes().startswith(PNG_MAGIC)
     assert (finished_run / "tokenizer.json").is_file()
 
 
 def test_the_log_opens_with_the_setup_and_ends_with_a_sample(finished_run: Path) -> None:
-    log = (finished_run / "train.log").read_text(encoding="utf-8")
+    log = read_log(finished_run)
     text = (finished_run.parent / "corpus.txt").read_text(encoding="utf-8")
-    start = log.split("step 0 | epoch")[0]
+    start = log.split("step 1 | epoch")[0]
     assert "device cpu | dtype float32 | compile False | processes 1" in start
     assert "Total parameters:" in start and "transformer.h.0" in start  # the parameter table
     assert f"{len(text):,} tokens:" in start  # the whole corpus, then the train / val split
@@ -382,7 +384,7 @@ def test_best_checkpoint_holds_the_step_with_the_lowest_val_loss(finished_run: P
     evals = read_records(finished_run, "eval")
     best = min(evals, key=lambda r: r["val_loss"])
     state = load_checkpoint(finished_run / "checkpoints" / "best.pt")
-    assert state["step"] == best["step"] + 1  # saved after that step's update
+    assert state["step"] == best["step"]  # saved after that step's update
     assert state["best_loss"] == pytest.approx(best["val_loss"])
 
 
@@ -508,7 +510,7 @@ def test_compressed_checkpoints_are_written_and_resume(tmp_path: Path, corpus: P
     assert "from last.pt.gz at step 3" in out
     assert not (checkpoints / "last.pt").exists()
     assert load_checkpoint(checkpoints / "last.pt.gz")["step"] == 5
-    assert [r["step"] for r in read_records(run_dir, "train")] == [0, 1, 2, 3, 4]
+    assert [r["step"] for r in read_records(run_dir, "train")] == [1, 2, 3, 4, 5]
 
 
 @pytest.mark.parametrize("config_file", [None, "max_steps = 2\n", 'preset = "tiny"\n'], ids=["flags", "toml", "named"])

@@ -182,9 +182,9 @@ def test_target_loss_stops_after_the_first_whole_pass_below_it(tmp_path: Path, c
     # every loss is below 10: the run stops once it has a pass's worth of losses (17 batches of 64 x 16)
     outcome = train(tiny_config(run_dir, corpus, target_loss=10.0, max_steps=50, batch_size=64))
     assert outcome.reason.startswith("Reached target loss"), outcome.reason
-    assert "at step 16," in outcome.reason
+    assert "at step 17," in outcome.reason
     assert outcome.signal is None and outcome.target_reached is True
-    assert [r["step"] for r in read_metrics(run_dir, "train")] == list(range(17))
+    assert [r["step"] for r in read_metrics(run_dir, "train")] == list(range(1, 18))
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 17
     summary = (run_dir / "summary.txt").read_text(encoding="utf-8")
     assert "stopped: Reached target loss" in summary
@@ -214,18 +214,18 @@ def test_the_first_step_of_each_session_is_counted_apart_from_training_time(
         log.close()
     first_dt = read_metrics(run_dir, "train")[0]["dt_ms"] / 1000
     assert trainer.startup_s == pytest.approx(first_dt, abs=1e-5) and trainer.startup_s == pytest.approx(0.31)
-    assert re.search(r"step 0 took \d+\.\ds: torch\.compile compiled the model", capsys.readouterr().out)
+    assert re.search(r"step 1 took \d+\.\ds: torch\.compile compiled the model", capsys.readouterr().out)
 
     train(resume=run_dir, overrides={"max_steps": 50, "target_loss": 10.0})
     records = read_metrics(run_dir, "train")
-    assert [r["step"] for r in records] == list(range(17))  # the target loss stops the run after one pass
+    assert [r["step"] for r in records] == list(range(1, 18))  # the target loss stops the run after one pass
     state = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert state["startup_s"] == pytest.approx(first_dt + records[3]["dt_ms"] / 1000, abs=1e-5)
     training_s = state["elapsed_s"] - state["startup_s"]
     assert state["startup_s"] == pytest.approx(2 * 0.31)  # each session's first step: its two readings and 0.3
     summary = (run_dir / "summary.txt").read_text(encoding="utf-8")
-    assert (f"training time: {training_s:.1f}s, and {state['startup_s']:.1f}s in the first step of each session "
-            "(compilation and warm-up)") in summary
+    assert f"training time, all sessions: {training_s:.1f}s (without the first step of each)\n" in summary
+    assert f"first step of each session: {state['startup_s']:.1f}s (compilation and warm-up)\n" in summary
     assert (f"after {training_s:.1f}s of training (+{state['startup_s']:.1f}s in the first step of each session: "
             "compilation and warm-up)") in summary
 
@@ -249,7 +249,7 @@ def test_learning_rate_applied_each_step_follows_the_schedule(tmp_path: Path, co
     try:
         for step in range(max_steps):
             stats = trainer.train_step()
-            assert stats.step == step
+            assert stats.step == step + 1  # steps done
             group_lrs = {group["lr"] for group in trainer.optimizer.param_groups}
             assert len(group_lrs) == 1, group_lrs
             applied.append(group_lrs.pop())
@@ -435,12 +435,12 @@ def test_resume_continues_to_the_same_bits(tmp_path: Path, corpus: Path, sampler
     assert resumed.reason == "reached max_steps 8"
 
     expected = train_records(straight_dir)
-    assert [r[0] for r in expected] == list(range(8))
+    assert [r[0] for r in expected] == list(range(1, 9))
     assert train_records(split_dir) == expected  # losses, norms, lrs: bit for bit
     straight_evals = [(r["step"], r["val_loss"]) for r in read_metrics(straight_dir, "eval")]
     split_evals = [(r["step"], r["val_loss"]) for r in read_metrics(split_dir, "eval")]
     # the split run also evaluates at its first session's final step; every shared eval is identical
-    assert [e[0] for e in straight_evals] == [2, 5, 7]
+    assert [e[0] for e in straight_evals] == [3, 6, 8]
     assert set(straight_evals) <= set(split_evals)
 
     straight_state = load_checkpoint(straight_dir / "checkpoints" / "last.pt")
@@ -481,7 +481,7 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(
 
     trainer.forward_model = poisoned
     try:
-        with pytest.raises(UserError, match=r"non-finite values at step 3\b") as raised:
+        with pytest.raises(UserError, match=r"non-finite values at step 4\b") as raised:  # the 4th
             trainer.fit()
     finally:
         log.close()
@@ -504,7 +504,7 @@ def test_nan_loss_stops_before_the_update_and_keeps_the_last_good_checkpoint(
     resumed = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert resumed["step"] == 5
     assert all(torch.isfinite(t).all() for t in resumed["model"].values())
-    assert [r["step"] for r in read_metrics(run_dir, "train")] == [0, 1, 2, 3, 4]
+    assert [r["step"] for r in read_metrics(run_dir, "train")] == [1, 2, 3, 4, 5]
 
 
 # --- evaluation -----------------------------------------------------------------------------------------

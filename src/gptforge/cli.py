@@ -170,7 +170,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     tokenizer = build_tokenizer(args.tokenizer, text=corpus.text if args.tokenizer == "char" else None,
                                 bpe_file=args.tokenizer_file)
     tokens, cache_path = load_tokens(corpus, tokenizer, progress=True)
-    print(f"{args.data}: {len(tokens):,} tokens ({tokenizer.name} tokenizer, vocabulary {tokenizer.vocab_size:,})")
+    print(f"{corpus.describe()}: {len(tokens):,} tokens ({tokenizer.name} tokenizer, vocabulary "
+          f"{tokenizer.vocab_size:,})")
     print(f"cache: {cache_path}")
     return 0
 

@@ -1,6 +1,6 @@
 """Text -> cached token arrays -> batches.
 
-A corpus (a named dataset, a text file or a folder of .txt files) is tokenized once into a raw
+A corpus (a named dataset, a text file or a folder of .txt files, at any depth) is tokenized once into a raw
 array under the cache dir and memory-mapped after that. Samplers cut it into (x, y) batches; their
 position is a pure function of how many batches they have served, so ``state_dict`` is a few
 integers, identical on every rank, and resuming continues with exactly the next batch.
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from gptforge.config import CorpusRecord, TrainConfig, UnknownChoice, choices_of
+from gptforge.documents import folder_files
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write_bytes, describe_os_error
 from gptforge.paths import cache_dir, local_folders
@@ -50,7 +51,8 @@ NAMED_DATASETS = {"shakespeare": TINY_SHAKESPEARE, "tinyshakespeare": TINY_SHAKE
 
 
 def find_dataset(name_or_path: str) -> list[Path]:
-    """The text files behind a ``--data`` value: a named dataset, a file, or a folder's .txt files."""
+    """The text files behind a ``--data`` value: a named dataset, a file, or a folder's .txt files at any depth
+    (sorted; a symlink out of the folder is not followed)."""
     if "://" in name_or_path:  # a URL would otherwise end as a puzzling "file not found: https:/..."
         raise UserError(f"--data takes a named dataset, a text file or a folder, not a URL ({name_or_path}); "
                         "gptforge downloads only its named datasets: download the file (e.g. curl -LO URL) "
@@ -61,9 +63,10 @@ def find_dataset(name_or_path: str) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.glob("*.txt") if p.is_file())
+        files = folder_files(path, (".txt",))
         if not files:
-            raise UserError(f"folder {path} has no .txt files; put the corpus in UTF-8 .txt files there")
+            raise UserError(f"folder {path} has no .txt files (at any depth); put the corpus in UTF-8 .txt files "
+                            "there")
         return files
     if path.suffix or os.sep in name_or_path or "/" in name_or_path:
         raise UserError(f"file not found: {path}; pass an existing UTF-8 text file or folder of .txt files")
@@ -111,6 +114,15 @@ class Corpus:
     text: str  # the files joined with "\n"
     sha256: str  # of the text
     location: Path  # absolute: the file, or the folder of .txt files
+    files: tuple[Path, ...] = ()  # the files read, in order
+    size_bytes: int = 0  # their size on disk
+
+    def describe(self) -> str:
+        """Where the text came from, for the start of a run: a folder says how many files went in."""
+        size = f"{self.size_bytes / 1e6:.1f} MB"
+        if self.location.is_dir():
+            return f"{len(self.files):,} file{'s' if len(self.files) != 1 else ''} ({size}) from {self.location}"
+        return f"{self.data} ({size})"
 
     @property
     def record(self) -> CorpusRecord:
@@ -128,7 +140,8 @@ def read_corpus(data: str) -> Corpus:
     folder = Path(data).expanduser()
     location = folder if data.lower() not in NAMED_DATASETS and folder.is_dir() else paths[0]
     return Corpus(data=data, text=text, sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
-                  location=location.resolve())
+                  location=location.resolve(), files=tuple(paths),
+                  size_bytes=sum(path.stat().st_size for path in paths))
 
 
 def recheck_corpus(record: CorpusRecord, gone: str, changed: str, data: str | None = None) -> Corpus:

@@ -85,14 +85,16 @@ def open_source(data: str, text_field: str = "text", hf_config: str | None = Non
     raise UserError(f"file not found: {path}; pass a text file, a folder, a .jsonl/.parquet file or hf:NAME")
 
 
-def folder_files(folder: Path) -> list[Path]:
+def folder_files(folder: Path, suffixes: tuple[str, ...] = TEXT_SUFFIXES + RECORD_SUFFIXES) -> list[Path]:
+    """The files of `folder` named with one of `suffixes`, at any depth, sorted (a folder's files before its
+    subfolders'), hidden ones left out; a symlink that leads out of the folder is not followed."""
     root = folder.resolve()
     found = []
     for directory, subdirs, names in os.walk(root):  # os.walk does not descend into linked folders
         subdirs.sort()
         for name in sorted(names):
             path = Path(directory) / name
-            if not name.lower().endswith(TEXT_SUFFIXES + RECORD_SUFFIXES) or name.startswith("."):
+            if not name.lower().endswith(suffixes) or name.startswith("."):
                 continue
             if path.is_symlink() and not path.resolve().is_relative_to(root):
                 continue  # a link out of the folder: not the user's corpus

@@ -2,7 +2,7 @@
 newest good one, save one (with its best / step-N links), prune, clean up after a killed write.
 
     RUN/config.json       the fully resolved config          RUN/metrics.jsonl   one JSON object per record
-    RUN/tokenizer.json    what rebuilds the tokenizer        RUN/train.log       what the console showed
+    RUN/tokenizer.json    what rebuilds the tokenizer        RUN/train.log       the console's lines, timestamped
     RUN/summary.txt       how the run ended                  RUN/curves.png      the training curves
     RUN/tensorboard/      with --tensorboard                 RUN/.gptforge.lock  held while a trainer runs
     RUN/checkpoints/      last.pt, best.pt, step-N.pt (.pt.gz when compressed)

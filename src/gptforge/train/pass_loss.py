@@ -30,7 +30,7 @@ def _scaled(loss: float) -> int:
 
 @dataclass
 class Milestone:
-    step: int  # 0-based optimizer step
+    step: int  # optimizer steps done, this one included
     loss: float  # the batch's loss, or the pass mean
     training_s: float  # training time so far, without the first step of each session
     tokens: int  # tokens seen, all processes together
@@ -93,14 +93,16 @@ class PassLoss:
                 "first_batch_below": asdict(self.first_batch_below) if self.first_batch_below else None,
                 "reached": asdict(self.reached) if self.reached else None}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any], step_offset: int = 0) -> None:
         """A resume with another batch or accumulation changes the pass's length: keep the newest losses.
-        A resume with another target keeps the losses but not the old target's milestones."""
+        A resume with another target keeps the losses but not the old target's milestones. `step_offset` moves
+        the milestones' steps (1 for checkpoints that numbered steps from 0)."""
         self._losses.clear()
         self._losses.extend(float(loss) for loss in state["losses"][-self.steps:])
         self._sum = sum(_scaled(loss) for loss in self._losses)
         self.best_mean = float(state["best_mean"])
         if state["target"] != self.target:  # milestones of another target mean nothing for this one
             return
-        self.first_batch_below = Milestone(**state["first_batch_below"]) if state["first_batch_below"] else None
-        self.reached = Milestone(**state["reached"]) if state["reached"] else None
+        self.first_batch_below, self.reached = (
+            Milestone(**{**saved, "step": saved["step"] + step_offset}) if saved else None
+            for saved in (state["first_batch_below"], state["reached"]))

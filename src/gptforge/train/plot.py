@@ -8,37 +8,16 @@ is switched, no window can open, and nothing leaks between calls.
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from gptforge.errors import UserError
 from gptforge.run_dir import RunDir
+from gptforge.train.metrics_history import read_history
 
 LOG_SCALE_SPAN = 10.0  # switch the loss axis to log scale when the loss spans more than this factor
 IMAGE_FORMATS = ("png", "svg", "pdf")  # chosen by the name of the file written
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Every JSON object in a metrics.jsonl; a missing file gives none.
-
-    Lines that do not parse are skipped: the last one may have been cut off by a crash mid-write,
-    and the rest of the run's history is still worth plotting.
-    """
-    path = Path(path)
-    if not path.is_file():
-        return []
-    records = []
-    with path.open(encoding="utf-8", errors="replace") as file:
-        for line in file:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict):
-                records.append(record)
-    return records
 
 
 def plot_run(run_dir: str | Path, out: Path | None = None) -> Path:
@@ -51,7 +30,7 @@ def plot_run(run_dir: str | Path, out: Path | None = None) -> Path:
     if image_format not in IMAGE_FORMATS:  # the bytes written are the format the name says
         raise UserError(f"cannot write a plot as {out.name}: name a .png, .svg or .pdf file")
     metrics_path = run.metrics_file
-    records = read_metrics(metrics_path)
+    records = read_history(metrics_path)  # each step once, numbered as steps done
     train = [r for r in records if r.get("kind") == "train"]
     evals = [r for r in records if r.get("kind") == "eval"]
     if not train and not evals:

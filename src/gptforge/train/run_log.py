@@ -1,7 +1,9 @@
 """What the user sees and keeps of a run: console lines mirrored to train.log, metrics.jsonl, a progress bar.
 
 The bar lives on stderr and only when stderr is a terminal, so logs piped to a file or a notebook
-cell stay clean; console lines go through tqdm.write so they never cut through the bar.
+cell stay clean; console lines go through tqdm.write so they never cut through the bar. Each line of
+train.log starts with the UTC time it was written (ISO 8601), and a resumed session starts with a line
+`--- resumed at step N (session K) ---`; the console shows the lines bare.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -19,6 +22,7 @@ from tqdm import tqdm
 from gptforge.errors import UserError
 from gptforge.fileio import describe_os_error, open_own_file
 from gptforge.run_dir import RunDir
+from gptforge.train.metrics_history import SESSION, sessions_before
 from gptforge.train.trackers import Trackers
 
 
@@ -27,13 +31,22 @@ def _open_append(path: Path) -> TextIO:
     return os.fdopen(open_own_file(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8")
 
 
+def utc_stamp(seconds: float) -> str:
+    """ISO 8601 in UTC to the second, e.g. 2026-12-04T00:13:27Z."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
 class RunLog:
+    # seconds since the epoch for train.log's timestamps and metrics' "time"; a test can fix it
+    wall_clock: Callable[[], float] = staticmethod(time.time)
+
     def __init__(self, run: RunDir | None, *, progress: bool = True, enabled: bool = True,
                  trackers: Trackers | None = None) -> None:
         self.enabled = enabled  # False on non-zero ranks: they neither print nor write files
         self.trackers = trackers
         self._log: TextIO | None = None
         self._metrics: TextIO | None = None
+        self._metrics_path = run.metrics_file if run is not None else None
         if enabled and run is not None:
             try:
                 run.path.mkdir(parents=True, exist_ok=True)
@@ -54,8 +67,12 @@ class RunLog:
             tqdm.write(message, file=sys.stdout)
         else:
             print(message, flush=True)
+        self._write_log(message)
+
+    def _write_log(self, message: str) -> None:
         if self._log is not None:
-            _append(self._log, message + "\n")
+            stamp = utc_stamp(self.wall_clock())
+            _append(self._log, "".join(f"{stamp} {line}\n" for line in message.split("\n")))
 
     def warn(self, message: str) -> None:
         self.info(f"warning: {message}")
@@ -64,9 +81,23 @@ class RunLog:
         """One JSON object per line; flushed at once so a crash loses at most the line being written."""
         if self._metrics is None:
             return
-        _append(self._metrics, json.dumps({"kind": kind, **fields, "time": round(time.time(), 3)}) + "\n")
+        self._write_record(kind, fields)
         if self.trackers is not None and "step" in fields:
             self.trackers.log(kind, fields["step"], fields)
+
+    def _write_record(self, kind: str, fields: dict[str, Any]) -> None:
+        _append(self._metrics, json.dumps({"kind": kind, **fields, "time": round(self.wall_clock(), 3)}) + "\n")
+
+    def begin_session(self, step: int) -> None:
+        """Mark in metrics.jsonl where a session (a start or a resume) begins: the history read back
+        (metrics_history.py) numbers steps from it and leaves out what its resume undid."""
+        if self._metrics is None:
+            return
+        # a resume follows at least one session, even where metrics.jsonl holds none of its records
+        session = max(sessions_before(self._metrics_path), 1 if step > 0 else 0) + 1
+        self._write_record(SESSION, {"session": session, "step": step})  # for the history, not for the trackers
+        if session > 1:  # where a resumed session begins in train.log; the console says "resuming ..."
+            self._write_log(f"--- resumed at step {step} (session {session}) ---")
 
     def start_progress(self, done: int, total: int) -> None:
         if self._want_bar:

@@ -181,13 +181,15 @@ def start_run(config: RunConfig, *, rank: int = 0, world_size: int = 1) -> tuple
     run = RunDir(distributed.run_on_rank0(create, rank, world_size))  # the other ranks learn its name
     config.train.out = str(run.path)
     log = open_log(run, config, rank)
+    log.begin_session(step=0)
     model = initial_model(config, runtime)
     if init is not None:
         init.checkpoint.load_into(model)
         for note in init.notes:
             log.info(note)
     trainer = build_trainer(config, runtime, model, train_tokens, val_tokens, tokenizer, run, log, hellaswag)
-    describe(trainer, len(tokens), len(train_tokens), len(val_tokens))
+    describe(trainer, len(tokens), len(train_tokens), len(val_tokens),
+             source=corpus.describe() if store is None else train.data)
     warning = warmup_warning(train.warmup_steps, train.max_steps)
     if warning is not None:
         log.warn(warning)
@@ -248,15 +250,17 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     if config.corpus is not None and config.corpus.store:
         store = resumed_store_data(config.corpus, config.train, given_data="data" in overrides)
         train_tokens, val_tokens = store_tokens(config, store, console)
-        tokens = store.store.all_tokens
+        tokens, source = store.store.all_tokens, config.train.data
     else:
         corpus = resume_corpus(config, given_data="data" in overrides)
         config.corpus = corpus.record
         tokens, train_tokens, val_tokens = load_data(config, corpus, tokenizer, console)
+        source = corpus.describe()
     hellaswag = hellaswag_examples(config, tokenizer)
     check_trackers(config.train.tensorboard, config.train.wandb)
     distributed.run_on_rank0(run.lock, rank, world_size)  # before anything is written
     log = open_log(run, config, rank)
+    log.begin_session(step=state["step"])
     for warning in warnings:
         log.warn(warning)
     train = config.train
@@ -276,7 +280,7 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
         run.write_config(config)
     log.info(f"resuming {run.path} from {path.name} at step {trainer.step} "
              f"({trainer.tokens_seen:,} tokens seen, {trainer.elapsed_s:.1f}s trained)")
-    describe(trainer, len(tokens), len(train_tokens), len(val_tokens))
+    describe(trainer, len(tokens), len(train_tokens), len(val_tokens), source)
     return trainer, log
 
 
@@ -346,8 +350,9 @@ def resume_corpus(config: RunConfig, given_data: bool) -> Corpus:
     return current
 
 
-def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens: int) -> None:
-    """The start-of-run report: where, on what, how big, and how the tokens flow."""
+def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens: int, source: str) -> None:
+    """The start-of-run report: where, on what, how big, and how the tokens flow. `source` says what the
+    tokens came from (Corpus.describe: a folder's number of files and size)."""
     config, train, log = trainer.config, trainer.config.train, trainer.log
     per_rank_micro = train.batch_size * config.model.block_size
     runtime, run = trainer.runtime, trainer.run.path
@@ -361,7 +366,7 @@ def describe(trainer: Trainer, corpus_tokens: int, train_tokens: int, val_tokens
     log.info("train: " + " ".join(f"{k}={v}" for k, v in config.to_dict()["train"].items()))
     log.info(parameter_table(trainer.model))
     batches_per_epoch = trainer.sampler.batches_per_epoch
-    log.info(f"data: {train.data} | tokenizer {trainer.tokenizer.name} (vocab {trainer.tokenizer.vocab_size:,}, "
+    log.info(f"data: {source} | tokenizer {trainer.tokenizer.name} (vocab {trainer.tokenizer.vocab_size:,}, "
              f"model vocab {config.model.vocab_size:,}) | {corpus_tokens:,} tokens: {train_tokens:,} train, "
              f"{val_tokens:,} val")
     log.info(f"tokens per step: {trainer.tokens_per_step:,} = batch {train.batch_size} x block "
@@ -389,11 +394,13 @@ def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> Tr
             f"steps: {trainer.step}",
             f"tokens seen: {trainer.tokens_seen:,} ({trainer.sampler.epoch:.2f} epochs)",
             *filter(None, [trainer.pass_loss.report()]),
-            f"training time: {trainer.training_s:.1f}s, and {trainer.startup_s:.1f}s in the first "
-            f"step of each session (compilation and warm-up) (wall time of this session {time.time() - started:.1f}s)",
+            # one figure a line; --time-budget counts the first two together
+            f"training time, all sessions: {trainer.training_s:.1f}s (without the first step of each)",
+            f"first step of each session: {trainer.startup_s:.1f}s (compilation and warm-up)",
+            f"wall time, this session: {time.time() - started:.1f}s",
             f"final training loss: {trainer.last_loss:.4f}",
-            f"best loss ({'val' if trainer.evaluates else 'train'}): "
-            f"{trainer.best_loss:.4f}",
+            f"best loss ({'val' if trainer.evaluates else 'train'}): {trainer.best_loss:.4f}"
+            + (f" at step {trainer.best_step}" if trainer.best_step is not None else ""),
             f"parameters: {counts.total:,}",
             f"checkpoints: {', '.join(str(path) for path in sorted(run.checkpoints())) or 'none'}",
         ]

@@ -47,7 +47,7 @@ class NonFiniteLoss(Exception):
 
 @dataclass
 class StepStats:
-    step: int  # 0-based index of the optimizer step just taken
+    step: int  # optimizer steps done, this one included: "step N" everywhere (logs, metrics, checkpoints)
     loss: float  # mean training loss over the step's micro-batches
     grad_norm: float
     lr: float
@@ -97,6 +97,7 @@ class Trainer:
         # the part of elapsed_s spent in the first step of each session: compilation, CUDA warm-up
         self.startup_s = 0.0
         self.best_loss = math.inf
+        self.best_step: int | None = None  # the step of best_loss; None in checkpoints from before it was kept
         self.last_loss = math.nan
         self.last_save_s = 0.0  # elapsed_s at the last periodic save, for --checkpoint-every-s
         self.signal_received: int | None = None  # by this process
@@ -157,9 +158,9 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
         stats = StepStats(step=self.step, loss=loss_value, grad_norm=norm_value, lr=lr,
                           tokens=self.tokens_per_step, seconds=self.clock() - started)
-        self.step += 1
         self.tokens_seen += stats.tokens
         self.last_loss = loss_value
         return stats
@@ -257,6 +258,7 @@ class Trainer:
             "startup_s": self.startup_s,
             "best_loss": self.best_loss,
             "best_loss_split": "val" if self.evaluates else "train",
+            "best_step": self.best_step,
             "last_loss": self.last_loss,
             "pass_loss": self.pass_loss.state_dict(),
             "sampler": self.sampler.state_dict(),
@@ -275,9 +277,11 @@ class Trainer:
         self.elapsed_s = state["elapsed_s"]
         self.startup_s = state.get("startup_s", 0.0)  # checkpoints written before it was kept lack it
         self.best_loss = state["best_loss"]
+        self.best_step = state.get("best_step")
         self.last_loss = state["last_loss"]
         if "pass_loss" in state:  # checkpoints written before the rule judged whole passes lack it
-            self.pass_loss.load_state_dict(state["pass_loss"])
+            # best_step came with numbering steps as steps done; older milestones hold the 0-based index
+            self.pass_loss.load_state_dict(state["pass_loss"], step_offset=0 if "best_step" in state else 1)
         self.last_save_s = self.elapsed_s
         restore_rng_state(state["rng"], self.device)
 
@@ -343,7 +347,7 @@ class Trainer:
         if train.time_budget is not None and self.elapsed_s >= train.time_budget:
             return f"used the time budget of {train.time_budget:.0f}s"
         if self.stop_signal is not None:
-            return f"stopped by {signal.Signals(self.stop_signal).name} after step {stats.step}"
+            return f"stopped by {signal.Signals(self.stop_signal).name} after {stats.step} steps"
         return None
 
     def fit(self) -> str:
@@ -369,7 +373,7 @@ class Trainer:
                         first_step = False
                 except NonFiniteLoss as exc:
                     raise UserError(
-                        f"non-finite values at step {self.step} ({exc}); the optimizer step was not taken and "
+                        f"non-finite values at step {self.step + 1} ({exc}); the optimizer step was not taken and "
                         f"the last good checkpoint in {self.run.checkpoint_dir} is kept. Try a lower --learning-rate "
                         "or --dtype bfloat16/float32"
                     ) from None
@@ -378,7 +382,7 @@ class Trainer:
                 reason = self.stop_reason(stats)
                 if self.stop_signal is not None:
                     self.log.info(f"{signal.Signals(self.stop_signal).name}: saving {self.run.checkpoint_dir} after "
-                                  f"step {stats.step} (press Ctrl-C again to stop at once)")
+                                  f"{stats.step} steps (press Ctrl-C again to stop at once)")
                 self._after_step(stats, final=reason is not None)
         except KeyboardInterrupt:  # Ctrl-C off the main thread (no handler there): stop now, no waiting for a write
             raise
@@ -423,7 +427,8 @@ class Trainer:
     def _after_step(self, stats: StepStats, final: bool) -> None:
         train = self.config.train
         self.log.advance(loss=f"{stats.loss:.4f}")
-        if stats.step % train.log_interval == 0 or final:
+        # the first step too: its loss is the untrained model's, the curve's starting point
+        if self.step % train.log_interval == 0 or self.step == 1 or final:
             self._log_step(stats)
         improved = False
         if self.evaluates and (self.step % train.eval_interval == 0 or final):
@@ -431,7 +436,7 @@ class Trainer:
             self.log.info(f"step {stats.step} | val loss {val_loss:.4f}")
             self.log.record("eval", step=stats.step, val_loss=val_loss, elapsed_s=round(self.elapsed_s, 3))
             improved = val_loss < self.best_loss
-            self.best_loss = min(self.best_loss, val_loss)
+            self._note_best(val_loss)
         if self.hellaswag and (self.step % train.hellaswag_interval == 0 or final):
             acc, acc_norm = self.score_hellaswag()
             self.log.info(f"step {stats.step} | HellaSwag acc {acc:.4f} | acc_norm {acc_norm:.4f}")
@@ -443,9 +448,13 @@ class Trainer:
         if self.step % train.checkpoint_interval == 0 or final or improved or self._checkpoint_time_due():
             if not self.evaluates:
                 improved = stats.loss < self.best_loss
-                self.best_loss = min(self.best_loss, stats.loss)
+                self._note_best(stats.loss)
             self.save(best=improved, wait=final)
             self.last_save_s = self.elapsed_s
+
+    def _note_best(self, loss: float) -> None:
+        if loss < self.best_loss:
+            self.best_loss, self.best_step = loss, self.step
 
     def _checkpoint_time_due(self) -> bool:
         """--checkpoint-every-s: a save once that much wall time in the loop has passed since the last one.
