@@ -83,14 +83,14 @@ def check_bounds(config: object, bounds: dict[str, Bounds]) -> None:
         if isinstance(value, bool) or not number or non_finite or not allowed.contains(value):
             limit = f" and at most {allowed.high}" if number and allowed.high == INT64_MAX and value > INT64_MAX \
                 else ""
-            raise UserError(f"{name} must be {allowed.describe()}{limit}, got {value!r}")
+            raise UserError(f"{name} must be {allowed.describe()}{limit}, got {short_repr(value)}")
 
 
 class UnknownChoice(UserError):
     """A name outside a field's declared choices: validation and the modules that dispatch on it say the same."""
 
     def __init__(self, name: str, value: Any, choices: tuple[str, ...]) -> None:
-        super().__init__(f"unknown {name} {value!r}; choose {', '.join(choices[:-1])} or {choices[-1]}")
+        super().__init__(f"unknown {name} {short_repr(value)}; choose {', '.join(choices[:-1])} or {choices[-1]}")
 
 def setting(default: Any, help: str, *, bounds: Bounds | None = None, choices: tuple[str, ...] | None = None) -> Any:
     """A config field with its `--help` text, the Bounds of a number or the choices of a name: declared once,
@@ -271,9 +271,10 @@ class TrainConfig:
             raise UserError(MUON_FSDP_ERROR)
         device_kind = self.device.split(":")[0]
         if device_kind not in ("auto", "cpu", "cuda", "mps"):
-            raise UserError(f"unknown device {self.device!r}; choose auto, cpu, cuda, cuda:N or mps")
+            raise UserError(f"unknown device {short_repr(self.device)}; choose auto, cpu, cuda, cuda:N or mps")
         if self.init != "scratch" and not self.init.startswith("hf:"):
-            raise UserError(f"unknown init {self.init!r}; choose scratch or hf:DIR (a transformers GPT-2 folder)")
+            raise UserError(f"unknown init {short_repr(self.init)}; choose scratch or hf:DIR (a transformers GPT-2 "
+                            "folder)")
         if self.init.startswith("hf:") and not self.init[3:].strip():
             raise UserError("init names no folder: pass --init-from hf:DIR with DIR a transformers GPT-2 folder "
                             "(e.g. from `huggingface-cli download gpt2 --local-dir gpt2` on a machine with internet)")
@@ -483,11 +484,23 @@ def coerce(name: str, value: Any, annotation: Any) -> Any:
                 raise ValueError
             return result
         if base is str:
-            return str(value)
-    except (TypeError, ValueError):
+            if not isinstance(value, str):  # a TOML list or table, a JSON number: never silently str()-ed
+                raise TypeError
+            return value
+    except (TypeError, ValueError, OverflowError):
         kind = getattr(base, "__name__", str(base))
-        raise UserError(f"{name} must be {'an' if kind == 'int' else 'a'} {kind}, got {value!r}") from None
+        raise UserError(f"{name} must be {'an' if kind == 'int' else 'a'} {kind}, got {short_repr(value)}") from None
     return value
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """A value as a one-line message shows it: a hostile file's list of a million items, or nested a thousand
+    deep, is cut to its type and start."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # nested past the recursion limit; an int past 4,300 digits
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else f"{text[:limit - 3]}... (a {type(value).__name__})"
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
@@ -502,7 +515,7 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         elif name == "preset":
             continue
         else:
-            raise UserError(f"unknown setting {key!r}")
+            raise UserError(f"unknown setting {short_repr(key)}")
     return config
 
 
@@ -516,8 +529,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not TOML: {toml_only}")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot parse config file {path} as TOML ({exc}); {toml_only}") from None
+    except RecursionError:
+        raise UserError(f"cannot parse config file {path} as TOML (it nests arrays or tables too deeply); "
+                        f"{toml_only}") from None
+    except ValueError as exc:  # TOMLDecodeError, UnicodeDecodeError, an integer of more than 4,300 digits
+        reason = "it holds an integer of more than 4,300 digits" if "integer string" in str(exc) else exc
+        raise UserError(f"cannot parse config file {path} as TOML ({reason}); {toml_only}") from None
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key in ("model", "train") and isinstance(value, dict):

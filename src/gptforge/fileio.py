@@ -44,17 +44,34 @@ def safetensors_torch(purpose: str, install: str) -> Any:
     return safetensors.torch
 
 
+def parse_json(text: str) -> Any:
+    """``json.loads`` whose every refusal is a ValueError with a short reason: besides malformed text, a hostile
+    file can nest arrays deeper than Python's recursion limit (a RecursionError) or hold an integer past its
+    4,300-digit limit (a ValueError whose text is long)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("it nests arrays or objects too deeply to be a file gptforge wrote") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):
+            raise ValueError("it holds an integer of more than 4,300 digits") from None
+        raise
+
+
 def read_json(path: Path) -> Any:
     """A JSON file's data; a file that cannot be read or parsed is one UserError naming it."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise UserError(f"cannot read {path}: {exc}") from None
 
 
 def write_json(path: Path, data: Any) -> None:
     """Indented UTF-8, as transformers writes its own files, so an export diffs cleanly against theirs."""
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
 
 def open_own_file(path: Path, flags: int) -> int:
     """A descriptor on `path`, opened (and created when `flags` says so) without following a symbolic link, and

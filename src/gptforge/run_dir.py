@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from gptforge.config import RunConfig
 from gptforge.errors import UserError
-from gptforge.fileio import atomic_write_text, describe_os_error, open_own_file, remove_temporaries
+from gptforge.fileio import atomic_write_text, describe_os_error, open_own_file, parse_json, remove_temporaries
 
 if TYPE_CHECKING:
     import torch
@@ -172,7 +172,7 @@ class RunDir:
         if not self.config_file.is_file():
             return None
         try:
-            model = RunConfig.from_dict(json.loads(self.config_file.read_text(encoding="utf-8"))).model
+            model = RunConfig.from_dict(parse_json(self.config_file.read_text(encoding="utf-8"))).model
         except (OSError, ValueError, UserError):
             return None
         expected = parameter_count(model) * STATE_BYTES_PER_PARAMETER
@@ -245,8 +245,8 @@ def _is_run_config(path: Path) -> bool:
     if path.is_symlink() or not path.is_file():
         return False
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        data = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
     return isinstance(data, dict) and all(isinstance(data.get(part), dict) for part in ("model", "train"))
 

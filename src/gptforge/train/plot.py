@@ -8,12 +8,12 @@ is switched, no window can open, and nothing leaks between calls.
 from __future__ import annotations
 
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 from gptforge.errors import UserError
+from gptforge.fileio import parse_json
 from gptforge.run_dir import RunDir
 
 LOG_SCALE_SPAN = 10.0  # switch the loss axis to log scale when the loss spans more than this factor
@@ -33,8 +33,8 @@ def read_metrics(path: Path) -> list[dict]:
     with path.open(encoding="utf-8", errors="replace") as file:
         for line in file:
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
+                record = parse_json(line)
+            except ValueError:  # cut off, or hostile (nested too deeply, a huge integer)
                 continue
             if isinstance(record, dict):
                 records.append(record)
@@ -90,7 +90,13 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number a plot can place: an integer of hundreds of digits (a hostile metrics line) is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _start_panel(axes: Any, title: str) -> None:

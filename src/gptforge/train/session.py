@@ -7,7 +7,6 @@ A config is validated where it enters (start_run, resumed_config); the Runtime i
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from gptforge.data import (
 )
 from gptforge.device import Runtime, resolve_runtime
 from gptforge.errors import UserError
-from gptforge.fileio import atomic_write_text
+from gptforge.fileio import atomic_write_text, parse_json
 from gptforge.hellaswag import Example, find_hellaswag, read_examples
 from gptforge.hellaswag import check_tokenizer as check_hellaswag_tokenizer
 from gptforge.interop.hf_init import prepare_init
@@ -288,7 +287,7 @@ def check_checkpoint_fits_run(run: RunDir, state: dict, path: Path) -> None:
     """
     config_file = run.config_file
     try:
-        run_config = json.loads(config_file.read_text(encoding="utf-8"))
+        run_config = parse_json(config_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return  # no config.json to compare with: the checkpoint's own config is all there is
     except (OSError, ValueError) as exc:
@@ -315,7 +314,7 @@ def check_tokenizer_file(tokenizer_file: Path, tokenizer: Tokenizer, checkpoint:
     if not tokenizer_file.is_file():
         return
     try:
-        on_disk = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+        on_disk = parse_json(tokenizer_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {tokenizer_file} ({exc}); restore it, or delete it to resume with the "
                         "checkpoint's own copy") from None
