@@ -573,6 +573,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if is_main_process():  # every process of a multi-process run stops with the same error; say it once
             sys.stderr.write(f"error: {exc}\n")
         return 2
+    except OSError as exc:
+        from gptforge.fileio import name_too_long
+
+        message = name_too_long(exc)  # None for any other OSError: a bug to report, with its traceback
+        if message is None:
+            raise
+        sys.stderr.write(f"error: {message}\n")
+        return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         return 130

@@ -149,6 +149,19 @@ def _os_error_in(exc: BaseException | None) -> OSError | None:
     return None
 
 
+def name_too_long(exc: OSError) -> str | None:
+    """A path with a component over the filesystem's limit (255 bytes on most), whichever command met it first:
+    the system call fails before anything is created, so saying which name is all there is to do."""
+    if exc.errno != errno.ENAMETOOLONG:
+        return None
+    path = Path(os.fsdecode(exc.filename)) if exc.filename is not None else None
+    parts = path.parts if path is not None else ()
+    longest = max(parts, key=lambda part: len(os.fsencode(part)), default="")
+    shown = longest if len(longest) <= 40 else f"{longest[:37]}..."
+    return (f"a file or folder name in a path is too long for the filesystem ({len(os.fsencode(longest))} bytes: "
+            f"{shown}; most allow 255); pass a shorter name")
+
+
 def describe_os_error(exc: OSError) -> str:
     """Why a write failed, in words a user can act on: a full disk says so, whatever the platform calls it."""
     reason = exc.strerror or str(exc)
