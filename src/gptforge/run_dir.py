@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,8 +141,10 @@ class RunDir:
         if not self.path.is_dir():
             raise UserError(f"run directory {self.path} not found; pass a folder made by `gptforge train`")
 
-    def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict, Path, list[str]]:
-        """Load the newest good checkpoint, falling back past corrupt ones.
+    def load_latest(self, map_location: str | torch.device = "cpu", required: Collection[str] = ()
+                    ) -> tuple[dict, Path, list[str]]:
+        """Load the newest good checkpoint, falling back past corrupt ones and those that lack an entry of
+        `required` (checkpoint_entries.py) or hold one of the wrong type.
 
         Returns the state, its path and one ``"skipping PATH: reason"`` warning per file passed over, so a
         crash while writing ``last.pt`` costs at most the steps since the previous checkpoint.
@@ -158,7 +161,7 @@ class RunDir:
         bound = self.state_bound()
         for path in candidates:
             try:
-                return read_checkpoint(path, map_location, bound), path, warnings
+                return read_checkpoint(path, map_location, bound, required), path, warnings
             except BadCheckpoint as exc:
                 warnings.append(f"skipping {path}: {exc}")
         raise UserError(f"none of the {len(candidates)} checkpoints in {self.checkpoint_dir} loads "
@@ -294,13 +297,14 @@ def _claim_named_run_dir(path: Path) -> RunDir:
     return run
 
 
-def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu", required: Collection[str] = ()
+                         ) -> dict:
     """Load one checkpoint file; inside a run's checkpoints/ folder, bounded by what that run's model holds."""
     from gptforge.checkpoint import load_checkpoint
 
     path = Path(path)
     run = RunDir(path.parent.parent) if path.parent.name == CHECKPOINT_DIR else None
-    return load_checkpoint(path, map_location, run.state_bound() if run is not None else None)
+    return load_checkpoint(path, map_location, run.state_bound() if run is not None else None, required)
 
 
 def link_atomically(source: Path, target: Path) -> None:

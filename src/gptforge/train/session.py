@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gptforge.checkpoint_entries import RESUME_ENTRIES
 from gptforge.config import MODEL_KEYS, RunConfig, apply_overrides, json_name, padded_vocab_size
 from gptforge.data import (
     Corpus,
@@ -228,7 +229,7 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     run = RunDir(Path(run_dir))
     run.require_folder(checkpoint_flag=False)  # train has no --checkpoint: a file is pointed to its run's folder
     run.check_no_links()  # before its files are read or written: a received run may link them anywhere
-    state, path, warnings = run.load_latest()
+    state, path, warnings = run.load_latest(required=RESUME_ENTRIES)
     check_checkpoint_fits_run(run, state, path)
     config = resumed_config(state, overrides)
     config.train.out = str(run.path)
