@@ -51,6 +51,9 @@ NAMED_DATASETS = {"shakespeare": TINY_SHAKESPEARE, "tinyshakespeare": TINY_SHAKE
 
 def find_dataset(name_or_path: str) -> list[Path]:
     """The text files behind a ``--data`` value: a named dataset, a file, or a folder's .txt files."""
+    if not name_or_path.strip():  # Path("") is the current folder: its .txt files would train, unasked
+        raise UserError("--data is empty; pass a named dataset (shakespeare), a UTF-8 text file or a folder of "
+                        ".txt files")
     if "://" in name_or_path:  # a URL would otherwise end as a puzzling "file not found: https:/..."
         raise UserError(f"--data takes a named dataset, a text file or a folder, not a URL ({name_or_path}); "
                         "gptforge downloads only its named datasets: download the file (e.g. curl -LO URL) "
@@ -77,8 +80,21 @@ def _named_dataset(dataset: NamedDataset) -> Path:
     """Local copies first, so that offline machines and CI never reach the network."""
     for folder in local_folders():
         if (folder / dataset.filename).is_file():
-            return folder / dataset.filename
+            return _checked_copy(folder / dataset.filename, dataset)
     return _download(dataset.url, cache_dir() / dataset.filename, dataset.sha256)
+
+
+def _checked_copy(path: Path, dataset: NamedDataset) -> Path:
+    """A local copy of a named dataset, refused unless it is that dataset's text: a truncated or edited copy in
+    the data dir would train on other text under the dataset's name (as gpt2.tiktoken is checked)."""
+    try:
+        contents = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {describe_os_error(exc)}") from None
+    if hashlib.sha256(contents).hexdigest() != dataset.sha256:
+        raise UserError(f"{path} is not {dataset.filename} (sha256 mismatch: wrong, edited or cut-off copy); "
+                        f"replace it with a good copy (sha256 {dataset.sha256}) or delete it to download one")
+    return path
 
 
 def _download(url: str, destination: Path, sha256: str) -> Path:

@@ -1,0 +1,50 @@
+"""No silent wrong results: `--data ""` is not the current folder, and a local copy of a named dataset is
+checked against the dataset's sha256 (as gpt2.tiktoken is), so nothing trains on other text under its name."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_one_error, run_main
+
+TRAIN = ["--preset", "tiny", "--tokenizer", "char", "--device", "cpu", "--max-steps", "1", "--no-progress"]
+
+
+@pytest.mark.parametrize("data", ["", " ", "\t"], ids=["empty", "space", "tab"])
+def test_an_empty_data_is_refused_not_the_current_folder(data: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "notes.txt").write_text("a text file in the current folder, never asked for\n" * 100)
+    monkeypatch.chdir(tmp_path)
+    status, _, err = run_main(["train", *TRAIN, "--data", data, "--out", str(tmp_path / "never")], capsys)
+    assert_one_error(status, err, "--data is empty")
+    assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("damage", ["cut", "edited", "empty"])
+def test_a_damaged_tinyshakespeare_in_the_data_dir_is_refused(damage: str, data_dir: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "data"
+    folder.mkdir()
+    text = (data_dir / "tinyshakespeare.txt").read_bytes()
+    copy = folder / "tinyshakespeare.txt"
+    copy.write_bytes({"cut": text[: len(text) // 2], "edited": text.replace(b"First", b"Frist", 1),
+                      "empty": b""}[damage])
+    monkeypatch.setenv("GPTFORGE_DATA_DIR", str(folder))
+    monkeypatch.setenv("GPTFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    status, _, err = run_main(["train", *TRAIN, "--data", "shakespeare", "--out", str(tmp_path / "never")], capsys)
+    assert_one_error(status, err, "sha256 mismatch", str(copy))
+    assert not (tmp_path / "never").exists()
+
+
+def test_a_good_tinyshakespeare_copy_is_used(data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptforge.data import find_dataset
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    shutil.copyfile(data_dir / "tinyshakespeare.txt", folder / "tinyshakespeare.txt")
+    monkeypatch.setenv("GPTFORGE_DATA_DIR", str(folder))
+    assert find_dataset("shakespeare") == [folder / "tinyshakespeare.txt"]
