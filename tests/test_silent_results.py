@@ -48,3 +48,24 @@ def test_a_good_tinyshakespeare_copy_is_used(data_dir: Path, tmp_path: Path, mon
     shutil.copyfile(data_dir / "tinyshakespeare.txt", folder / "tinyshakespeare.txt")
     monkeypatch.setenv("GPTFORGE_DATA_DIR", str(folder))
     assert find_dataset("shakespeare") == [folder / "tinyshakespeare.txt"]
+
+
+@pytest.mark.parametrize("newer", ["plain", "gzip"])
+@pytest.mark.parametrize("higher", ["plain", "gzip"])
+def test_plain_and_gzip_side_by_side_resume_the_higher_step_not_the_newer_file(newer: str, higher: str,
+                                                                                tmp_path: Path) -> None:
+    import os
+
+    from gptforge.checkpoint import save_checkpoint
+    from gptforge.run_dir import RunDir
+
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    paths = {}
+    for kind in ("plain", "gzip"):
+        step = 40 if kind == higher else 30
+        paths[kind] = save_checkpoint({"model": {}, "step": step}, folder / "last.pt", compress=kind == "gzip")
+        moment = 2_000_000 if kind == newer else 1_000_000
+        os.utime(paths[kind], (moment, moment))
+    state, path, warnings = RunDir(tmp_path / "run").load_latest()
+    assert (path, state["step"], warnings) == (paths[higher], 40, [])

@@ -114,7 +114,8 @@ class RunDir:
         """The checkpoint files, newest first: last, then step-N by N descending, then best.
 
         best.pt comes last because it can be far older than the others. When a name exists both plain and
-        gzipped (the compression setting changed on resume), the more recently written one wins.
+        gzipped (the compression setting changed on resume), both are listed, newer first; load_latest takes
+        the one of the higher step.
         """
         if not self.checkpoint_dir.is_dir():
             return []
@@ -159,11 +160,16 @@ class RunDir:
 
         warnings: list[str] = []
         bound = self.state_bound()
-        for path in candidates:
-            try:
-                return read_checkpoint(path, map_location, bound, required), path, warnings
-            except BadCheckpoint as exc:
-                warnings.append(f"skipping {path}: {exc}")
+        for name in dict.fromkeys(path.name.removesuffix(".gz") for path in candidates):
+            loaded = []
+            for path in (path for path in candidates if path.name.removesuffix(".gz") == name):
+                try:
+                    loaded.append((read_checkpoint(path, map_location, bound, required), path))
+                except BadCheckpoint as exc:
+                    warnings.append(f"skipping {path}: {exc}")
+            if loaded:  # last.pt beside last.pt.gz (compression changed on resume): the higher step, not the newer file
+                state, path = max(loaded, key=lambda item: _saved_step(item[0]))
+                return state, path, warnings
         raise UserError(f"none of the {len(candidates)} checkpoints in {self.checkpoint_dir} loads "
                         f"({'; '.join(warnings)})")
 
@@ -295,6 +301,11 @@ def _claim_named_run_dir(path: Path) -> RunDir:
     except OSError as exc:  # includes "exists and is a file"
         raise UserError(f"cannot create run directory {path}: {exc.strerror}; choose another --out") from None
     return run
+
+
+def _saved_step(state: dict[str, Any]) -> int:
+    step = state.get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else -1
 
 
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu", required: Collection[str] = ()
