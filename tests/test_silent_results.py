@@ -69,3 +69,34 @@ def test_plain_and_gzip_side_by_side_resume_the_higher_step_not_the_newer_file(n
         os.utime(paths[kind], (moment, moment))
     state, path, warnings = RunDir(tmp_path / "run").load_latest()
     assert (path, state["step"], warnings) == (paths[higher], 40, [])
+
+
+@pytest.mark.parametrize(("flags", "refused"), [
+    (["--tokens-per-step", "4096", "--grad-accum", "3"], True),  # 4096 / (8 x 128) = 4 micro-batches
+    (["--tokens-per-step", "4096", "--grad-accum", "4"], False),
+    (["--grad-accum", "3"], False),
+    (["--tokens-per-step", "4096"], False),
+], ids=["disagree", "agree", "accum-only", "tokens-only"])
+def test_tokens_per_step_and_grad_accum_that_disagree_are_one_line(flags: list[str], refused: bool,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptforge.config import build_config
+    from gptforge.errors import UserError
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    settings = {"batch_size": 8, "block_size": 128}
+    for flag, value in zip(flags[::2], flags[1::2], strict=True):
+        settings[flag.removeprefix("--").replace("-", "_")] = int(value)
+    if refused:
+        with pytest.raises(UserError, match="--grad-accum 3 disagrees with tokens_per_step 4,096"):
+            build_config("tiny", flags=settings)
+    else:
+        build_config("tiny", flags=settings)
+
+
+def test_the_disagreement_is_one_line_before_the_run_folder(corpus: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run_main(["train", *TRAIN, "--data", str(corpus), "--batch-size", "8", "--block-size", "128",
+                               "--tokens-per-step", "4096", "--grad-accum", "3", "--out", str(tmp_path / "never")],
+                              capsys)
+    assert_one_error(status, err, "disagrees")
+    assert not (tmp_path / "never").exists()

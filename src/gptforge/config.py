@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import types
 import typing
@@ -567,4 +568,21 @@ def build_config(preset: str | None = None, toml: str | Path | None = None,
     apply_overrides(config, file_settings)
     apply_overrides(config, flags)
     config.validate()
+    if "grad_accum" in flags or "grad_accum" in file_settings:
+        check_accumulation_agrees(config)
     return config
+
+
+def check_accumulation_agrees(config: RunConfig) -> None:
+    """A --grad-accum asked for beside a tokens_per_step (a flag, the file or the recipe) that derives another:
+    one line, not a grad_accum silently replaced. Under torchrun the processes count (WORLD_SIZE)."""
+    train = config.train
+    if train.tokens_per_step is None:
+        return
+    world = os.environ.get("WORLD_SIZE", "1")
+    world_size = int(world) if world.isdigit() and int(world) > 0 else 1  # a bad one is refused where runs start
+    derived = train.tokens_per_step / (train.batch_size * config.model.block_size * world_size)
+    if derived != train.grad_accum:
+        raise UserError(f"--grad-accum {train.grad_accum} disagrees with tokens_per_step {train.tokens_per_step:,}, "
+                        f"which means grad_accum {derived:g} at batch_size {train.batch_size} x block_size "
+                        f"{config.model.block_size}; pass one of them (--tokens-per-step sets grad_accum)")
