@@ -100,3 +100,35 @@ def test_the_disagreement_is_one_line_before_the_run_folder(corpus: Path, tmp_pa
                               capsys)
     assert_one_error(status, err, "disagrees")
     assert not (tmp_path / "never").exists()
+
+
+@pytest.fixture(scope="module")
+def run_without_val(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    from conftest import tiny_char_config, write_corpus
+    from gptforge.train.session import train
+
+    folder = tmp_path_factory.mktemp("no-val")
+    corpus = write_corpus(folder, data_dir, 20_000)
+    return train(tiny_char_config(folder / "run", data=str(corpus), val_fraction=0.0, max_steps=2)).run_dir
+
+
+def test_eval_val_on_a_run_without_a_val_split_says_so(run_without_val: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run_main(["eval", "--run", str(run_without_val), "--split", "val", "--device", "cpu"], capsys)
+    assert_one_error(status, err, "the run had no val split")
+    status, out, err = run_main(["eval", "--run", str(run_without_val), "--split", "train", "--device", "cpu",
+                                 "--max-batches", "1"], capsys)
+    assert status == 0 and "train split" in out, err
+
+
+def test_eval_val_takes_the_runs_own_fraction_and_refuses_a_larger_one(tiny_run: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    from gptforge.fileio import read_json
+
+    own = read_json(tiny_run / "config.json")["train"]["val_fraction"]
+    assert own > 0
+    status, _, err = run_main(["eval", "--run", str(tiny_run), "--split", "val", "--device", "cpu",
+                               "--val-fraction", str(min(own * 2, 0.9))], capsys)
+    assert_one_error(status, err, "more than the run's")
+    status, _, err = run_main(["eval", "--run", str(tiny_run), "--device", "cpu", "--max-batches", "1"], capsys)
+    assert status == 0, err
