@@ -132,3 +132,32 @@ def test_eval_val_takes_the_runs_own_fraction_and_refuses_a_larger_one(tiny_run:
     assert_one_error(status, err, "more than the run's")
     status, _, err = run_main(["eval", "--run", str(tiny_run), "--device", "cpu", "--max-batches", "1"], capsys)
     assert status == 0, err
+
+
+@pytest.mark.parametrize("damage", ["id-past-vocab", "float-dtype"])
+def test_a_token_cache_with_ids_outside_the_vocabulary_is_tokenized_again(damage: str, corpus: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import numpy as np
+
+    from gptforge.data import load_tokens, read_corpus
+    from gptforge.tokenizer import build_tokenizer
+
+    monkeypatch.setenv("GPTFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    text = read_corpus(str(corpus))
+    tokenizer = build_tokenizer("char", text=text.text)
+    tokens, bin_path = load_tokens(text, tokenizer)
+    expected = np.array(tokens)
+    del tokens
+    meta_path = bin_path.with_suffix(".json")
+    if damage == "id-past-vocab":
+        bad = expected.copy()
+        bad[len(bad) // 2] = tokenizer.vocab_size + 5
+        bin_path.write_bytes(bad.tobytes())
+    else:
+        same_size = np.dtype(f"float{expected.dtype.itemsize * 8}")  # the sizes agree: only the kind is wrong
+        bin_path.write_bytes(expected.astype(same_size).tobytes())
+        meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "dtype": same_size.name}))
+    again, _ = load_tokens(read_corpus(str(corpus)), tokenizer)
+    assert np.array_equal(np.array(again), expected)

@@ -189,7 +189,7 @@ def load_tokens(data: str | Corpus, tokenizer: Tokenizer, progress: bool = False
     tokenizer_json = json.dumps(tokenizer.to_dict(), sort_keys=True, ensure_ascii=False)
     key = hashlib.sha256(f"{content_sha256}\n{tokenizer_json}".encode()).hexdigest()
     bin_path = cache_dir() / "tokens" / f"{key}.bin"
-    tokens = _open_cached(bin_path)
+    tokens = _open_cached(bin_path, tokenizer.vocab_size)
     if tokens is None:
         ids = tokenizer.encode_corpus(text, progress=progress)
         meta = {"dtype": ids.dtype.name, "count": int(ids.size), "source": corpus.data,
@@ -204,21 +204,26 @@ def load_tokens(data: str | Corpus, tokenizer: Tokenizer, progress: bool = False
             reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
             raise UserError(f"cannot cache the tokens of {corpus.data} in {cache_dir()} ({reason}); set "
                             "GPTFORGE_CACHE_DIR to a writable folder with free space") from None
-        tokens = _open_cached(bin_path)
+        tokens = _open_cached(bin_path, tokenizer.vocab_size)
         assert tokens is not None, f"token cache {bin_path} unreadable right after writing it"
     return tokens, bin_path
 
 
-def _open_cached(bin_path: Path) -> np.ndarray | None:
-    """The cached ids, or None when the cache is missing or does not match its description."""
+def _open_cached(bin_path: Path, vocab_size: int) -> np.ndarray | None:
+    """The cached ids, or None when the cache is missing, does not match its description, or holds an id
+    outside the vocabulary (a damaged or foreign file: training on it would index past the embedding). None
+    means tokenize again, over it."""
     try:
         meta = json.loads(bin_path.with_suffix(".json").read_text(encoding="utf-8"))
         dtype, count = np.dtype(meta["dtype"]), int(meta["count"])
-        if bin_path.stat().st_size != dtype.itemsize * count or count == 0:
+        if dtype.kind not in "iu" or bin_path.stat().st_size != dtype.itemsize * count or count == 0:
             return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
-    return np.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
+    tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
+    if int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size:
+        return None
+    return tokens
 
 
 def split_tokens(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
