@@ -69,3 +69,26 @@ def test_portable_config_keeps_names_not_paths(tmp_path: Path) -> None:
     assert str(tmp_path) not in repr(portable_config(config))
     named = portable_config(tiny_char_config(tmp_path / "r", data="shakespeare"))
     assert named["train"]["data"] == "shakespeare"
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped (the system can reuse it later, not within the test)."""
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                           check=True)
+    return int(child.stdout)
+
+
+@pytest.mark.parametrize("kind", ["hf", "space"])
+def test_the_next_export_removes_a_killed_exports_staging_folder(kind: str, tiny_run: Path, tmp_path: Path) -> None:
+    import os
+
+    out = tmp_path / "exported"
+    dead = tmp_path / f".exported.staging-{dead_pid()}.abc123"
+    live = tmp_path / f".exported.staging-{os.getpid()}.def456"  # an export in flight: this very process
+    other = tmp_path / ".exported.notes"  # not a staging folder's name: never touched
+    for folder in (dead, live, other):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half of the weights")
+    assert main(["export", "--run", str(tiny_run), "--format", kind, "--out", str(out)]) == 0
+    assert out.is_dir() and not dead.exists() and live.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, live.name, other.name])

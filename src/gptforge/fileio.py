@@ -184,6 +184,28 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+STAGING = "staging"  # .OUT.staging-PID.RANDOM: the folder an export fills before it is renamed to OUT
+
+
+def remove_dead_staging(out: Path) -> None:
+    """Delete the staging folders for `out` that an export killed mid-way left beside it (each as big as what it
+    was writing): those whose process is gone. A live export's folder, or another user's, stays."""
+    for staging in out.parent.glob(f".{glob.escape(out.name)}.{STAGING}-*.*"):
+        pid = staging.name[len(f".{out.name}.{STAGING}-"):].split(".")[0]
+        if pid.isdigit() and not _process_alive(int(pid)) and staging.is_dir() and not staging.is_symlink():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or no pid at all: leave its folder
+        return True
+    return True
+
+
 def write_new_folder(out: Path, fill: Callable[[Path], T], what: str) -> T:
     """Create folder `out` (new or empty) from `fill(staging)`, all at once; never write over anything.
 
@@ -197,7 +219,8 @@ def write_new_folder(out: Path, fill: Callable[[Path], T], what: str) -> T:
         raise UserError(f"{out} is not empty; pass a new or empty folder to --out (nothing was overwritten)")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        remove_dead_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{STAGING}-{os.getpid()}.", dir=out.parent))
     except OSError as exc:
         raise UserError(f"cannot write {what} to {out}: {describe_os_error(exc)}; nothing was written") from None
     try:
