@@ -207,7 +207,7 @@ def check_out_outside_data(out: str | Path, data: str) -> None:
                         "(nothing was written)")
 
 
-def resumed_config(state: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
+def resumed_config(state: dict[str, Any], overrides: dict[str, Any], run_path: Path) -> RunConfig:
     """The run's config from its checkpoint with the given training flags applied, validated: a resume's edge."""
     config = RunConfig.from_dict(state["config"])
     if "init" in overrides:
@@ -218,9 +218,48 @@ def resumed_config(state: dict[str, Any], overrides: dict[str, Any]) -> RunConfi
     for key in overrides:
         if key.replace("-", "_") in MODEL_KEYS:
             raise UserError(f"--{key.replace('_', '-')} changes the model's shape, which a resumed run cannot do")
+    check_fixed_on_resume(config, overrides, run_path)
     apply_overrides(config, overrides)
     config.validate()
     return config
+
+
+FIXED_ON_RESUME = {  # training settings a resumed run keeps whatever a flag says, and why
+    "out": "a run continues in its own folder",
+    "tokenizer": "the weights learned the checkpoint's tokenizer",
+    "pad_vocab_to": "the embedding's rows are the checkpoint's",
+    "val_fraction": "another split would train on the held-out text",
+}
+
+
+def check_fixed_on_resume(config: RunConfig, overrides: dict[str, Any], run_path: Path) -> None:
+    """Name each flag a resume cannot honour, instead of recording a value the run does not use."""
+    for key, why in FIXED_ON_RESUME.items():
+        if key not in overrides:
+            continue
+        wanted, kept = overrides[key], str(run_path) if key == "out" else getattr(config.train, key)
+        same = Path(str(wanted)).expanduser().resolve() == run_path.resolve() if key == "out" else wanted == kept
+        if not same:
+            raise UserError(f"--{key.replace('_', '-')} {wanted} cannot change on resume ({why}; the run has "
+                            f"{kept}); resume without it, or start a new run")
+
+
+def edited_settings(run: RunDir, config: RunConfig, overrides: dict[str, Any]) -> str | None:
+    """A warning naming the training settings a hand-edited config.json holds that the resume does not use
+    (the checkpoint's config, with the flags given, is the one the run continues with; flags are not named)."""
+    try:
+        on_disk = parse_json(run.config_file.read_text(encoding="utf-8")).get("train")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(on_disk, dict):
+        return None
+    used = config.to_dict()["train"]
+    changed = [f"{key} {on_disk[key]!r} (using {used[key]!r})" for key in sorted(on_disk)
+               if key in used and key not in (*overrides, "out") and on_disk[key] != used[key]]
+    if not changed:
+        return None
+    return (f"{run.config_file} differs from the checkpoint's settings: {', '.join(changed)}; the checkpoint's are "
+            "used: pass them as flags to change them")
 
 
 def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
@@ -231,7 +270,8 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     run.check_no_links()  # before its files are read or written: a received run may link them anywhere
     state, path, warnings = run.load_latest(required=RESUME_ENTRIES)
     check_checkpoint_fits_run(run, state, path)
-    config = resumed_config(state, overrides)
+    edited = edited_settings(run, RunConfig.from_dict(state["config"]), overrides)
+    config = resumed_config(state, overrides, run.path)
     config.train.out = str(run.path)
     saved_world_size = state.get("world_size", 1)
     if saved_world_size != world_size:  # before anything derived from the number of processes
@@ -257,7 +297,7 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     check_trackers(config.train.tensorboard, config.train.wandb)
     distributed.run_on_rank0(run.lock, rank, world_size)  # before anything is written
     log = open_log(run, config, rank)
-    for warning in warnings:
+    for warning in [*warnings, *([edited] if edited else [])]:
         log.warn(warning)
     train = config.train
     if train.schedule != "constant" and train.decay_steps is not None and train.max_steps > train.decay_steps:
