@@ -161,3 +161,34 @@ def test_a_token_cache_with_ids_outside_the_vocabulary_is_tokenized_again(damage
         meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "dtype": same_size.name}))
     again, _ = load_tokens(read_corpus(str(corpus)), tokenizer)
     assert np.array_equal(np.array(again), expected)
+
+
+@pytest.mark.parametrize("local", ["folder", "file"])
+def test_a_named_dataset_beside_a_local_one_of_its_name_says_which_is_used(local: str, data_dir: Path, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from gptforge.data import find_dataset
+
+    monkeypatch.chdir(tmp_path)
+    if local == "folder":
+        (tmp_path / "shakespeare").mkdir()
+        (tmp_path / "shakespeare" / "mine.txt").write_text("my own shakespeare\n")
+    else:
+        (tmp_path / "shakespeare").write_text("my own shakespeare\n")
+    capsys.readouterr()
+    assert find_dataset("shakespeare") == [data_dir / "tinyshakespeare.txt"]
+    warning = capsys.readouterr().err
+    assert "named dataset" in warning and "./shakespeare" in warning, warning
+    local_files = find_dataset("./shakespeare")
+    assert local_files == ([Path("shakespeare/mine.txt")] if local == "folder" else [Path("shakespeare")])
+    assert capsys.readouterr().err == ""
+
+
+def test_a_named_dataset_alone_warns_of_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    from gptforge.data import find_dataset
+
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    find_dataset("shakespeare")
+    assert capsys.readouterr().err == ""

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -59,7 +60,11 @@ def find_dataset(name_or_path: str) -> list[Path]:
                         "gptforge downloads only its named datasets: download the file (e.g. curl -LO URL) "
                         "and pass its path")
     if name_or_path.lower() in NAMED_DATASETS:
-        return [_named_dataset(NAMED_DATASETS[name_or_path.lower()])]
+        dataset = _named_dataset(NAMED_DATASETS[name_or_path.lower()])
+        if Path(name_or_path).expanduser().exists():  # never silently one of two: say which was used
+            print(f"warning: --data {name_or_path} is the named dataset ({dataset}), not ./{name_or_path} here; "
+                  f"pass ./{name_or_path} for the local one", file=sys.stderr)
+        return [dataset]
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return [path]
