@@ -18,12 +18,14 @@ import random
 import re
 import stat
 import zipfile
+from collections.abc import Collection
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 import torch
 
+from gptforge.checkpoint_entries import entry_problem
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write, describe_os_error
 from gptforge.sizing import available_memory_bytes
@@ -73,19 +75,22 @@ def save_checkpoint(state: dict, path: Path, compress: bool = False) -> Path:
 StateBound = tuple[int, str]  # the most bytes a checkpoint's state may take, and what sets that bound
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", bound: StateBound | None = None
-                    ) -> dict:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", bound: StateBound | None = None,
+                    required: Collection[str] = ()) -> dict:
     """Load a checkpoint written by ``save_checkpoint``; any problem is a one-line UserError.
 
-    `bound` (run_dir.RunDir.state_bound) caps what the file may inflate to, besides the memory available."""
+    `bound` (run_dir.RunDir.state_bound) caps what the file may inflate to, besides the memory available;
+    `required` names the entries the caller uses (checkpoint_entries.py): when given, each must be there and every
+    entry present must be of its type; without it only the format is checked."""
     path = Path(path)
     try:
-        return read_checkpoint(path, map_location, bound)
+        return read_checkpoint(path, map_location, bound, required)
     except BadCheckpoint as exc:
         raise UserError(f"cannot load checkpoint {path}: {exc}") from None
 
 
-def read_checkpoint(path: Path, map_location: str | torch.device, bound: StateBound | None) -> dict:
+def read_checkpoint(path: Path, map_location: str | torch.device, bound: StateBound | None,
+                    required: Collection[str] = ()) -> dict:
     """``load_checkpoint`` for callers that try several files: raises BadCheckpoint, without the file name."""
     _check_regular_file(path)
     try:
@@ -103,7 +108,7 @@ def read_checkpoint(path: Path, map_location: str | torch.device, bound: StateBo
     except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
         raise BadCheckpoint(f"cannot read it ({_one_line(exc)})") from None
     state = _torch_load(source, map_location)
-    _check_state(state)
+    _check_state(state, required)
     return state
 
 
@@ -202,7 +207,7 @@ def code_it_would_run(exc: pickle.UnpicklingError) -> str | None:
     return forbidden.group(1) if forbidden else None
 
 
-def _check_state(state: Any) -> None:
+def _check_state(state: Any, required: Collection[str]) -> None:
     if not isinstance(state, dict):
         raise BadCheckpoint(f"holds a {type(state).__name__}, not a gptforge checkpoint (a dict)")
     missing = [key for key in ("model", "format") if key not in state]
@@ -213,6 +218,9 @@ def _check_state(state: Any) -> None:
             f"checkpoint format {state['format']!r} is not one this gptforge reads ({CHECKPOINT_FORMAT}); "
             "use the gptforge version that wrote it"
         )
+    problem = entry_problem(state, required) if required else None  # none named: the file layer alone
+    if problem is not None:
+        raise BadCheckpoint(f"{problem}; it was damaged or not written by gptforge")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -258,7 +258,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from gptforge.use.evaluate import evaluate_text, trained_corpus
+    from gptforge.use.evaluate import DEFAULT_VAL_FRACTION, evaluate_text, own_val_fraction, trained_corpus
     from gptforge.use.load import load_trained
 
     trained = load_trained(run=args.run, checkpoint=args.checkpoint, hf=args.hf, device=args.device,
@@ -266,7 +266,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.hellaswag is not None:
         return eval_hellaswag(trained, args)
     data = args.data if args.data is not None else trained_corpus(trained)
-    result = evaluate_text(trained, data, split=args.split, val_fraction=args.val_fraction,
+    val_fraction = (own_val_fraction(trained, args.split, args.val_fraction) if args.data is None
+                    else args.val_fraction if args.val_fraction is not None else DEFAULT_VAL_FRACTION)
+    result = evaluate_text(trained, data, split=args.split, val_fraction=val_fraction,
                            batch_size=args.batch_size, max_batches=args.max_batches)
     print(f"{data} ({args.split} split, {result.tokens:,} tokens in {result.windows:,} windows of "
           f"{trained.config.model.block_size}): loss {result.loss:.4f} | perplexity {result.perplexity:,.2f}")
@@ -497,7 +499,8 @@ def build_parser(train_preset: str | None = None, help_asked: bool = True) -> ar
                           "trained on, found where its run recorded it; shakespeare for --hf)")
     evaluate.add_argument("--split", choices=["val", "train", "all"], default="val",
                           help="which part of the text (default: val, the last --val-fraction of it)")
-    evaluate.add_argument("--val-fraction", type=float, default=0.1, help="(default: 0.1, as in training)")
+    evaluate.add_argument("--val-fraction", type=float, default=None,
+                          help="(default: the run's own on its corpus, else 0.1)")
     evaluate.add_argument("--batch-size", type=int, default=8, help="(default: 8)")
     evaluate.add_argument("--max-batches", type=int, default=None, help="stop after N batches (default: all)")
     evaluate.add_argument("--hellaswag", nargs="?", const="", metavar="FILE",
@@ -574,6 +577,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if is_main_process():  # every process of a multi-process run stops with the same error; say it once
             sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except OSError as exc:
+        from gptforge.fileio import name_too_long
+
+        message = name_too_long(exc)  # None for any other OSError: a bug to report, with its traceback
+        if message is None:
+            raise
+        sys.stderr.write(f"error: {message}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")

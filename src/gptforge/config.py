@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import types
 import typing
@@ -84,14 +85,14 @@ def check_bounds(config: object, bounds: dict[str, Bounds]) -> None:
         if isinstance(value, bool) or not number or non_finite or not allowed.contains(value):
             limit = f" and at most {allowed.high}" if number and allowed.high == INT64_MAX and value > INT64_MAX \
                 else ""
-            raise UserError(f"{name} must be {allowed.describe()}{limit}, got {value!r}")
+            raise UserError(f"{name} must be {allowed.describe()}{limit}, got {short_repr(value)}")
 
 
 class UnknownChoice(UserError):
     """A name outside a field's declared choices: validation and the modules that dispatch on it say the same."""
 
     def __init__(self, name: str, value: Any, choices: tuple[str, ...]) -> None:
-        super().__init__(f"unknown {name} {value!r}; choose {', '.join(choices[:-1])} or {choices[-1]}")
+        super().__init__(f"unknown {name} {short_repr(value)}; choose {', '.join(choices[:-1])} or {choices[-1]}")
 
 def setting(default: Any, help: str, *, bounds: Bounds | None = None, choices: tuple[str, ...] | None = None) -> Any:
     """A config field with its `--help` text, the Bounds of a number or the choices of a name: declared once,
@@ -272,9 +273,10 @@ class TrainConfig:
             raise UserError(MUON_FSDP_ERROR)
         device_kind = self.device.split(":")[0]
         if device_kind not in ("auto", "cpu", "cuda", "mps"):
-            raise UserError(f"unknown device {self.device!r}; choose auto, cpu, cuda, cuda:N or mps")
+            raise UserError(f"unknown device {short_repr(self.device)}; choose auto, cpu, cuda, cuda:N or mps")
         if self.init != "scratch" and not self.init.startswith("hf:"):
-            raise UserError(f"unknown init {self.init!r}; choose scratch or hf:DIR (a transformers GPT-2 folder)")
+            raise UserError(f"unknown init {short_repr(self.init)}; choose scratch or hf:DIR (a transformers GPT-2 "
+                            "folder)")
         if self.init.startswith("hf:") and not self.init[3:].strip():
             raise UserError("init names no folder: pass --init-from hf:DIR with DIR a transformers GPT-2 folder "
                             f"(e.g. from `{hf_download_command('gpt2')}` on a machine with internet)")
@@ -484,11 +486,23 @@ def coerce(name: str, value: Any, annotation: Any) -> Any:
                 raise ValueError
             return result
         if base is str:
-            return str(value)
-    except (TypeError, ValueError):
+            if not isinstance(value, str):  # a TOML list or table, a JSON number: never silently str()-ed
+                raise TypeError
+            return value
+    except (TypeError, ValueError, OverflowError):
         kind = getattr(base, "__name__", str(base))
-        raise UserError(f"{name} must be {'an' if kind == 'int' else 'a'} {kind}, got {value!r}") from None
+        raise UserError(f"{name} must be {'an' if kind == 'int' else 'a'} {kind}, got {short_repr(value)}") from None
     return value
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """A value as a one-line message shows it: a hostile file's list of a million items, or nested a thousand
+    deep, is cut to its type and start."""
+    try:
+        text = repr(value)
+    except (RecursionError, ValueError):  # nested past the recursion limit; an int past 4,300 digits
+        text = f"a {type(value).__name__}"
+    return text if len(text) <= limit else f"{text[:limit - 3]}... (a {type(value).__name__})"
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
@@ -503,7 +517,7 @@ def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         elif name == "preset":
             continue
         else:
-            raise UserError(f"unknown setting {key!r}")
+            raise UserError(f"unknown setting {short_repr(key)}")
     return config
 
 
@@ -517,8 +531,12 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise UserError(f"{path} is not TOML: {toml_only}")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot parse config file {path} as TOML ({exc}); {toml_only}") from None
+    except RecursionError:
+        raise UserError(f"cannot parse config file {path} as TOML (it nests arrays or tables too deeply); "
+                        f"{toml_only}") from None
+    except ValueError as exc:  # TOMLDecodeError, UnicodeDecodeError, an integer of more than 4,300 digits
+        reason = "it holds an integer of more than 4,300 digits" if "integer string" in str(exc) else exc
+        raise UserError(f"cannot parse config file {path} as TOML ({reason}); {toml_only}") from None
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key in ("model", "train") and isinstance(value, dict):
@@ -551,4 +569,21 @@ def build_config(preset: str | None = None, toml: str | Path | None = None,
     apply_overrides(config, file_settings)
     apply_overrides(config, flags)
     config.validate()
+    if "grad_accum" in flags or "grad_accum" in file_settings:
+        check_accumulation_agrees(config)
     return config
+
+
+def check_accumulation_agrees(config: RunConfig) -> None:
+    """A --grad-accum asked for beside a tokens_per_step (a flag, the file or the recipe) that derives another:
+    one line, not a grad_accum silently replaced. Under torchrun the processes count (WORLD_SIZE)."""
+    train = config.train
+    if train.tokens_per_step is None:
+        return
+    world = os.environ.get("WORLD_SIZE", "1")
+    world_size = int(world) if world.isdigit() and int(world) > 0 else 1  # a bad one is refused where runs start
+    derived = train.tokens_per_step / (train.batch_size * config.model.block_size * world_size)
+    if derived != train.grad_accum:
+        raise UserError(f"--grad-accum {train.grad_accum} disagrees with tokens_per_step {train.tokens_per_step:,}, "
+                        f"which means grad_accum {derived:g} at batch_size {train.batch_size} x block_size "
+                        f"{config.model.block_size}; pass one of them (--tokens-per-step sets grad_accum)")

@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -53,12 +54,19 @@ NAMED_DATASETS = {"shakespeare": TINY_SHAKESPEARE, "tinyshakespeare": TINY_SHAKE
 def find_dataset(name_or_path: str) -> list[Path]:
     """The text files behind a ``--data`` value: a named dataset, a file, or a folder's .txt files at any depth
     (sorted; a symlink out of the folder is not followed)."""
+    if not name_or_path.strip():  # Path("") is the current folder: its .txt files would train, unasked
+        raise UserError("--data is empty; pass a named dataset (shakespeare), a UTF-8 text file or a folder of "
+                        ".txt files")
     if "://" in name_or_path:  # a URL would otherwise end as a puzzling "file not found: https:/..."
         raise UserError(f"--data takes a named dataset, a text file or a folder, not a URL ({name_or_path}); "
                         "gptforge downloads only its named datasets: download the file (e.g. curl -LO URL) "
                         "and pass its path")
     if name_or_path.lower() in NAMED_DATASETS:
-        return [_named_dataset(NAMED_DATASETS[name_or_path.lower()])]
+        dataset = _named_dataset(NAMED_DATASETS[name_or_path.lower()])
+        if Path(name_or_path).expanduser().exists():  # never silently one of two: say which was used
+            print(f"warning: --data {name_or_path} is the named dataset ({dataset}), not ./{name_or_path} here; "
+                  f"pass ./{name_or_path} for the local one", file=sys.stderr)
+        return [dataset]
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return [path]
@@ -80,8 +88,21 @@ def _named_dataset(dataset: NamedDataset) -> Path:
     """Local copies first, so that offline machines and CI never reach the network."""
     for folder in local_folders():
         if (folder / dataset.filename).is_file():
-            return folder / dataset.filename
+            return _checked_copy(folder / dataset.filename, dataset)
     return _download(dataset.url, cache_dir() / dataset.filename, dataset.sha256)
+
+
+def _checked_copy(path: Path, dataset: NamedDataset) -> Path:
+    """A local copy of a named dataset, refused unless it is that dataset's text: a truncated or edited copy in
+    the data dir would train on other text under the dataset's name (as gpt2.tiktoken is checked)."""
+    try:
+        contents = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {describe_os_error(exc)}") from None
+    if hashlib.sha256(contents).hexdigest() != dataset.sha256:
+        raise UserError(f"{path} is not {dataset.filename} (sha256 mismatch: wrong, edited or cut-off copy); "
+                        f"replace it with a good copy (sha256 {dataset.sha256}) or delete it to download one")
+    return path
 
 
 def _download(url: str, destination: Path, sha256: str) -> Path:
@@ -186,7 +207,7 @@ def load_tokens(data: str | Corpus, tokenizer: Tokenizer, progress: bool = False
     tokenizer_json = json.dumps(tokenizer.to_dict(), sort_keys=True, ensure_ascii=False)
     key = hashlib.sha256(f"{content_sha256}\n{tokenizer_json}".encode()).hexdigest()
     bin_path = cache_dir() / "tokens" / f"{key}.bin"
-    tokens = _open_cached(bin_path)
+    tokens = _open_cached(bin_path, tokenizer.vocab_size)
     if tokens is None:
         ids = tokenizer.encode_corpus(text, progress=progress)
         meta = {"dtype": ids.dtype.name, "count": int(ids.size), "source": corpus.data,
@@ -201,21 +222,26 @@ def load_tokens(data: str | Corpus, tokenizer: Tokenizer, progress: bool = False
             reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
             raise UserError(f"cannot cache the tokens of {corpus.data} in {cache_dir()} ({reason}); set "
                             "GPTFORGE_CACHE_DIR to a writable folder with free space") from None
-        tokens = _open_cached(bin_path)
+        tokens = _open_cached(bin_path, tokenizer.vocab_size)
         assert tokens is not None, f"token cache {bin_path} unreadable right after writing it"
     return tokens, bin_path
 
 
-def _open_cached(bin_path: Path) -> np.ndarray | None:
-    """The cached ids, or None when the cache is missing or does not match its description."""
+def _open_cached(bin_path: Path, vocab_size: int) -> np.ndarray | None:
+    """The cached ids, or None when the cache is missing, does not match its description, or holds an id
+    outside the vocabulary (a damaged or foreign file: training on it would index past the embedding). None
+    means tokenize again, over it."""
     try:
         meta = json.loads(bin_path.with_suffix(".json").read_text(encoding="utf-8"))
         dtype, count = np.dtype(meta["dtype"]), int(meta["count"])
-        if bin_path.stat().st_size != dtype.itemsize * count or count == 0:
+        if dtype.kind not in "iu" or bin_path.stat().st_size != dtype.itemsize * count or count == 0:
             return None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
-    return np.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
+    tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(count,))
+    if int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size:
+        return None
+    return tokens
 
 
 def split_tokens(tokens: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -24,18 +25,44 @@ class World:
     world_size: int = 1
 
 
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets and env:// reads
+
+
 def world_from_env() -> World:
-    """torchrun sets RANK, LOCAL_RANK and WORLD_SIZE for each process; without them there is one process."""
-    try:
-        return World(rank=int(os.environ.get("RANK", "0")), local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-                     world_size=int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        raise UserError("RANK, LOCAL_RANK and WORLD_SIZE must be integers (torchrun sets them)") from None
+    """torchrun sets RANK, LOCAL_RANK and WORLD_SIZE for each process; without them there is one process.
+
+    Values a launcher cannot have set (not integers, a rank outside the world, several processes without the
+    rendezvous address torchrun gives every one of them) are one UserError, not torch's report from deep inside
+    init_process_group or a run that trains as rank 1 of 1."""
+    values = {}
+    for name, default in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        text = os.environ.get(name, default)
+        try:
+            values[name] = int(text)
+        except ValueError:
+            raise UserError(f"{name}={text[:40]!r} is not an integer; RANK, LOCAL_RANK and WORLD_SIZE are set by "
+                            "torchrun (or `gptforge train --nproc N`): unset them to train with one process") from None
+    world = World(rank=values["RANK"], local_rank=values["LOCAL_RANK"], world_size=values["WORLD_SIZE"])
+    if world.world_size < 1 or not 0 <= world.rank < world.world_size or world.local_rank < 0:
+        raise UserError(f"RANK={world.rank}, LOCAL_RANK={world.local_rank}, WORLD_SIZE={world.world_size} is no "
+                        "process of a launched run (0 <= RANK < WORLD_SIZE, LOCAL_RANK >= 0); unset them to train "
+                        "with one process, or start several with torchrun (or `gptforge train --nproc N`)")
+    missing = [name for name in LAUNCHER_VARIABLES if name not in os.environ]
+    if world.world_size > 1 and missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise UserError(f"WORLD_SIZE={world.world_size} but {', '.join(missing)} {verb} not set: a launcher did not "
+                        "start this process; unset WORLD_SIZE to train with one process, or start several with "
+                        "torchrun (or `gptforge train --nproc N`)")
+    return world
 
 
 def is_main_process() -> bool:
-    """Rank 0 alone speaks for the run (errors, logs), so N processes do not print everything N times."""
-    return world_from_env().rank == 0
+    """Rank 0 alone speaks for the run (errors, logs), so N processes do not print everything N times; a
+    process whose RANK is not a launcher's speaks, to say so."""
+    try:
+        return world_from_env().rank == 0
+    except UserError:
+        return True
 
 
 def process_device(device: torch.device, world_size: int) -> torch.device:
@@ -158,8 +185,31 @@ def resolve_runtime(train: TrainConfig, rank: int = 0, world_size: int = 1) -> R
     precision = Precision(device, resolve_dtype(train.dtype, device))
     strategy = resolve_parallel(train.parallel, world_size, precision.dtype)
     use_compile = train.compile if train.compile is not None else device.type == "cuda"
+    if use_compile:
+        check_compiler(device)
     return Runtime(device=device, precision=precision, strategy=strategy, compile=use_compile, rank=rank,
                    world_size=world_size)
+
+
+def check_compiler(device: torch.device) -> None:
+    """torch.compile builds C++ kernels on the CPU and a C launcher for Triton's GPU kernels: without a compiler
+    installed, the first training step would fail deep inside inductor after the run folder exists. Asked here,
+    with the lookup torch itself makes, it is one line before anything is written."""
+    if device.type == "cpu":
+        from torch._inductor import cpp_builder, exc
+
+        try:
+            found = cpp_builder.get_cpp_compiler()
+        except exc.InvalidCxxCompiler:
+            found = None
+        wanted = "a C++ compiler (g++ or clang++, or one named by $CXX)"
+    else:
+        names = (os.environ.get("CC"), "cc", "gcc", "clang")  # Triton's own search for its launcher's compiler
+        found = next((name for name in names if name and shutil.which(name)), None)
+        wanted = "a C compiler (cc, gcc or clang, or one named by $CC)"
+    if found is None:
+        raise UserError(f"--compile needs {wanted} and none is installed; install one (e.g. `apt install g++`) "
+                        "or train without --compile (--no-compile)")
 
 
 def configure_matmul_precision(device: torch.device) -> None:

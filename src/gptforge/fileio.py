@@ -44,17 +44,34 @@ def safetensors_torch(purpose: str, install: str) -> Any:
     return safetensors.torch
 
 
+def parse_json(text: str) -> Any:
+    """``json.loads`` whose every refusal is a ValueError with a short reason: besides malformed text, a hostile
+    file can nest arrays deeper than Python's recursion limit (a RecursionError) or hold an integer past its
+    4,300-digit limit (a ValueError whose text is long)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("it nests arrays or objects too deeply to be a file gptforge wrote") from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):
+            raise ValueError("it holds an integer of more than 4,300 digits") from None
+        raise
+
+
 def read_json(path: Path) -> Any:
     """A JSON file's data; a file that cannot be read or parsed is one UserError naming it."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise UserError(f"cannot read {path}: {exc}") from None
 
 
 def write_json(path: Path, data: Any) -> None:
     """Indented UTF-8, as transformers writes its own files, so an export diffs cleanly against theirs."""
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
 
 def open_own_file(path: Path, flags: int) -> int:
     """A descriptor on `path`, opened (and created when `flags` says so) without following a symbolic link, and
@@ -132,6 +149,19 @@ def _os_error_in(exc: BaseException | None) -> OSError | None:
     return None
 
 
+def name_too_long(exc: OSError) -> str | None:
+    """A path with a component over the filesystem's limit (255 bytes on most), whichever command met it first:
+    the system call fails before anything is created, so saying which name is all there is to do."""
+    if exc.errno != errno.ENAMETOOLONG:
+        return None
+    path = Path(os.fsdecode(exc.filename)) if exc.filename is not None else None
+    parts = path.parts if path is not None else ()
+    longest = max(parts, key=lambda part: len(os.fsencode(part)), default="")
+    shown = longest if len(longest) <= 40 else f"{longest[:37]}..."
+    return (f"a file or folder name in a path is too long for the filesystem ({len(os.fsencode(longest))} bytes: "
+            f"{shown}; most allow 255); pass a shorter name")
+
+
 def describe_os_error(exc: OSError) -> str:
     """Why a write failed, in words a user can act on: a full disk says so, whatever the platform calls it."""
     reason = exc.strerror or str(exc)
@@ -154,6 +184,28 @@ def _fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
+STAGING = "staging"  # .OUT.staging-PID.RANDOM: the folder an export fills before it is renamed to OUT
+
+
+def remove_dead_staging(out: Path) -> None:
+    """Delete the staging folders for `out` that an export killed mid-way left beside it (each as big as what it
+    was writing): those whose process is gone. A live export's folder, or another user's, stays."""
+    for staging in out.parent.glob(f".{glob.escape(out.name)}.{STAGING}-*.*"):
+        pid = staging.name[len(f".{out.name}.{STAGING}-"):].split(".")[0]
+        if pid.isdigit() and not _process_alive(int(pid)) and staging.is_dir() and not staging.is_symlink():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):  # another user's process, or no pid at all: leave its folder
+        pass
+    return True
+
+
 def write_new_folder(out: Path, fill: Callable[[Path], T], what: str) -> T:
     """Create folder `out` (new or empty) from `fill(staging)`, all at once; never write over anything.
 
@@ -167,7 +219,8 @@ def write_new_folder(out: Path, fill: Callable[[Path], T], what: str) -> T:
         raise UserError(f"{out} is not empty; pass a new or empty folder to --out (nothing was overwritten)")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        remove_dead_staging(out)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{STAGING}-{os.getpid()}.", dir=out.parent))
     except OSError as exc:
         raise UserError(f"cannot write {what} to {out}: {describe_os_error(exc)}; nothing was written") from None
     try:

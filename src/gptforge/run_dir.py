@@ -21,13 +21,14 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gptforge.config import RunConfig
 from gptforge.errors import UserError
-from gptforge.fileio import atomic_write_text, describe_os_error, open_own_file, remove_temporaries
+from gptforge.fileio import atomic_write_text, describe_os_error, open_own_file, parse_json, remove_temporaries
 
 if TYPE_CHECKING:
     import torch
@@ -113,7 +114,8 @@ class RunDir:
         """The checkpoint files, newest first: last, then step-N by N descending, then best.
 
         best.pt comes last because it can be far older than the others. When a name exists both plain and
-        gzipped (the compression setting changed on resume), the more recently written one wins.
+        gzipped (the compression setting changed on resume), both are listed, newer first; load_latest takes
+        the one of the higher step.
         """
         if not self.checkpoint_dir.is_dir():
             return []
@@ -140,8 +142,10 @@ class RunDir:
         if not self.path.is_dir():
             raise UserError(f"run directory {self.path} not found; pass a folder made by `gptforge train`")
 
-    def load_latest(self, map_location: str | torch.device = "cpu") -> tuple[dict, Path, list[str]]:
-        """Load the newest good checkpoint, falling back past corrupt ones.
+    def load_latest(self, map_location: str | torch.device = "cpu", required: Collection[str] = ()
+                    ) -> tuple[dict, Path, list[str]]:
+        """Load the newest good checkpoint, falling back past corrupt ones and those that lack an entry of
+        `required` (checkpoint_entries.py) or hold one of the wrong type.
 
         Returns the state, its path and one ``"skipping PATH: reason"`` warning per file passed over, so a
         crash while writing ``last.pt`` costs at most the steps since the previous checkpoint.
@@ -156,11 +160,16 @@ class RunDir:
 
         warnings: list[str] = []
         bound = self.state_bound()
-        for path in candidates:
-            try:
-                return read_checkpoint(path, map_location, bound), path, warnings
-            except BadCheckpoint as exc:
-                warnings.append(f"skipping {path}: {exc}")
+        for name in dict.fromkeys(path.name.removesuffix(".gz") for path in candidates):
+            loaded = []
+            for path in (path for path in candidates if path.name.removesuffix(".gz") == name):
+                try:
+                    loaded.append((read_checkpoint(path, map_location, bound, required), path))
+                except BadCheckpoint as exc:
+                    warnings.append(f"skipping {path}: {exc}")
+            if loaded:  # last.pt beside last.pt.gz (compression changed on resume): the higher step, not the newer file
+                state, path = max(loaded, key=lambda item: _saved_step(item[0]))
+                return state, path, warnings
         raise UserError(f"none of the {len(candidates)} checkpoints in {self.checkpoint_dir} loads "
                         f"({'; '.join(warnings)})")
 
@@ -172,7 +181,7 @@ class RunDir:
         if not self.config_file.is_file():
             return None
         try:
-            model = RunConfig.from_dict(json.loads(self.config_file.read_text(encoding="utf-8"))).model
+            model = RunConfig.from_dict(parse_json(self.config_file.read_text(encoding="utf-8"))).model
         except (OSError, ValueError, UserError):
             return None
         expected = parameter_count(model) * STATE_BYTES_PER_PARAMETER
@@ -245,8 +254,8 @@ def _is_run_config(path: Path) -> bool:
     if path.is_symlink() or not path.is_file():
         return False
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        data = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
         return False
     return isinstance(data, dict) and all(isinstance(data.get(part), dict) for part in ("model", "train"))
 
@@ -294,13 +303,19 @@ def _claim_named_run_dir(path: Path) -> RunDir:
     return run
 
 
-def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+def _saved_step(state: dict[str, Any]) -> int:
+    step = state.get("step")
+    return step if isinstance(step, int) and not isinstance(step, bool) else -1
+
+
+def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu", required: Collection[str] = ()
+                         ) -> dict:
     """Load one checkpoint file; inside a run's checkpoints/ folder, bounded by what that run's model holds."""
     from gptforge.checkpoint import load_checkpoint
 
     path = Path(path)
     run = RunDir(path.parent.parent) if path.parent.name == CHECKPOINT_DIR else None
-    return load_checkpoint(path, map_location, run.state_bound() if run is not None else None)
+    return load_checkpoint(path, map_location, run.state_bound() if run is not None else None, required)
 
 
 def link_atomically(source: Path, target: Path) -> None:

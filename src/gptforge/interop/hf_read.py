@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from gptforge.checkpoint import BadCheckpoint, check_archive_size, code_it_would_run, size_cap
-from gptforge.config import GPT2_VOCAB_SIZE, GPTConfig, RunConfig, TrainConfig, choices_of
+from gptforge.config import GPT2_VOCAB_SIZE, GPTConfig, RunConfig, TrainConfig, choices_of, json_name, short_repr
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
 from gptforge.fileio import read_json
@@ -62,7 +62,8 @@ def _read_shape(path: Path) -> GPTConfig:
     data = read_json(path)
     if not isinstance(data, dict) or data.get("model_type") != "gpt2":
         found = data.get("model_type") if isinstance(data, dict) else None
-        raise UserError(f"{path} is not a GPT-2 config (model_type {found!r}, expected 'gpt2')")
+        raise UserError(f"{path} is not a GPT-2 config (model_type {short_repr(found)}, expected 'gpt2')")
+    _check_numbers(path, data)
     # transformers' GPT2Config defaults, for keys a config leaves out
     n_embd = data.get("n_embd", 768)
     unsupported = [
@@ -75,7 +76,7 @@ def _read_shape(path: Path) -> GPTConfig:
     ]
     bad = [key for key, ok in unsupported if not ok]
     if bad:
-        raise UserError(f"{path}: gptforge's GPT-2 cannot reproduce {bad[0]}={data.get(bad[0])!r} "
+        raise UserError(f"{path}: gptforge's GPT-2 cannot reproduce {bad[0]}={short_repr(data.get(bad[0]))} "
                         "(it has gelu_new, n_inner 4*n_embd, layer_norm_epsilon 1e-5 and tied embeddings)")
     shape = GPTConfig(block_size=data.get("n_positions", 1024), vocab_size=data.get("vocab_size", GPT2_VOCAB_SIZE),
                       n_layer=data.get("n_layer", 12), n_head=data.get("n_head", 12), n_embd=n_embd, dropout=0.0)
@@ -85,6 +86,24 @@ def _read_shape(path: Path) -> GPTConfig:
     except UserError as exc:
         raise UserError(f"{path}: {exc}") from None
     return shape
+
+
+_WHOLE_NUMBERS = ("n_positions", "vocab_size", "n_layer", "n_head", "n_embd")
+
+
+def _check_numbers(path: Path, data: dict[str, Any]) -> None:
+    """Refuse a shape key that is not a number (null, {}, "12", true) before any arithmetic on it: a hand-made
+    or hostile config.json is one line naming the key, not a TypeError deep in the model's sizing."""
+    for key, value in data.items():
+        if key in _WHOLE_NUMBERS or (key == "n_inner" and value is not None):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif key == "layer_norm_epsilon":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            continue
+        if not ok:
+            kind = "a number" if key == "layer_norm_epsilon" else "a whole number"
+            raise UserError(f"{path}: {key} is {json_name(value)} ({short_repr(value)}), not {kind}")
 
 
 def _read_weights(folder: Path) -> tuple[Path, dict[str, torch.Tensor]]:

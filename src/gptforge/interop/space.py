@@ -18,6 +18,7 @@ from gptforge.config import RunConfig
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
 from gptforge.fileio import read_json, safetensors_torch, write_json, write_new_folder, write_safetensors
+from gptforge.interop.hub import first_line
 from gptforge.interop.space_hardware import (
     CPU_WHEELS_INDEX,
     DEFAULT_HARDWARE,
@@ -36,11 +37,14 @@ SPACE_APP = '''"""A gptforge demo as a Hugging Face Space; locally: pip install 
 
 from pathlib import Path
 
+from gptforge.errors import one_line_errors
 from gptforge.use.app import NO_UPLOADS, build_demo
 from gptforge.use.load import load_trained
 
 if __name__ == "__main__":
-    build_demo(load_trained(space=Path(__file__).resolve().parent)).launch(max_file_size=NO_UPLOADS)
+    with one_line_errors():  # a damaged file in this folder: one `error:` line and exit status 2
+        demo = build_demo(load_trained(space=Path(__file__).resolve().parent))
+    demo.launch(max_file_size=NO_UPLOADS)
 '''
 
 ZERO_GPU_APP = '''"""A gptforge demo as a ZeroGPU Space; locally: pip install -r requirements.txt && python app.py
@@ -54,11 +58,13 @@ import spaces  # first: on ZeroGPU it prepares torch before anything else import
 
 from pathlib import Path
 
+from gptforge.errors import one_line_errors
 from gptforge.use.app import NO_UPLOADS, build_demo
 from gptforge.use.load import load_trained
 
 if __name__ == "__main__":
-    trained = load_trained(space=Path(__file__).resolve().parent, device="auto")
+    with one_line_errors():  # a damaged file in this folder: one `error:` line and exit status 2
+        trained = load_trained(space=Path(__file__).resolve().parent, device="auto")
     demo = build_demo(trained, gpu_task=spaces.GPU(duration={seconds}))
     demo.launch(max_file_size=NO_UPLOADS)
 '''
@@ -154,7 +160,7 @@ def _write_space(trained: TrainedModel, folder: Path, hardware: SpaceHardware) -
                for name, tensor in trained.model.state_dict().items() if name != TIED_LM_HEAD}
     write_safetensors(folder / WEIGHTS_FILE, weights, _space_safetensors())
     facts = dataclasses.replace(trained.facts, checkpoint=None).to_dict()  # not a path on this machine
-    config = {key: value for key, value in trained.config.to_dict().items() if key != "corpus"}  # a path too
+    config = portable_config(trained.config)
     for name, data in (("config.json", config), ("tokenizer.json", trained.tokenizer.to_dict()),
                        ("facts.json", facts)):
         write_json(folder / name, data)
@@ -171,6 +177,20 @@ def _write_space(trained: TrainedModel, folder: Path, hardware: SpaceHardware) -
     (folder / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
     readme = space_readme(trained, gradio_version, ranks is not None, hardware)
     (folder / "README.md").write_text(readme, encoding="utf-8")
+
+
+def portable_config(config: RunConfig) -> dict[str, Any]:
+    """The run's config as a Space holds it: no path of this machine (the run folder, the corpus, the tokenizer
+    ranks the Space carries itself, the --init-from folder), names only where the setting says what was used."""
+    data = config.to_dict()
+    data.pop("corpus", None)
+    train = data["train"]
+    train["out"] = train["tokenizer_file"] = None
+    if Path(train["data"]).name != train["data"]:  # a named dataset stays; a file or folder keeps its name
+        train["data"] = Path(train["data"]).name
+    if train["init"].startswith("hf:"):
+        train["init"] = f"hf:{Path(train['init'][3:]).name}"
+    return data
 
 
 def hardware_named(name: str) -> SpaceHardware:
@@ -211,7 +231,11 @@ def load_space(folder: str | Path, device: str = "auto", tokenizer_file: str | N
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise UserError(f"{weights_path} is missing; export the Space again")
-    weights = _space_safetensors().load_file(str(weights_path))
+    try:
+        weights = _space_safetensors().load_file(str(weights_path))
+    except Exception as exc:  # cut off or foreign: safetensors' own SafetensorError, or an OSError
+        raise UserError(f"cannot read the weights in {weights_path}: {first_line(exc)}; export the Space "
+                        "again") from None
     if TOKEN_EMBEDDING not in weights:
         raise UserError(f"{weights_path} has no {TOKEN_EMBEDDING}; it is not a gptforge Space")
     weights[TIED_LM_HEAD] = weights[TOKEN_EMBEDDING]
@@ -219,8 +243,7 @@ def load_space(folder: str | Path, device: str = "auto", tokenizer_file: str | N
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[0]
-        raise UserError(f"the weights in {weights_path} do not fit config.json: {first_line}") from None
+        raise UserError(f"the weights in {weights_path} do not fit config.json: {first_line(exc)}") from None
     model.to(resolve_device(device)).eval()
     facts.checkpoint = str(weights_path)
     return TrainedModel(model=model, tokenizer=tokenizer, config=config, source=weights_path, facts=facts)

@@ -14,9 +14,10 @@ Two things make the raw file differ from the history:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
+
+from gptforge.fileio import parse_json
 
 SESSION = "session"
 
@@ -37,8 +38,8 @@ def read_metrics(path: Path) -> list[dict]:
 def _parsed(line: str) -> list[dict]:
     """The JSON object on a line, or none for a line that is not one."""
     try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
+        record = parse_json(line)
+    except ValueError:  # cut off, or hostile (nested too deeply, a huge integer)
         return []
     return [record] if isinstance(record, dict) else []
 

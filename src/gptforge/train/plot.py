@@ -69,7 +69,13 @@ def _series(records: list[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite number a plot can place: an integer of hundreds of digits (a hostile metrics line) is not one."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _start_panel(axes: Any, title: str) -> None:

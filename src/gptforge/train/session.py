@@ -7,7 +7,6 @@ A config is validated where it enters (start_run, resumed_config); the Runtime i
 
 from __future__ import annotations
 
-import json
 import shlex
 import time
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gptforge.checkpoint_entries import RESUME_ENTRIES
 from gptforge.config import MODEL_KEYS, RunConfig, apply_overrides, json_name, padded_vocab_size
 from gptforge.data import (
     Corpus,
@@ -29,7 +29,7 @@ from gptforge.data import (
 )
 from gptforge.device import Runtime, resolve_runtime
 from gptforge.errors import UserError
-from gptforge.fileio import atomic_write_text
+from gptforge.fileio import atomic_write_text, parse_json
 from gptforge.hellaswag import Example, find_hellaswag, read_examples
 from gptforge.hellaswag import check_tokenizer as check_hellaswag_tokenizer
 from gptforge.interop.hf_init import prepare_init
@@ -209,7 +209,7 @@ def check_out_outside_data(out: str | Path, data: str) -> None:
                         "(nothing was written)")
 
 
-def resumed_config(state: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
+def resumed_config(state: dict[str, Any], overrides: dict[str, Any], run_path: Path) -> RunConfig:
     """The run's config from its checkpoint with the given training flags applied, validated: a resume's edge."""
     config = RunConfig.from_dict(state["config"])
     if "init" in overrides:
@@ -220,9 +220,48 @@ def resumed_config(state: dict[str, Any], overrides: dict[str, Any]) -> RunConfi
     for key in overrides:
         if key.replace("-", "_") in MODEL_KEYS:
             raise UserError(f"--{key.replace('_', '-')} changes the model's shape, which a resumed run cannot do")
+    check_fixed_on_resume(config, overrides, run_path)
     apply_overrides(config, overrides)
     config.validate()
     return config
+
+
+FIXED_ON_RESUME = {  # training settings a resumed run keeps whatever a flag says, and why
+    "out": "a run continues in its own folder",
+    "tokenizer": "the weights learned the checkpoint's tokenizer",
+    "pad_vocab_to": "the embedding's rows are the checkpoint's",
+    "val_fraction": "another split would train on the held-out text",
+}
+
+
+def check_fixed_on_resume(config: RunConfig, overrides: dict[str, Any], run_path: Path) -> None:
+    """Name each flag a resume cannot honour, instead of recording a value the run does not use."""
+    for key, why in FIXED_ON_RESUME.items():
+        if key not in overrides:
+            continue
+        wanted, kept = overrides[key], str(run_path) if key == "out" else getattr(config.train, key)
+        same = Path(str(wanted)).expanduser().resolve() == run_path.resolve() if key == "out" else wanted == kept
+        if not same:
+            raise UserError(f"--{key.replace('_', '-')} {wanted} cannot change on resume ({why}; the run has "
+                            f"{kept}); resume without it, or start a new run")
+
+
+def edited_settings(run: RunDir, config: RunConfig, overrides: dict[str, Any]) -> str | None:
+    """A warning naming the training settings a hand-edited config.json holds that the resume does not use
+    (the checkpoint's config, with the flags given, is the one the run continues with; flags are not named)."""
+    try:
+        on_disk = parse_json(run.config_file.read_text(encoding="utf-8")).get("train")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(on_disk, dict):
+        return None
+    used = config.to_dict()["train"]
+    changed = [f"{key} {on_disk[key]!r} (using {used[key]!r})" for key in sorted(on_disk)
+               if key in used and key not in (*overrides, "out") and on_disk[key] != used[key]]
+    if not changed:
+        return None
+    return (f"{run.config_file} differs from the checkpoint's settings: {', '.join(changed)}; the checkpoint's are "
+            "used: pass them as flags to change them")
 
 
 def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
@@ -231,9 +270,10 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     run = RunDir(Path(run_dir))
     run.require_folder(checkpoint_flag=False)  # train has no --checkpoint: a file is pointed to its run's folder
     run.check_no_links()  # before its files are read or written: a received run may link them anywhere
-    state, path, warnings = run.load_latest()
+    state, path, warnings = run.load_latest(required=RESUME_ENTRIES)
     check_checkpoint_fits_run(run, state, path)
-    config = resumed_config(state, overrides)
+    edited = edited_settings(run, RunConfig.from_dict(state["config"]), overrides)
+    config = resumed_config(state, overrides, run.path)
     config.train.out = str(run.path)
     saved_world_size = state.get("world_size", 1)
     if saved_world_size != world_size:  # before anything derived from the number of processes
@@ -261,7 +301,7 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     distributed.run_on_rank0(run.lock, rank, world_size)  # before anything is written
     log = open_log(run, config, rank)
     log.begin_session(step=state["step"])
-    for warning in warnings:
+    for warning in [*warnings, *([edited] if edited else [])]:
         log.warn(warning)
     train = config.train
     if train.schedule != "constant" and train.decay_steps is not None and train.max_steps > train.decay_steps:
@@ -292,7 +332,7 @@ def check_checkpoint_fits_run(run: RunDir, state: dict, path: Path) -> None:
     """
     config_file = run.config_file
     try:
-        run_config = json.loads(config_file.read_text(encoding="utf-8"))
+        run_config = parse_json(config_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return  # no config.json to compare with: the checkpoint's own config is all there is
     except (OSError, ValueError) as exc:
@@ -319,7 +359,7 @@ def check_tokenizer_file(tokenizer_file: Path, tokenizer: Tokenizer, checkpoint:
     if not tokenizer_file.is_file():
         return
     try:
-        on_disk = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+        on_disk = parse_json(tokenizer_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {tokenizer_file} ({exc}); restore it, or delete it to resume with the "
                         "checkpoint's own copy") from None

@@ -48,6 +48,19 @@ def trained_corpus(trained: TrainedModel) -> str:
     return record.path
 
 
+def own_val_fraction(trained: TrainedModel, split: str, asked: float | None) -> float:
+    """The --val-fraction for evaluating a model on its own training corpus: the run's, so "val" is the text it
+    held out. A run that held nothing out has no val split: its "val" loss would be on training text."""
+    trained_with = trained.config.train.val_fraction
+    if split == "val" and trained_with == 0 and trained.config.corpus is not None:
+        raise UserError("the run had no val split (it trained with --val-fraction 0, on all of its corpus): a val "
+                        "loss there would be on training text; pass --split train, or --data other text")
+    if split == "val" and asked is not None and asked > trained_with:
+        raise UserError(f"--val-fraction {asked} is more than the run's {trained_with}: the split would hold "
+                        "training text; leave it out to use the run's")
+    return asked if asked is not None else trained_with or DEFAULT_VAL_FRACTION
+
+
 def choose_split(tokens: np.ndarray, split: str, val_fraction: float) -> np.ndarray:
     if split == "all":
         return tokens
@@ -62,6 +75,9 @@ def store_split(folder: str, trained: TrainedModel, split: str) -> ShardedTokens
         raise UserError(f"the token store {folder} holds {store.tokenizer.get('name')} tokens; the model uses the "
                         f"{trained.tokenizer.name} tokenizer")
     return {"val": store.val, "train": store.train, "all": store.all_tokens}[split]
+
+
+DEFAULT_VAL_FRACTION = 0.1  # other text than the run's own: its last tenth
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from gptforge.checkpoint_entries import USE_ENTRIES
 from gptforge.config import RunConfig
 from gptforge.device import resolve_device
 from gptforge.errors import UserError
@@ -38,12 +39,12 @@ def load_trained(run: str | Path | None = None, checkpoint: str | Path | None = 
     if space is not None:
         return load_space(space, device=device, tokenizer_file=tokenizer_file)
     if run is not None:
-        state, path, skipped = RunDir(Path(run)).load_latest()
+        state, path, skipped = RunDir(Path(run)).load_latest(required=USE_ENTRIES)
         for warning in skipped:  # an older checkpoint is used: say which file was passed over, and why
             print(f"warning: {warning}", file=sys.stderr)
     else:
         path = Path(checkpoint)
-        state = load_checkpoint_file(path)
+        state = load_checkpoint_file(path, required=USE_ENTRIES)
     return _from_checkpoint(state, path, device, tokenizer_file)
 
 
