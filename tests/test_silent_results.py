@@ -179,8 +179,8 @@ def test_a_named_dataset_beside_a_local_one_of_its_name_says_which_is_used(local
     assert find_dataset("shakespeare") == [data_dir / "tinyshakespeare.txt"]
     warning = capsys.readouterr().err
     assert "named dataset" in warning and "./shakespeare" in warning, warning
-    local_files = find_dataset("./shakespeare")
-    assert local_files == ([Path("shakespeare/mine.txt")] if local == "folder" else [Path("shakespeare")])
+    local_files = [path.resolve() for path in find_dataset("./shakespeare")]
+    assert local_files == [tmp_path / ("shakespeare/mine.txt" if local == "folder" else "shakespeare")]
     assert capsys.readouterr().err == ""
 
 
@@ -192,3 +192,16 @@ def test_a_named_dataset_alone_warns_of_nothing(tmp_path: Path, monkeypatch: pyt
     capsys.readouterr()
     find_dataset("shakespeare")
     assert capsys.readouterr().err == ""
+
+
+def test_the_processes_train_nproc_will_launch_count_in_the_agreement(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`train --nproc 2` checks in the parent, where WORLD_SIZE is not set yet: 4096 tokens a step at 8 x 128
+    over 2 processes is 2 micro-batches each, not 4."""
+    from gptforge.config import build_config
+    from gptforge.errors import UserError
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    flags = {"batch_size": 8, "block_size": 128, "tokens_per_step": 4096, "grad_accum": 2}
+    assert build_config("tiny", flags=flags, processes=2).train.grad_accum == 2
+    with pytest.raises(UserError, match="--grad-accum 2 disagrees"):
+        build_config("tiny", flags=flags)

@@ -125,7 +125,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             return launch_local(args.nproc, without_flag(args.argv, "--nproc"))
         outcome = train(resume=args.resume, overrides=overrides)
     else:
-        config = build_config(args.preset, args.config, overrides)
+        config = build_config(args.preset, args.config, overrides, processes=args.nproc)
         named = args.preset is not None or (args.config is not None and "preset" in load_toml(args.config))
         if not named and args.nproc is None and is_main_process():
             print(f"no --preset given: using {config.preset} "

@@ -555,8 +555,9 @@ def default_preset(device: str | None) -> str:
 
 
 def build_config(preset: str | None = None, toml: str | Path | None = None,
-                 flags: Mapping[str, Any] | None = None) -> RunConfig:
+                 flags: Mapping[str, Any] | None = None, processes: int | None = None) -> RunConfig:
     """The one way a config is made: a preset or recipe, then a TOML file's settings, then flags; validated.
+    `processes`: how many the run will have when this process launches them (`train --nproc`).
 
     With no preset named (by `preset` or the file's `preset` key), the recipe for this machine
     (`default_preset`). A recipe tuned for Muon gets its AdamW settings when --optimizer adamw is asked for.
@@ -570,18 +571,20 @@ def build_config(preset: str | None = None, toml: str | Path | None = None,
     apply_overrides(config, flags)
     config.validate()
     if "grad_accum" in flags or "grad_accum" in file_settings:
-        check_accumulation_agrees(config)
+        check_accumulation_agrees(config, processes)
     return config
 
 
-def check_accumulation_agrees(config: RunConfig) -> None:
+def check_accumulation_agrees(config: RunConfig, processes: int | None = None) -> None:
     """A --grad-accum asked for beside a tokens_per_step (a flag, the file or the recipe) that derives another:
-    one line, not a grad_accum silently replaced. Under torchrun the processes count (WORLD_SIZE)."""
+    one line, not a grad_accum silently replaced. The processes count: those `train --nproc` will launch, or
+    torchrun's (WORLD_SIZE)."""
     train = config.train
     if train.tokens_per_step is None:
         return
     world = os.environ.get("WORLD_SIZE", "1")
     world_size = int(world) if world.isdigit() and int(world) > 0 else 1  # a bad one is refused where runs start
+    world_size = processes if processes and processes > 0 else world_size
     derived = train.tokens_per_step / (train.batch_size * config.model.block_size * world_size)
     if derived != train.grad_accum:
         raise UserError(f"--grad-accum {train.grad_accum} disagrees with tokens_per_step {train.tokens_per_step:,}, "
