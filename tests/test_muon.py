@@ -18,6 +18,9 @@ from gptforge.train import optim
 from gptforge.train.optim import MuonWithAdamW, build_optimizer, check_optimizer, hidden_matrices
 from gptforge.train.session import train
 
+if hasattr(torch.optim, "Muon"):  # the module subclasses it
+    from gptforge.train.muon_fp32 import Float32Muon, orthogonalise, scaled_learning_rate
+
 needs_muon = pytest.mark.skipif(not hasattr(torch.optim, "Muon"), reason=f"torch {torch.__version__} has no Muon")
 
 
@@ -63,7 +66,7 @@ def test_a_step_moves_hidden_matrices_by_muon_and_the_rest_by_adamw():
     hidden = {id(p) for p in hidden_matrices(model)}
     ref_hidden = hidden_matrices(reference)
     ref_other = [p for p in reference.parameters() if id(p) not in {id(q) for q in ref_hidden}]
-    ref_muon = torch.optim.Muon(ref_hidden, lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
+    ref_muon = Float32Muon(ref_hidden, lr=1e-2, weight_decay=0.1, adjust_lr_fn="match_rms_adamw")
     ref_adamw = torch.optim.AdamW(optim.param_groups(reference, 0.1, exclude=frozenset(ref_hidden)), lr=1e-2,
                                   betas=(0.9, 0.95))
     for step in range(3):
@@ -80,6 +83,55 @@ def test_a_step_moves_hidden_matrices_by_muon_and_the_rest_by_adamw():
     assert {id(p) for p in optimizer.muon.state} == hidden
     assert all("momentum_buffer" in state for state in optimizer.muon.state.values())
     assert len(optimizer.adamw.state) == len(ref_other)
+
+
+@needs_muon
+def test_the_cpu_gets_float32_muon_and_a_gpu_torch_muon():
+    assert type(muon_for(tiny_gpt()).muon) is Float32Muon
+    model = tiny_gpt()
+    gpu = build_optimizer(model, learning_rate=1e-2, weight_decay=0.1, betas=(0.9, 0.95), device_type="cuda",
+                          optimizer="muon")
+    assert type(gpu.muon) is torch.optim.Muon
+
+
+@needs_muon
+@pytest.mark.parametrize("shape", [(24, 8), (8, 24), (16, 16)])
+def test_the_iteration_and_learning_rate_are_torch_muons(shape: tuple[int, int]):
+    """In bfloat16, ``orthogonalise`` is torch's own Newton–Schulz to the bit; the learning-rate rules match."""
+    torch_muon = pytest.importorskip("torch.optim._muon", reason="torch's Muon module moved")
+    update = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    expected = torch_muon._zeropower_via_newtonschulz(update, torch_muon_coefficients(), 5, 1e-7)
+    assert torch.equal(orthogonalise(update.bfloat16(), torch_muon_coefficients(), 5, 1e-7), expected)
+    for rule in (None, "original", "match_rms_adamw"):
+        assert scaled_learning_rate(0.02, rule, torch.Size(shape)) == torch_muon._adjust_lr(0.02, rule,
+                                                                                            torch.Size(shape))
+
+
+def torch_muon_coefficients() -> tuple[float, float, float]:
+    return torch.optim.Muon([torch.zeros(2, 2, requires_grad=True)]).defaults["ns_coefficients"]
+
+
+@needs_muon
+def test_float32_muon_steps_as_torch_muon_does_but_without_bfloat16_rounding():
+    """Three steps from the same start: Float32Muon lands within bfloat16's rounding of torch's Muon, and its
+    iteration agrees with the same iteration in float64 to float32 precision."""
+    shape = (24, 8)
+    start = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    ours, theirs = start.clone().requires_grad_(), start.clone().requires_grad_()
+    settings = {"lr": 0.05, "weight_decay": 0.1, "adjust_lr_fn": "match_rms_adamw"}
+    optimizers = Float32Muon([ours], **settings), torch.optim.Muon([theirs], **settings)
+    for step in range(3):
+        grad = torch.randn(shape, generator=torch.Generator().manual_seed(10 + step))
+        for parameter, optimizer in zip((ours, theirs), optimizers, strict=True):
+            parameter.grad = grad.clone()
+            optimizer.step()
+    moved = (theirs - start).norm()
+    assert (ours - theirs).norm() < 0.02 * moved  # bfloat16 keeps 8 bits of mantissa
+    assert not torch.equal(ours, theirs)  # and it is not torch's bfloat16 iteration
+    update = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    coefficients = torch_muon_coefficients()
+    exact = orthogonalise(update.double(), coefficients, 5, 1e-7)
+    torch.testing.assert_close(orthogonalise(update, coefficients, 5, 1e-7).double(), exact, atol=1e-5, rtol=1e-5)
 
 
 @needs_muon

@@ -151,6 +151,7 @@ def build_optimizer(
 
     Muon scales its step with ``adjust_lr_fn="match_rms_adamw"`` (0.2 * sqrt(max(rows, cols))), so its
     updates have AdamW's RMS and one learning rate and schedule serve both, as Moonshot's paper shows.
+    On a CPU, Muon is ``Float32Muon``: the same update with its iteration in float32.
     """
     # is_sharded imports FSDP (seconds on a CPU), so it is asked only when Muon needs the answer
     check_optimizer(optimizer, optimizer == "muon" and is_sharded(model))
@@ -162,8 +163,13 @@ def build_optimizer(
     hidden = hidden_matrices(model)
     adamw = torch.optim.AdamW(param_groups(model, weight_decay, exclude=frozenset(hidden)), lr=learning_rate,
                               betas=betas, eps=eps, **extra)
-    muon = torch.optim.Muon([{"params": hidden, "name": "muon"}], lr=learning_rate, weight_decay=weight_decay,
-                            adjust_lr_fn="match_rms_adamw")
+    # on a CPU the Newton–Schulz iteration runs in float32 (muon_fp32.py says why); elsewhere torch's own.
+    # Imported here: the module subclasses torch.optim.Muon, which check_optimizer has just found.
+    from gptforge.train.muon_fp32 import Float32Muon
+
+    muon_class = Float32Muon if device_type == "cpu" else torch.optim.Muon
+    muon = muon_class([{"params": hidden, "name": "muon"}], lr=learning_rate, weight_decay=weight_decay,
+                      adjust_lr_fn="match_rms_adamw")
     return MuonWithAdamW(adamw, muon)
 
 
