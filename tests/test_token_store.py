@@ -105,6 +105,22 @@ def test_a_stopped_prepare_continues_after_its_last_complete_shard(tmp_path, dat
     assert not list((tmp_path / "store").glob(".*.tmp")) and not (tmp_path / "store" / "prepare-state.json").exists()
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("bad_line", "expected"), [
+    (b'{"text": "cut', "line 3 is not JSON"),
+    (b'{"text": "caf\xe9"}', "line 3 is not UTF-8"),
+    (b'{"body": "x"}', "line 3 has no 'text' field"),
+    (b'{"text": 7}', "line 3: 'text' is int, not text"),
+])
+def test_a_bad_jsonl_line_parsed_by_a_worker_is_one_error_naming_it(tmp_path, workers, bad_line, expected) -> None:
+    """JSONL lines are parsed in the worker processes; a bad one still stops the prepare with its line number."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_bytes(b'{"text": "one"}\n\n' + bad_line + b'\n{"text": "two"}\n')
+    with pytest.raises(UserError, match=f"docs.jsonl {expected}"):
+        prepare(open_source(str(docs)), tmp_path / "store", workers=workers)
+    assert not (tmp_path / "store" / MANIFEST).exists()
+
+
 def test_prepare_never_writes_over_what_it_did_not_make(tmp_path, data_dir) -> None:
     source = open_source(str(write_jsonl(tmp_path / "docs.jsonl", shakespeare_documents(data_dir, 5))))
     (tmp_path / "busy").mkdir()

@@ -77,6 +77,23 @@ def test_gpt2_encode_corpus_equals_encode_across_chunks(gpt2, shakespeare):
     assert ids.tolist() == gpt2.encode(shakespeare)
 
 
+@settings(max_examples=examples(200))
+@given(text=st.lists(st.sampled_from([*"ab1 \n'!é😀", "<|endoftext|>", "\ud800", "\udfff"]), max_size=30).map("".join))
+def test_encode_array_gives_encode_ordinarys_ids(gpt2, text):
+    """The token store's encoder: tiktoken's ordinary ids (special-token text is text; a lone surrogate becomes
+    U+FFFD as encode_ordinary makes it), as an array."""
+    ids = gpt2.encode_array(text)
+    assert ids.dtype == np.uint32
+    assert ids.tolist() == gpt2._encoding.encode_ordinary(text)
+
+
+def test_encode_array_without_tiktokens_numpy_encoder(gpt2, monkeypatch):
+    """tiktoken before 0.8 has no encode_to_numpy: the same ids from the list."""
+    monkeypatch.delattr(type(gpt2._encoding), "encode_to_numpy")
+    text = "a<|endoftext|>b \ud800"
+    assert gpt2.encode_array(text).tolist() == gpt2._encoding.encode_ordinary(text)
+
+
 def test_splitting_after_a_blank_line_would_change_the_ids(gpt2):
     """Why encode_corpus cannot cut at every newline: the pre-tokenizer depends on what follows."""
     assert gpt2.encode("a\n\n") + gpt2.encode("b") != gpt2.encode("a\n\nb")

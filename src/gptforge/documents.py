@@ -31,6 +31,37 @@ class Piece:
     text: str
     starts_document: bool
 
+    @property
+    def size(self) -> int:
+        return len(self.text)
+
+    def content(self) -> str:
+        return self.text
+
+
+@dataclass(frozen=True)
+class JsonlLine:
+    """A JSONL line, parsed where it is tokenized: in a worker process, so the reading process only splits lines.
+    It is one whole document."""
+
+    line: bytes
+    text_field: str
+    where: str  # the file and line, for the error that names a bad record
+    starts_document = True
+
+    @property
+    def size(self) -> int:
+        return len(self.line)
+
+    def content(self) -> str:
+        try:
+            record = json.loads(self.line)
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{self.where} is not UTF-8 ({exc.reason}); convert the file to UTF-8") from None
+        except (json.JSONDecodeError, RecursionError):
+            raise UserError(f"{self.where} is not JSON") from None
+        return _record_text(record, self.text_field, self.where)
+
 
 @dataclass
 class DocumentSource:
@@ -48,7 +79,7 @@ class DocumentSource:
                     "text_field": self.text_field}
         return {"files": [str(path) for path in self.files], "text_field": self.text_field}
 
-    def pieces(self) -> Iterator[Piece]:
+    def pieces(self) -> Iterator[Piece | JsonlLine]:
         if self.data.startswith(HF_PREFIX):
             yield from _hf_pieces(self.data[len(HF_PREFIX):], self.hf_config, self.split, self.text_field)
             return
@@ -103,7 +134,7 @@ def folder_files(folder: Path, suffixes: tuple[str, ...] = TEXT_SUFFIXES + RECOR
     return found
 
 
-def file_pieces(path: Path, text_field: str) -> Iterator[Piece]:
+def file_pieces(path: Path, text_field: str) -> Iterator[Piece | JsonlLine]:
     name = path.name.lower()
     if name.endswith((".jsonl", ".jsonl.gz")):
         yield from _jsonl_pieces(path, text_field)
@@ -142,19 +173,14 @@ def _record_text(record: Any, text_field: str, where: str) -> str:
     return text
 
 
-def _jsonl_pieces(path: Path, text_field: str) -> Iterator[Piece]:
+def _jsonl_pieces(path: Path, text_field: str) -> Iterator[JsonlLine]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8") as file:
+        with opener(path, "rb") as file:
             for number, line in enumerate(file, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except (json.JSONDecodeError, RecursionError):
-                    raise UserError(f"{path} line {number} is not JSON") from None
-                yield Piece(_record_text(record, text_field, f"{path} line {number}"), True)
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+                if line.strip():
+                    yield JsonlLine(line, text_field, f"{path} line {number}")
+    except (OSError, EOFError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
 
 

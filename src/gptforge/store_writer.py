@@ -1,11 +1,12 @@
 """`gptforge prepare`: stream documents into a token store, in bounded memory, resumable after a kill.
 
 The main process reads pieces of documents (gptforge.documents) and hands batches of them to worker
-processes, each with its own tiktoken encoder; at most a few batches are in flight, so memory holds a few
-batches plus one shard per split, whatever the corpus size. Each piece goes to the train or the val split
-by its position (every 1/val_fraction-th piece is held out: whole documents, or whole parts of a long one),
-so no text is shared between them. GPT-2's end-of-text token starts every document, as GPT-2 and
-build-nanogpt do.
+processes, each with its own tiktoken encoder (JSONL lines go as bytes and are parsed there: parsing is most
+of the cost of reading them, and the main process would otherwise keep a core for itself); at most a few
+batches are in flight, so memory holds a few batches plus one shard per split, whatever the corpus size.
+Each piece goes to the train or the val split by its position (every 1/val_fraction-th piece is held out:
+whole documents, or whole parts of a long one), so no text is shared between them. GPT-2's end-of-text token
+starts every document, as GPT-2 and build-nanogpt do.
 
 A shard is written (to a temporary name, then renamed) once it holds at least shard_tokens tokens, always at
 a piece boundary; `prepare-state.json` then records it and how far each split has got. A prepare killed
@@ -29,14 +30,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from gptforge.documents import DocumentSource
+from gptforge.documents import DocumentSource, JsonlLine, Piece
 from gptforge.errors import UserError
 from gptforge.fileio import atomic_write, atomic_write_text
 from gptforge.token_store import MANIFEST, SPLITS, STORE_FORMAT, STORE_VERSION, Store, open_store, shard_name
 from gptforge.tokenizer import GPT2_EOT_ID, GPT2Tokenizer, smallest_uint_dtype
 
 STATE = "prepare-state.json"
-BATCH_CHARS = 1 << 21  # characters handed to a worker at once
+BATCH_CHARS = 1 << 21  # characters (or a JSONL line's bytes) handed to a worker at once
 DEFAULT_SHARD_TOKENS = 100_000_000  # build-nanogpt's shard size: 200 MB of uint16
 
 
@@ -65,12 +66,19 @@ def _start_worker(ranks_file: Path | None) -> None:
     _worker_tokenizer = GPT2Tokenizer(ranks_file)
 
 
-def _encode(batch: list[tuple[int, str, bool]]) -> list[tuple[int, np.ndarray, bool]]:
+def _encode(batch: list[tuple[int, Piece | JsonlLine]]) -> list[tuple[int, np.ndarray, bool]]:
+    """Each piece's ids (JSONL lines parsed here first), after GPT-2's end-of-text token where a document starts."""
     assert _worker_tokenizer is not None
     dtype = smallest_uint_dtype(_worker_tokenizer.vocab_size)
-    encoded = _worker_tokenizer.encode_batch([text for _, text, _ in batch])
-    return [(index, np.array(([GPT2_EOT_ID] if starts else []) + ids, dtype=dtype), starts)
-            for (index, _, starts), ids in zip(batch, encoded, strict=True)]
+    encoded = []
+    for index, piece in batch:
+        ids = _worker_tokenizer.encode_array(piece.content())
+        starts = piece.starts_document
+        tokens = np.empty(len(ids) + starts, dtype=dtype)
+        tokens[:starts] = GPT2_EOT_ID
+        tokens[starts:] = ids
+        encoded.append((index, tokens, starts))
+    return encoded
 
 
 def prepare_store(source: DocumentSource, out: Path, tokenizer: GPT2Tokenizer, *, val_fraction: float = 0.01,
@@ -94,15 +102,15 @@ def prepare_store(source: DocumentSource, out: Path, tokenizer: GPT2Tokenizer, *
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"preparing {out.name}", dynamic_ncols=True,
                disable=not (progress and sys.stderr.isatty()))
     with _Encoder(workers, tokenizer.ranks_file) as encoder:
-        batch: list[tuple[int, str, bool]] = []
+        batch: list[tuple[int, Piece | JsonlLine]] = []
         batch_chars = 0
         for index, piece in enumerate(source.pieces()):
-            bar.update(len(piece.text))
+            bar.update(piece.size)
             split = "val" if is_val_piece(index, val_fraction) else "train"
             if index <= splits[split].through:
                 continue  # in a shard written before the prepare was stopped
-            batch.append((index, piece.text, piece.starts_document))
-            batch_chars += len(piece.text)
+            batch.append((index, piece))
+            batch_chars += piece.size
             if batch_chars >= BATCH_CHARS:
                 writer.take(encoder.submit(batch), val_fraction)
                 batch, batch_chars = [], 0
@@ -137,7 +145,7 @@ class _Encoder:
             self.pool.terminate()
             self.pool.join()
 
-    def submit(self, batch: list[tuple[int, str, bool]]) -> list[tuple[int, np.ndarray, bool]]:
+    def submit(self, batch: list[tuple[int, Piece | JsonlLine]]) -> list[tuple[int, np.ndarray, bool]]:
         """Queue `batch`; return the results that are due (the oldest, once too many are in flight)."""
         if self.pool is None:
             return _encode(batch)
