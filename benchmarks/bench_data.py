@@ -7,8 +7,8 @@ For each size, a JSONL corpus of that many bytes is generated (tiny Shakespeare 
 repeated), then in fresh processes, one at a time:
 - `gptforge prepare --data corpus.jsonl --out STORE`: wall time and the peak resident memory of the
   prepare process and of its workers (the largest of them);
-- `gptforge train --data STORE --preset tiny --max-steps 1`: wall time to the end of the first step and its
-  peak memory;
+- `gptforge train --data STORE --preset tiny --max-steps 1`: wall time to the end of the first step (median of
+  3 runs) and its peak memory;
 - batches of 16 x 1024 tokens per second from the store's sequential and random samplers (this process);
 - with --peer, build-nanogpt's own `fineweb.py` (../shared/peers, run unmodified) on the same documents:
   `datasets.load_dataset` answers with the local JSONL file (converted to Arrow first: timed apart) and
@@ -22,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -124,6 +125,20 @@ def first_step_seconds(run_dir: Path, began: float) -> float:
     raise SystemExit(f"{run_dir} logged no training step")
 
 
+def first_step(store: Path, run_root: Path, runs: int = 3) -> tuple[float, float]:
+    """`gptforge train --data STORE`'s seconds from its start to the end of its first step, and its peak GB: the
+    median of `runs` fresh runs (the first after a large prepare may find torch's files out of the page cache)."""
+    seconds, peaks = [], []
+    for run in range(runs):
+        run_dir = run_root / str(run)
+        _, peak_gb, began, _ = run_measured(["train", "--data", str(store), "--preset", "tiny", "--tokenizer", "gpt2",
+                                             "--max-steps", "1", "--eval-interval", "0", "--device", "cpu",
+                                             "--no-progress", "--out", str(run_dir)])
+        seconds.append(first_step_seconds(run_dir, began))
+        peaks.append(peak_gb)
+    return statistics.median(seconds), max(peaks)
+
+
 def batches_per_second(store_path: Path, kind: str, seconds: float = 3.0) -> float:
     store = open_store(store_path)
     sampler = make_sampler(kind, store.train, 16, 1024, seed=0)
@@ -163,12 +178,9 @@ def main() -> None:
                         f"{(tokens / prepare_s) / (peer_tokens / peer_s):5.2f}")
                 shutil.rmtree(root / f"peer-{size}")
             corpus.unlink()  # the run needs only the store
-            run_dir = root / f"run-{size}"
-            _, first_gb, began, _ = run_measured(["train", "--data", str(store), "--preset", "tiny", "--tokenizer",
-                                                  "gpt2", "--max-steps", "1", "--eval-interval", "0", "--device",
-                                                  "cpu", "--no-progress", "--out", str(run_dir)])
+            first_s, first_gb = first_step(store, root / f"run-{size}")
             print(f"{size:7g} | {documents:9,} | {prepare_s:9.1f} | {prepare_gb:15.2f} | {tokens / prepare_s:8,.0f} | "
-                  f"{first_step_seconds(run_dir, began):12.1f} | {first_gb:18.2f} | "
+                  f"{first_s:12.1f} | {first_gb:18.2f} | "
                   f"{batches_per_second(store, 'sequential'):13,.0f} | {batches_per_second(store, 'random'):16,.0f}"
                   + peer, flush=True)
             shutil.rmtree(store)
