@@ -58,7 +58,10 @@ def data_dir() -> Path:
 
 @pytest.fixture(autouse=True)
 def isolated_dirs(data_dir: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Point the package at the offline data (so nothing downloads) and at a fresh cache per test."""
+    """Point the package at the offline data (so nothing downloads) and at a fresh cache per test; under
+    pytest-xdist, the processes a test starts get one torch thread each, as the workers do."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("GPTFORGE_DATA_DIR", str(data_dir))
     monkeypatch.setenv("GPTFORGE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
@@ -72,9 +75,11 @@ def require_transformers_models(transformers: Any) -> None:
 
 
 def tiny_char_config(out: Path, **train_settings: Any) -> RunConfig:
-    """A 2-layer, 32-wide character model on tiny Shakespeare that trains in seconds on two CPU cores."""
-    return build_config("tiny", flags={"tokenizer": "char", "device": "cpu", "progress": False, "max_steps": 20,
-                                       "batch_size": 4, "eval_interval": 0, "sample_tokens": 8, "out": str(out),
+    """A 2-layer, 32-wide character model on tiny Shakespeare that trains in seconds on two CPU cores; no
+    curves.png at the end (a second of matplotlib a run) unless a test asks for it with plot=True."""
+    return build_config("tiny", flags={"tokenizer": "char", "device": "cpu", "progress": False, "plot": False,
+                                       "max_steps": 20, "batch_size": 4, "eval_interval": 0, "sample_tokens": 8,
+                                       "out": str(out),
                                        **train_settings})
 
 

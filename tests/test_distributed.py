@@ -47,8 +47,8 @@ SLOW = pytest.mark.slow
 
 def settings(corpus: Path, out: Path, **overrides: Any) -> dict[str, Any]:
     """A 2-layer, 32-wide char model; a constant learning rate so that a longer --max-steps changes nothing."""
-    return {"data": str(corpus), "tokenizer": "char", "device": "cpu", "progress": False, "compile": False,
-            "block_size": 16, "batch_size": GLOBAL_BATCH, "max_steps": STEPS, "learning_rate": 1e-2,
+    return {"data": str(corpus), "tokenizer": "char", "device": "cpu", "progress": False, "plot": False,
+            "compile": False, "block_size": 16, "batch_size": GLOBAL_BATCH, "max_steps": STEPS, "learning_rate": 1e-2,
             "warmup_steps": 0, "schedule": "constant", "log_interval": 1, "eval_interval": 3, "eval_batches": 2,
             "sample_tokens": 4, "checkpoint_interval": 3, "out": str(out), **overrides}
 

@@ -282,7 +282,7 @@ def test_init_from_export_then_resume_does_not_reapply_it(char_export: Path, tmp
     shutil.copytree(char_export, folder)
     config = from_preset("tiny")
     for key, value in {"tokenizer": "char", "device": "cpu", "progress": False, "max_steps": 2, "batch_size": 2,
-                       "eval_interval": 0, "sample_tokens": 4, "init": f"hf:{folder}",
+                       "plot": False, "eval_interval": 0, "sample_tokens": 4, "init": f"hf:{folder}",
                        "out": str(tmp_path / "run")}.items():
         setattr(config.train, key, value)
     config.model.n_layer, config.model.n_embd, config.model.block_size = 1, 64, 16  # replaced / cropped

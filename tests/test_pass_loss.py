@@ -170,7 +170,7 @@ def test_a_missed_target_is_said_plainly_and_fails_only_when_required(
     scripted_steps(monkeypatch, [0.5, 0.05] * 20)  # every other batch is below 0.1; no pass ever is
     argv = ["train", "--preset", "tiny", "--data", str(corpus), "--tokenizer", "char", "--device", "cpu",
             "--no-progress", "--block-size", "16", "--batch-size", "64", "--sampler", "random", "--max-steps", "30",
-            "--target-loss", "0.1", "--eval-interval", "0", "--sample-tokens", "4"]
+            "--target-loss", "0.1", "--eval-interval", "0", "--sample-tokens", "4", "--no-plot"]
     status, out, _ = run_main([*argv, "--out", str(tmp_path / "lenient")], capsys)
     assert status == 0
     summary = (tmp_path / "lenient" / "summary.txt").read_text(encoding="utf-8")

@@ -99,3 +99,13 @@ def test_the_loss_panel_draws_the_mean_over_the_last_pass_where_the_run_logged_i
     lines = {line.get_label(): line for line in axes.get_lines()}
     assert set(lines) == {"train", "train, mean over the last pass"}
     assert list(lines["train, mean over the last pass"].get_xdata()) == [3, 4, 5]
+
+
+@pytest.mark.parametrize("plot", [True, False])
+def test_training_draws_its_curves_unless_told_not_to(tmp_path, plot):
+    from conftest import read_log, tiny_char_config
+    from gptforge.train.session import train
+
+    run = train(tiny_char_config(tmp_path / "run", max_steps=2, plot=plot)).run_dir
+    assert (run / "curves.png").is_file() == plot
+    assert ("curves: " in read_log(run)) == plot

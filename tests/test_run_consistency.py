@@ -17,7 +17,7 @@ from gptforge.checkpoint import load_checkpoint, save_checkpoint
 
 TINY = ["--preset", "tiny", "--tokenizer", "char", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
         "--block-size", "16", "--batch-size", "2", "--device", "cpu", "--no-progress", "--eval-interval", "0",
-        "--sample-tokens", "1", "--max-steps", "2"]
+        "--no-plot", "--sample-tokens", "1", "--max-steps", "2"]
 
 
 @pytest.fixture(autouse=True)

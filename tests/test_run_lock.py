@@ -20,7 +20,7 @@ from gptforge.run_dir import LOCK_FILE
 SUBPROCESS_TIMEOUT_S = 120
 TINY = ["--preset", "tiny", "--tokenizer", "char", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
         "--block-size", "16", "--batch-size", "2", "--checkpoint-interval", "1", "--device", "cpu", "--no-progress",
-        "--eval-interval", "0", "--sample-tokens", "2"]
+        "--no-plot", "--eval-interval", "0", "--sample-tokens", "2"]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

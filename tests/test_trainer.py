@@ -48,7 +48,7 @@ def tiny_config(out: Path, corpus: Path, **overrides: Any) -> RunConfig:
     """A model of a few thousand parameters that takes milliseconds per step."""
     config = from_preset("tiny")
     settings: dict[str, Any] = {
-        "data": str(corpus), "tokenizer": "char", "device": "cpu", "progress": False, "compile": False,
+        "data": str(corpus), "tokenizer": "char", "device": "cpu", "progress": False, "plot": False, "compile": False,
         "n_layer": 1, "n_embd": 32, "n_head": 2, "block_size": 16, "batch_size": 4, "max_steps": 8,
         "learning_rate": 1e-3, "warmup_steps": 2, "log_interval": 1, "eval_interval": 0, "eval_batches": 2,
         "sample_tokens": 4, "checkpoint_interval": 4, "out": str(out),

@@ -94,7 +94,7 @@ def test_a_value_outside_its_bounds_is_one_error_line_and_no_run_folder(
     else:
         setting = ["--" + name.replace("_", "-") + "=" + text]  # "=": a negative value is not a flag
     argv = ["train", "--preset", "tiny", "--tokenizer", "char", "--data", str(corpus), "--device", "cpu",
-            "--no-progress", *TINY_MODEL, "--out", str(out), *setting]
+            "--no-progress", "--no-plot", *TINY_MODEL, "--out", str(out), *setting]
     status, _, err = run_main(argv, capsys)
     assert "Traceback" not in err and status == 2, (status, err)
     lines = err.splitlines()

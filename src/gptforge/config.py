@@ -263,6 +263,8 @@ class TrainConfig:
 
     out: str | None = setting(None, "run directory; default runs/<timestamp>-<preset>")
     progress: bool = setting(True, "progress bar when the output is a terminal")
+    plot: bool = setting(True, "draw RUN/curves.png when training ends (about a second on a CPU); --no-plot "
+                               "leaves it to `gptforge plot RUN`, e.g. in a sweep of many short runs")
     tensorboard: bool = setting(
         False, "log metrics for TensorBoard in RUN/tensorboard (pip install 'gptforge[track]')")
     wandb: bool = setting(False, "log metrics to Weights & Biases (pip install 'gptforge[track]')")

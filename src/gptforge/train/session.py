@@ -445,13 +445,14 @@ def finish_run(trainer: Trainer, reason: str, log: RunLog, started: float) -> Tr
             f"checkpoints: {', '.join(str(path) for path in sorted(run.checkpoints())) or 'none'}",
         ]
         atomic_write_text(run.summary_file, "\n".join(summary) + "\n")
-        try:
-            from gptforge.train.plot import plot_run
+        if train.plot:
+            try:
+                from gptforge.train.plot import plot_run
 
-            curves = plot_run(run.path)
-            log.info(f"curves: {curves}")
-        except UserError as exc:
-            log.warn(f"no curves: {exc}")
+                curves = plot_run(run.path)
+                log.info(f"curves: {curves}")
+            except UserError as exc:
+                log.warn(f"no curves: {exc}")
         if trainer.stop_signal is None and trainer.can_sample:
             log.info(f"--- sample ---\n{trainer.sample(trainer.config.train.sample_tokens)}\n---")
         log.info("\n".join(summary))
