@@ -38,7 +38,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked gpu need CUDA: without it they are skipped, with the reason shown (make test passes -rs)."""
+    """Tests marked slow run first, so that under pytest-xdist the last minutes are not one long test on one
+    core while the others idle. Tests marked gpu need CUDA: without it they are skipped, with the reason shown
+    (make test passes -rs)."""
+    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: the order within each kind is kept
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m gpu` on a machine with one)")

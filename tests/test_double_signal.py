@@ -47,6 +47,7 @@ def temporaries(checkpoint_dir: Path) -> list[str]:
         return []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_two_signals_a_tenth_of_a_second_apart_exit_cleanly_in_every_round(signum: int, tmp_path: Path,
                                                                             data_dir: Path) -> None:

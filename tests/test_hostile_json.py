@@ -108,7 +108,7 @@ def test_a_finished_run_draws_its_curves_past_hostile_metrics_lines(run: Path,
             metrics.write(payload + "\n")
         metrics.write('{"kind": "train", "step": ' + "9" * 400 + ', "loss": 1e999}\n')
     (run / "curves.png").unlink(missing_ok=True)
-    status, _, err = run_main(["train", "--resume", str(run), "--max-steps", "21", "--no-progress"], capsys)
+    status, _, err = run_main(["train", "--resume", str(run), "--max-steps", "21", "--no-progress", "--plot"], capsys)
     assert status == 0, err
     assert "no curves" not in err and (run / "curves.png").stat().st_size > 0
 

@@ -96,6 +96,7 @@ def test_a_lock_released_by_its_holder_lets_the_run_go_on(tiny_run: Path, tmp_pa
     assert (run / LOCK_FILE).read_text().strip() == str(os.getpid())
 
 
+@pytest.mark.slow
 def test_two_real_trainers_on_one_folder(corpus: Path, tmp_path: Path) -> None:
     """The second trainer, whether it resumes or starts the same --out, is refused with the first one's PID,
     and the folder keeps one run's files; once the first is killed (-9), a resume takes over."""
