@@ -38,10 +38,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests marked slow run first, so that under pytest-xdist the last minutes are not one long test on one
+    """Under pytest-xdist, tests marked slow run first, so that the last minutes are not one long test on one
     core while the others idle. Tests marked gpu need CUDA: without it they are skipped, with the reason shown
     (make test passes -rs)."""
-    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: the order within each kind is kept
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # not in one process: module-scoped fixtures would be built twice
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: each kind keeps its order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (run `pytest -m gpu` on a machine with one)")

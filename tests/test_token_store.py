@@ -109,6 +109,7 @@ def test_a_stopped_prepare_continues_after_its_last_complete_shard(tmp_path, dat
 @pytest.mark.parametrize(("bad_line", "expected"), [
     (b'{"text": "cut', "line 3 is not JSON"),
     (b'{"text": "caf\xe9"}', "line 3 is not UTF-8"),
+    (b'{"text": "\xed\xa0\x80"}', "line 3 is not UTF-8"),  # a surrogate's bytes: no UTF-8, whatever json guesses
     (b'{"body": "x"}', "line 3 has no 'text' field"),
     (b'{"text": 7}', "line 3: 'text' is int, not text"),
 ])
@@ -119,6 +120,16 @@ def test_a_bad_jsonl_line_parsed_by_a_worker_is_one_error_naming_it(tmp_path, wo
     with pytest.raises(UserError, match=f"docs.jsonl {expected}"):
         prepare(open_source(str(docs)), tmp_path / "store", workers=workers)
     assert not (tmp_path / "store" / MANIFEST).exists()
+
+
+def test_jsonl_lines_end_and_blank_lines_are_skipped_as_in_text_mode(tmp_path) -> None:
+    """Lines end at \\n, \\r\\n or \\r, and a line of any Unicode whitespace is skipped, as Python's text mode and
+    str.strip() see them: the same documents, numbered the same, as when lines were read as text."""
+    docs = tmp_path / "docs.jsonl"
+    docs.write_bytes('{"text": "a"}\r{"text": "b"}\r\n\u00a0\u3000\n\x1c\n{"text": "c"}\n \n{"text": 7}'.encode())
+    pieces = list(open_source(str(docs)).pieces())
+    assert [piece.content() for piece in pieces[:3]] == ["a", "b", "c"]
+    assert [piece.where.rsplit(" ", 1)[1] for piece in pieces] == ["1", "2", "5", "7"]
 
 
 def test_prepare_never_writes_over_what_it_did_not_make(tmp_path, data_dir) -> None:

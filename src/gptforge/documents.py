@@ -55,7 +55,7 @@ class JsonlLine:
 
     def content(self) -> str:
         try:
-            record = json.loads(self.line)
+            record = json.loads(self.line.decode("utf-8"))  # decoded first: json.loads(bytes) guesses an encoding
         except UnicodeDecodeError as exc:
             raise UserError(f"{self.where} is not UTF-8 ({exc.reason}); convert the file to UTF-8") from None
         except (json.JSONDecodeError, RecursionError):
@@ -174,14 +174,26 @@ def _record_text(record: Any, text_field: str, where: str) -> str:
 
 
 def _jsonl_pieces(path: Path, text_field: str) -> Iterator[JsonlLine]:
+    """The lines as Python's text mode would give them (a line ends at \n, \r\n or \r), blank ones left out,
+    without decoding them here."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
+    number = 0
     try:
         with opener(path, "rb") as file:
-            for number, line in enumerate(file, start=1):
-                if line.strip():
-                    yield JsonlLine(line, text_field, f"{path} line {number}")
+            for chunk in file:
+                for line in chunk.splitlines() if b"\r" in chunk else (chunk,):
+                    number += 1
+                    if not _blank(line):
+                        yield JsonlLine(line, text_field, f"{path} line {number}")
     except (OSError, EOFError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from None
+
+
+def _blank(line: bytes) -> bool:
+    """Whether the UTF-8 line is whitespace to str.strip(): decoded only when it starts with a byte that may begin
+    non-ASCII whitespace (a record starts with printable ASCII)."""
+    stripped = line.strip()
+    return not stripped or (not 0x20 < stripped[0] < 0x7F and not line.decode("utf-8", "replace").strip())
 
 
 def _parquet_pieces(path: Path, text_field: str) -> Iterator[Piece]:
