@@ -24,7 +24,7 @@ VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | 
                       lambda inner: st.lists(inner, max_size=3)
                       | st.dictionaries(st.text(max_size=3), inner, max_size=3),
                       max_leaves=6)
-OPTIONAL_ENTRIES = ("startup_s", "pass_loss", "world_size", "best_loss_split")
+OPTIONAL_ENTRIES = ("startup_s", "pass_loss", "world_size", "best_loss_split", "best_step")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,8 @@ def test_a_resume_restores_last_or_falls_back_naming_the_entry(name: str, value:
 
 
 @pytest.mark.parametrize(("name", "value"), [("step", None), ("optimizer", "x"), ("model", {}), ("rng", None),
-                                             ("sampler", {"batches_served": "7"}), ("tokenizer", {"name": "bpe"})])
+                                             ("sampler", {"batches_served": "7"}), ("tokenizer", {"name": "bpe"}),
+                                             ("best_step", "7")])
 def test_train_resume_falls_back_past_a_checkpoint_with_a_bad_entry(name: str, value: Any, good_state: dict,
                                                                     run: Path,
                                                                     capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,8 +4,8 @@ A file in gptforge's format whose entries are missing or of the wrong type (hand
 tool, or hostile) is refused as a damaged checkpoint, so resume falls back to the next good one and sample,
 eval and export say in one line what is wrong, instead of a KeyError or TypeError from deep in a restore.
 Every entry present is checked; which must be present depends on the caller: a resume needs RESUME_ENTRIES,
-sample, eval and export need USE_ENTRIES (older checkpoints lack `startup_s`, `pass_loss`, `world_size` and
-`best_loss_split`: they are never required).
+sample, eval and export need USE_ENTRIES (older checkpoints lack `startup_s`, `pass_loss`, `world_size`,
+`best_loss_split` and `best_step`: they are never required).
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ ENTRIES: dict[str, tuple[Check, str]] = {
     "pass_loss": (_pass_loss, "the pass-loss rule's state"),
     "world_size": (lambda value: _whole(value) and value >= 1, "a positive whole number"),
     "best_loss_split": (lambda value: value in ("train", "val"), "train or val"),
+    "best_step": (lambda value: value is None or _whole(value), "a whole number or null"),
 }
 
 
