@@ -272,8 +272,8 @@ def resume_run(run_dir: str | Path, overrides: dict[str, Any], *, rank: int = 0,
     run.check_no_links()  # before its files are read or written: a received run may link them anywhere
     state, path, warnings = run.load_latest(required=RESUME_ENTRIES)
     check_checkpoint_fits_run(run, state, path)
-    edited = edited_settings(run, RunConfig.from_dict(state["config"]), overrides)
     config = resumed_config(state, overrides, run.path)
+    edited = edited_settings(run, config, overrides)  # the flags given are left out of the comparison
     config.train.out = str(run.path)
     saved_world_size = state.get("world_size", 1)
     if saved_world_size != world_size:  # before anything derived from the number of processes
