@@ -14,6 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from gptforge.cli import main
 from gptforge.config import RunConfig, build_config
 from gptforge.train.session import train
+from warm import WarmStarter
 
 # Property tests. `derandomized` (the default: make test, CI): the same examples on every run, so a green run is
 # green every time, and no deadline per example, so a loaded machine is no failure. `fuzz` (`make fuzz`, which
@@ -58,6 +59,15 @@ def data_dir() -> Path:
     if not (folder / "tinyshakespeare.txt").is_file():
         pytest.fail(f"test data not found in {folder}; set GPTFORGE_DATA_DIR to the shared data folder")
     return folder.resolve()
+
+
+@pytest.fixture(scope="session")
+def warm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WarmStarter]:
+    """Starts `python -m gptforge ...` processes with torch already imported (tests/warm.py): for tests that
+    start many, such as the kill -9 and signal tests."""
+    starter = WarmStarter(tmp_path_factory.mktemp("warm"))
+    yield starter
+    starter.close()
 
 
 @pytest.fixture(autouse=True)

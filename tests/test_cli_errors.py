@@ -20,6 +20,7 @@ import torch
 
 from conftest import run_main
 from gptforge.cli import build_parser
+from warm import WarmStarter
 
 SUBPROCESS_TIMEOUT_S = 120
 CORPUS_CHARS = 20_000
@@ -244,22 +245,24 @@ def test_bad_input_is_one_error_line(case: str, paths: dict[str, Path], tmp_path
     assert snapshot(paths["full_dir"]) == full_before
 
 
-# Real processes: the same contract through the interpreter's own exit, for a few commands of each kind.
+# Real processes: the same contract through the interpreter's own exit, for a few commands of each kind. They
+# come from the warm server (tests/warm.py), torch already imported; test_train_cli starts fresh interpreters.
 PROCESS_CASES = ["train half-UTF-8 corpus", "resume block size above the model's", "sample NaN temperature",
                  "serve port above 65535", "export into a non-empty folder"]
 
 
 @pytest.mark.slow
-def test_real_processes_exit_2_with_one_error_line(paths: dict[str, Path], tmp_path: Path) -> None:
+def test_real_processes_exit_2_with_one_error_line(paths: dict[str, Path], tmp_path: Path,
+                                                    warm: WarmStarter) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     processes = {}
-    for case in PROCESS_CASES:  # started together: most of each one's time is importing torch
+    for case in PROCESS_CASES:
         folder = tmp_path / case.replace(" ", "-").replace("'", "")
         folder.mkdir()
         argv, _ = CASES[case]
-        processes[case] = subprocess.Popen([sys.executable, "-m", "gptforge.cli", *fill(argv, paths, folder / "out")],
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-                                           cwd=folder)
+        processes[case] = warm.popen([sys.executable, "-m", "gptforge.cli", *fill(argv, paths, folder / "out")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                                     cwd=folder)
     for case, process in processes.items():
         try:
             _, err = process.communicate(timeout=SUBPROCESS_TIMEOUT_S)

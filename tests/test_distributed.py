@@ -31,6 +31,7 @@ from gptforge.errors import UserError
 from gptforge.run_dir import LOCK_FILE
 from gptforge.train.distributed import without_flag
 from gptforge.train.session import resolve_accumulation, train
+from warm import WarmStarter
 
 CORPUS_CHARS = 20_000
 GLOBAL_BATCH = 4
@@ -66,8 +67,9 @@ def as_flags(values: dict[str, Any]) -> list[str]:
 class Runs:
     """Training runs shared by the tests of this module, each trained once (torchrun costs seconds a launch)."""
 
-    def __init__(self, root: Path, data_dir: Path) -> None:
+    def __init__(self, root: Path, data_dir: Path, warm: WarmStarter) -> None:
         self.root = root
+        self.warm = warm
         self.corpus = root / "corpus.txt"
         self.corpus.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:CORPUS_CHARS],
                                encoding="utf-8")
@@ -75,6 +77,7 @@ class Runs:
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "GPTFORGE_DATA_DIR": str(data_dir),
                     "GPTFORGE_CACHE_DIR": str(root / "cache")}
         self.done: dict[tuple, Path] = {}
+        self.sync_reports: dict[tuple, list[dict]] = {}
 
     def single(self, grad_accum: int) -> Path:
         """One process, the whole batch, trained in this process."""
@@ -88,25 +91,41 @@ class Runs:
         return self.done[key]
 
     def two_ranks(self, parallel: str, grad_accum: int) -> Path:
-        """Two processes with half the batch each; DDP without accumulation goes through `train --nproc 2`."""
+        """Two processes with half the batch each, keeping their step-N checkpoints. DDP without accumulation
+        goes through `train --nproc 2`; with accumulation, the runs carry the gradient-sync probe
+        (tests/distributed_probe.py, which only watches), its report kept in `sync_reports`."""
         key = (parallel, grad_accum)
         if key not in self.done:
             out = self.root / f"{parallel}-{grad_accum}"
-            flags = self.flags(out, parallel=parallel, grad_accum=grad_accum)
+            flags = self.flags(out, parallel=parallel, grad_accum=grad_accum, keep_checkpoints=STEPS)
             if key == ("ddp", 1):
-                self.check(subprocess.run([sys.executable, "-m", "gptforge", *flags[:1], "--nproc", "2", *flags[1:]],
-                                          env=self.env, capture_output=True, text=True, timeout=TIMEOUT_S))
+                self.check(self.warm.run([sys.executable, "-m", "gptforge", *flags[:1], "--nproc", "2", *flags[1:]],
+                                         env=self.env, capture_output=True, text=True, timeout=TIMEOUT_S))
+            elif grad_accum > 1:
+                self.sync_reports[key] = [json.loads(line.removeprefix("SYNC "))
+                                          for line in self.torchrun(flags, probe="sync").stdout.splitlines()
+                                          if line.startswith("SYNC ")]
             else:
                 self.torchrun(flags)
             self.done[key] = out
         return self.done[key]
+
+    def resumed_midway(self, finished: Path, name: str) -> tuple[Path, subprocess.CompletedProcess]:
+        """A copy of the two-process run `finished` as a crash right after its step-3 checkpoint leaves it (the
+        later checkpoints gone), resumed to the end under torchrun."""
+        copy = self.root / name
+        shutil.copytree(finished, copy)
+        for path in (copy / "checkpoints").iterdir():
+            if path.name != f"step-{STEPS // 2}.pt":
+                path.unlink()
+        return copy, self.torchrun(["train", "--resume", str(copy), "--max-steps", str(STEPS)])
 
     def flags(self, out: Path, **overrides: Any) -> list[str]:
         return as_flags(settings(self.corpus, out, batch_size=GLOBAL_BATCH // 2, **overrides))
 
     def torchrun(self, gptforge_args: list[str], probe: str | None = None,
                  check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(torchrun_command(gptforge_args, probe), env=self.env, capture_output=True,
+        result = subprocess.run(torchrun_command(gptforge_args, probe, self.warm), env=self.env, capture_output=True,
                                 text=True, timeout=TIMEOUT_S)
         return self.check(result) if check else result
 
@@ -116,16 +135,18 @@ class Runs:
         return result
 
 
-def torchrun_command(gptforge_args: list[str], probe: str | None = None) -> list[str]:
-    """Two processes of `gptforge ARGS`, or of tests/distributed_probe.py PROBE ARGS."""
+def torchrun_command(gptforge_args: list[str], probe: str | None = None, warm: WarmStarter | None = None
+                     ) -> list[str]:
+    """Two processes of `gptforge ARGS`, or of tests/distributed_probe.py PROBE ARGS; with `warm`, each is
+    started by the warm server through tests/warm_relay.py (the stopping tests take real ones)."""
     program = ["-m", "gptforge"] if probe is None else [str(Path(__file__).with_name("distributed_probe.py")), probe]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            *program, *gptforge_args]
+            *(program if warm is None else warm.relay_command(program)), *gptforge_args]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Runs:
-    return Runs(tmp_path_factory.mktemp("distributed"), data_dir)
+def runs(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, warm: WarmStarter) -> Runs:
+    return Runs(tmp_path_factory.mktemp("distributed"), data_dir, warm)
 
 
 def records(run_dir: Path, kind: str) -> list[dict]:
@@ -135,6 +156,15 @@ def records(run_dir: Path, kind: str) -> list[dict]:
 
 def losses(run_dir: Path, kind: str = "train") -> dict[int, float]:
     return {r["step"]: r["loss" if kind == "train" else "val_loss"] for r in records(run_dir, kind)}
+
+
+def newest_session_losses(run_dir: Path, kind: str = "train") -> dict[int, float]:
+    """The losses the run's last session logged (after its "session" record), each step once."""
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    newest = [json.loads(line) for line in lines][max(i for i, line in enumerate(lines) if '"session"' in line):]
+    logged = [r for r in newest if r["kind"] == kind]
+    assert len({r["step"] for r in logged}) == len(logged), logged
+    return {r["step"]: r["loss" if kind == "train" else "val_loss"] for r in logged}
 
 
 def last_state(run_dir: Path) -> dict[str, Any]:
@@ -173,22 +203,26 @@ def test_a_sharded_run_saves_the_one_process_checkpoint_layout(runs: Runs) -> No
     assert sharded["optimizer"]["param_groups"] == single["optimizer"]["param_groups"]
 
 
+def assert_resumed_exactly(resumed: Path, result: subprocess.CompletedProcess, uninterrupted: Path) -> None:
+    """The steps after the checkpoint, redone, log the uninterrupted run's losses and end in its very state."""
+    assert f"resuming {resumed} from step-{STEPS // 2}.pt at step {STEPS // 2}" in result.stdout
+    for kind in ("train", "eval"):
+        redone = newest_session_losses(resumed, kind)
+        assert redone == {step: loss for step, loss in losses(uninterrupted, kind).items() if step > STEPS // 2}
+        assert redone  # bit for bit, not approximately, and not vacuously
+    ours, theirs = last_state(resumed), last_state(uninterrupted)
+    assert ours["step"] == theirs["step"] == STEPS
+    for name, tensor in theirs["model"].items():
+        assert torch.equal(ours["model"][name], tensor), name
+    for index, saved in theirs["optimizer"]["state"].items():
+        assert all(torch.equal(ours["optimizer"]["state"][index][k], v) for k, v in saved.items()), index
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("parallel", ["ddp", FSDP])
 def test_resume_under_two_processes_continues_exactly(runs: Runs, parallel: str) -> None:
     straight = runs.two_ranks(parallel, 1)
-    split = runs.root / f"{parallel}-split"
-    runs.torchrun(runs.flags(split, parallel=parallel, max_steps=STEPS // 2))
-    result = runs.torchrun(["train", "--resume", str(split), "--max-steps", str(STEPS)])
-    assert f"resuming {split} from last.pt at step {STEPS // 2}" in result.stdout
-    assert losses(split) == losses(straight)  # bit for bit, not approximately
-    assert losses(split, "eval") == losses(straight, "eval")
-    resumed, uninterrupted = last_state(split), last_state(straight)
-    assert resumed["step"] == uninterrupted["step"] == STEPS
-    for name, tensor in uninterrupted["model"].items():
-        assert torch.equal(resumed["model"][name], tensor), name
-    for index, saved in uninterrupted["optimizer"]["state"].items():
-        assert all(torch.equal(resumed["optimizer"]["state"][index][k], v) for k, v in saved.items()), index
+    assert_resumed_exactly(*runs.resumed_midway(straight, f"{parallel}-resumed"), straight)
 
 
 @SLOW
@@ -201,16 +235,12 @@ def test_muon_under_ddp_trains_like_one_process_and_resumes_exactly(runs: Runs) 
     with pytest.MonkeyPatch.context() as env:
         env.setenv("GPTFORGE_CACHE_DIR", runs.env["GPTFORGE_CACHE_DIR"])
         train(config)
-    straight, split = runs.root / "muon-ddp", runs.root / "muon-ddp-split"
-    runs.torchrun(runs.flags(straight, parallel="ddp", optimizer="muon"))
-    # Newton-Schulz runs in bf16, so the float noise of a two-way gradient sum shows more than with AdamW
+    straight = runs.root / "muon-ddp"
+    runs.torchrun(runs.flags(straight, parallel="ddp", optimizer="muon", keep_checkpoints=STEPS))
+    # the float noise of a two-way gradient sum shows more through Newton-Schulz than through AdamW
     assert losses(straight) == pytest.approx(losses(single_dir), abs=1e-3, rel=0)
     assert len(set(losses(single_dir).values())) == STEPS
-    runs.torchrun(runs.flags(split, parallel="ddp", optimizer="muon", max_steps=STEPS // 2))
-    runs.torchrun(["train", "--resume", str(split), "--max-steps", str(STEPS)])
-    assert losses(split) == losses(straight)
-    for name, tensor in last_state(straight)["model"].items():
-        assert torch.equal(last_state(split)["model"][name], tensor), name
+    assert_resumed_exactly(*runs.resumed_midway(straight, "muon-ddp-resumed"), straight)
 
 
 # --- gradients cross processes once per optimizer step ----------------------------------------------------
@@ -220,17 +250,15 @@ def test_muon_under_ddp_trains_like_one_process_and_resumes_exactly(runs: Runs) 
 @pytest.mark.parametrize("parallel", ["ddp", FSDP])
 def test_gradients_are_exchanged_only_on_the_last_micro_step(runs: Runs, parallel: str) -> None:
     # DDP: one bucket holds this model's gradients, so one all-reduce a step, not one per micro-step.
-    # FSDP2: reduce-scatter is switched off for the first two of three micro-steps and on for the last.
-    result = runs.torchrun(runs.flags(runs.root / f"sync-{parallel}", parallel=parallel, grad_accum=3, max_steps=2,
-                                      eval_interval=0), probe="sync")
-    steps = [json.loads(line.removeprefix("SYNC ")) for line in result.stdout.splitlines()
-             if line.startswith("SYNC ")]
-    assert [step["step"] for step in steps] == [1, 2]
+    # FSDP2: reduce-scatter is switched off for the first of two micro-steps and on for the last.
+    runs.two_ranks(parallel, 2)  # the run that trains like one process (above), probed
+    steps = runs.sync_reports[(parallel, 2)]
+    assert [step["step"] for step in steps] == list(range(1, STEPS + 1))
     for step in steps:
         if parallel == "ddp":
             assert step["ddp_buckets"] == 1 and step["fsdp_sync"] == [], step
         else:
-            assert step["ddp_buckets"] == 0 and step["fsdp_sync"] == [False, False, True], step
+            assert step["ddp_buckets"] == 0 and step["fsdp_sync"] == [False, True], step
 
 
 def test_global_tokens_per_step_is_shared_out_over_the_processes(runs: Runs) -> None:
@@ -283,8 +311,8 @@ def test_resuming_with_another_number_of_processes_is_one_clear_error(runs: Runs
 def test_a_one_process_run_resumed_by_two_stops_both_with_the_error_said_once(runs: Runs, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     shutil.copytree(runs.single(1), run_dir)
-    result = subprocess.run([sys.executable, "-m", "gptforge", "train", "--nproc", "2", "--resume", str(run_dir)],
-                            env=runs.env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    result = runs.warm.run([sys.executable, "-m", "gptforge", "train", "--nproc", "2", "--resume", str(run_dir)],
+                           env=runs.env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert result.returncode != 0  # torchrun's status, passed on by --nproc
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "written by 1 process, this run has 2" in errors[0], result.stderr

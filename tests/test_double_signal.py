@@ -4,7 +4,8 @@ and every checkpoint on disk still whole.
 
 The model is big enough (a few MB of state) that checkpoint writes, on a thread while training goes on,
 are often in flight when the second signal lands: half the rounds send the first signal the moment a
-write's temporary file appears, the others once training has logged a few steps.
+write's temporary file appears, the others once training has logged a few steps. The processes come from the
+warm server (tests/warm.py): real processes, torch already imported.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +22,7 @@ import pytest
 from conftest import reap
 from gptforge.checkpoint import load_checkpoint
 from gptforge.run_dir import RunDir
+from warm import WarmProcess, WarmStarter
 
 ROUNDS = 5
 SECOND_SIGNAL_AFTER_S = 0.1
@@ -32,7 +33,7 @@ MODEL = ["--preset", "tiny", "--tokenizer", "char", "--n-layer", "4", "--n-embd"
 TEMPORARY = re.compile(r"^\..*\.tmp$")
 
 
-def wait_for(ready: callable, process: subprocess.Popen, what: str) -> None:
+def wait_for(ready: callable, process: WarmProcess, what: str) -> None:
     deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
     while not ready():
         assert process.poll() is None, f"training ended before {what}"
@@ -50,7 +51,7 @@ def temporaries(checkpoint_dir: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_two_signals_a_tenth_of_a_second_apart_exit_cleanly_in_every_round(signum: int, tmp_path: Path,
-                                                                            data_dir: Path) -> None:
+                                                                            data_dir: Path, warm: WarmStarter) -> None:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text((data_dir / "tinyshakespeare.txt").read_text(encoding="utf-8")[:50_000])
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -59,8 +60,8 @@ def test_two_signals_a_tenth_of_a_second_apart_exit_cleanly_in_every_round(signu
         run = tmp_path / f"run-{round_number}"
         stdout, stderr = tmp_path / f"out-{round_number}.txt", tmp_path / f"err-{round_number}.txt"
         with stdout.open("wb") as out, stderr.open("wb") as err:
-            process = subprocess.Popen([sys.executable, "-m", "gptforge", "train", *MODEL, "--data", str(corpus),
-                                        "--out", str(run)], stdout=out, stderr=err, env=env)
+            process = warm.popen([sys.executable, "-m", "gptforge", "train", *MODEL, "--data", str(corpus),
+                                  "--out", str(run)], stdout=out, stderr=err, env=env)
         try:
             if round_number % 2:
                 wait_for(lambda out=stdout: "step 3 |" in out.read_text(errors="replace"), process, "step 3")

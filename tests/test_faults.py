@@ -2,7 +2,8 @@
 
 Runs are a one-layer, 16-wide char model on a 20k-character slice of tiny Shakespeare, on the CPU.
 Subprocesses get the test's GPTFORGE_DATA_DIR / GPTFORGE_CACHE_DIR through the environment and one
-thread each (OMP_NUM_THREADS=1), so runs that are compared bit for bit sum in the same order.
+thread each (OMP_NUM_THREADS=1), so runs that are compared bit for bit sum in the same order; those the kill -9
+chain starts come from the warm server (tests/warm.py), torch already imported.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from gptforge.cli import main
 from gptforge.config import from_preset
 from gptforge.run_dir import RunDir
 from gptforge.train import run_log as runlog
+from warm import WarmProcess, WarmStarter
 
 CORPUS_CHARS = 20_000
 SUBPROCESS_TIMEOUT_S = 120
@@ -113,7 +115,7 @@ KILL_ROUNDS = 20
 KILL_SEED = 20240521
 KILL_STEPS = 100
 MID_WRITE_ROUNDS = {2, 6, 10, 14, 18}  # killed the moment a checkpoint's temporary file appears
-STARTUP_SHARE = 0.25  # of the other kills; start-up takes most of a tiny run's time, training gets the rest
+STARTUP_SHARE = 0.25  # of the other kills; training gets the rest
 TEMPORARY_CHECKPOINT = re.compile(r"\.last\.pt\.[0-9a-f]+\.tmp")
 STEP_LINE = re.compile(r"^step (\d+) \| epoch", re.MULTILINE)
 
@@ -129,12 +131,12 @@ class Session:
     phase: str  # where the kill landed: start-up, training, checkpoint write, end of run
 
 
-def start(argv: list[str], stdout: Path) -> subprocess.Popen:
+def start(warm: WarmStarter, argv: list[str], stdout: Path) -> WarmProcess:
     with stdout.open("wb") as out:
-        return subprocess.Popen(cli(*argv), stdout=out, stderr=subprocess.STDOUT, env=child_env())
+        return warm.popen(cli(*argv), stdout=out, stderr=subprocess.STDOUT, env=child_env())
 
 
-def kill_when(process: subprocess.Popen, output_path: Path, ready: Callable[[str, float], bool],
+def kill_when(process: WarmProcess, output_path: Path, ready: Callable[[str, float], bool],
               delay_s: float) -> None:
     """SIGKILL `delay_s` after `ready(output so far, seconds since start)` holds.
 
@@ -157,7 +159,7 @@ def last_step_printed(output: str) -> int:
     return int(steps[-1]) if steps else -1
 
 
-def kill_mid_write(process: subprocess.Popen, checkpoint_dir: Path, known: set[str]) -> str | None:
+def kill_mid_write(process: WarmProcess, checkpoint_dir: Path, known: set[str]) -> str | None:
     """SIGKILL as soon as a new temporary checkpoint file exists: while torch.save or fsync is writing it."""
     deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
     for polls in range(10**9):
@@ -186,16 +188,16 @@ def phase_of(output: str, hit_mid_write: bool) -> str:
 
 
 @pytest.mark.slow
-def test_kill_9_at_20_random_moments_then_resume_gives_the_uninterrupted_weights(tmp_path: Path,
-                                                                                  corpus: Path) -> None:
+def test_kill_9_at_20_random_moments_then_resume_gives_the_uninterrupted_weights(tmp_path: Path, corpus: Path,
+                                                                                  warm: WarmStarter) -> None:
     started = time.monotonic()
     settings = ["--max-steps", str(KILL_STEPS), "--log-interval", "1", "--dropout", "0.1", "--sampler", "random"]
     reference_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
     logs = tmp_path / "logs"
     logs.mkdir()
 
-    begun = time.time()
-    reference = start(train_argv(corpus, reference_dir, *settings), logs / "reference.txt")
+    reference = start(warm, train_argv(corpus, reference_dir, *settings), logs / "reference.txt")
+    begun = time.time()  # once it runs: the first start also starts the warm server
     assert reference.wait(timeout=SUBPROCESS_TIMEOUT_S) == 0, (logs / "reference.txt").read_text()
     ended = time.time()
     times = [record["time"] for record in read_records(reference_dir, "train")]
@@ -220,7 +222,7 @@ def test_kill_9_at_20_random_moments_then_resume_gives_the_uninterrupted_weights
         elif round_index == KILL_ROUNDS - 1:  # the last round: while it writes the summary, plot and sample
             trigger, delay_s = "end of run", rng.uniform(0, finish_s / 2)
             ready = lambda output, _: "reached max_steps" in output
-        elif rng.random() < STARTUP_SHARE:  # while it imports, loads the checkpoint and reads the data
+        elif rng.random() < STARTUP_SHARE:  # while it loads the checkpoint, reads the data, builds the model
             trigger, delay_s, kill_at = "start-up", 0.0, rng.uniform(0, startup_s)
             ready = lambda output, seconds, at=kill_at: seconds >= at or "| loss " in output
         else:  # at a random moment of a random step, leaving work for the rounds still to come
@@ -228,7 +230,7 @@ def test_kill_9_at_20_random_moments_then_resume_gives_the_uninterrupted_weights
             target = min(from_step + 1 + rng.randrange(window_steps), KILL_STEPS - 1)  # "step N": N steps done
             trigger, delay_s = "training", rng.uniform(0, step_s)
             ready = lambda output, _, step=target: last_step_printed(output) >= step
-        process = start(argv, output_path)
+        process = start(warm, argv, output_path)
         temporary = None
         try:
             if ready is None:
@@ -251,7 +253,7 @@ def test_kill_9_at_20_random_moments_then_resume_gives_the_uninterrupted_weights
     final_output = logs / "final.txt"
     final_argv = ["train", "--resume", str(run_dir)] if RunDir(run_dir).checkpoints() else \
         train_argv(corpus, run_dir, *settings)
-    final = start(final_argv, final_output)
+    final = start(warm, final_argv, final_output)
     assert final.wait(timeout=SUBPROCESS_TIMEOUT_S) == 0, final_output.read_text(errors="replace")
 
     chained, expected = load_checkpoint(last), load_checkpoint(reference_dir / "checkpoints" / "last.pt")
@@ -423,8 +425,8 @@ def test_resume_refuses_a_checkpoint_of_another_model_naming_the_difference(
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-def test_malicious_checkpoints_are_refused_by_real_processes_without_running(run_copy: Path,
-                                                                              tmp_path: Path) -> None:
+def test_malicious_checkpoints_are_refused_by_real_processes_without_running(run_copy: Path, tmp_path: Path,
+                                                                              warm: WarmStarter) -> None:
     target = tmp_path / "pwned"
     raw = tmp_path / "evil.pt"
     raw.write_bytes(pickle.dumps({"model": Exploit(target), "format": 1}, protocol=2))
@@ -436,8 +438,8 @@ def test_malicious_checkpoints_are_refused_by_real_processes_without_running(run
     commands = {"sample raw pickle": ["sample", "--checkpoint", str(raw)],
                 "sample torch zip": ["sample", "--checkpoint", str(zipped)],
                 "resume": ["train", "--resume", str(run_copy)]}
-    processes = {name: subprocess.Popen(cli(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                        env=child_env(), cwd=tmp_path) for name, argv in commands.items()}
+    processes = {name: warm.popen(cli(*argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   env=child_env(), cwd=tmp_path) for name, argv in commands.items()}
     for name, process in processes.items():
         try:
             _, err = process.communicate(timeout=SUBPROCESS_TIMEOUT_S)

@@ -8,7 +8,6 @@ we load, train from and sample from.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 import subprocess
@@ -31,6 +30,7 @@ from gptforge.tokenizer import GPT2Tokenizer
 from gptforge.train.session import resume_run, start_run
 from gptforge.trained_model import ModelFacts, TrainedModel
 from gptforge.use.load import load_trained
+from warm import WarmStarter
 
 transformers = pytest.importorskip("transformers", reason="transformers is in the dev and hf extras")
 safetensors_torch = pytest.importorskip("safetensors.torch", reason="safetensors is in the dev and hf extras")
@@ -312,13 +312,13 @@ def test_init_from_export_then_resume_does_not_reapply_it(char_export: Path, tmp
     assert all(torch.equal(resumed.model.state_dict()[name], saved[name]) for name in saved)
 
 
-def run_train(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gptforge.cli", "train", *args], capture_output=True, text=True,
-                          timeout=SUBPROCESS_TIMEOUT_S, env=os.environ.copy())
+def run_train(warm: WarmStarter, *args: str) -> subprocess.CompletedProcess[str]:
+    return warm.run([sys.executable, "-m", "gptforge.cli", "train", *args], capture_output=True, text=True,
+                    timeout=SUBPROCESS_TIMEOUT_S)
 
 
 @pytest.mark.slow
-def test_train_init_from_hf_cli(tmp_path: Path, data_dir: Path) -> None:
+def test_train_init_from_hf_cli(tmp_path: Path, data_dir: Path, warm: WarmStarter) -> None:
     folder = tmp_path / "gpt2"
     random_hf_folder(folder)
     corpus = write_corpus(tmp_path, data_dir)
@@ -326,13 +326,13 @@ def test_train_init_from_hf_cli(tmp_path: Path, data_dir: Path) -> None:
               "--max-steps", "2", "--block-size", "32", "--batch-size", "2", "--eval-interval", "0",
               "--sample-tokens", "4", "--no-progress"]
 
-    refused = run_train(*common, "--tokenizer", "char", "--out", str(tmp_path / "char"))
+    refused = run_train(warm, *common, "--tokenizer", "char", "--out", str(tmp_path / "char"))
     assert refused.returncode == 2, refused.stderr
     assert refused.stderr.startswith("error: ") and refused.stderr.count("\n") == 1
     assert "config.json has a vocabulary of 50,257 tokens" in refused.stderr and "--tokenizer gpt2" in refused.stderr
     assert not (tmp_path / "char").exists()
 
-    done = run_train(*common, "--tokenizer", "gpt2", "--out", str(tmp_path / "run"))
+    done = run_train(warm, *common, "--tokenizer", "gpt2", "--out", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr
     log = (tmp_path / "run" / "train.log").read_text()
     assert "model shape from" in log and "n_embd 32 -> 16" in log and "cropped from 64" in log
@@ -342,10 +342,10 @@ def test_train_init_from_hf_cli(tmp_path: Path, data_dir: Path) -> None:
 
 
 @pytest.mark.slow
-def test_finetune_recipe_trains_from_a_gpt2_folder(tmp_path: Path) -> None:
+def test_finetune_recipe_trains_from_a_gpt2_folder(tmp_path: Path, warm: WarmStarter) -> None:
     folder = tmp_path / "gpt2"
     random_hf_folder(folder)
-    done = run_train("--preset", "shakespeare-finetune", "--init-from", f"hf:{folder}", "--block-size", "32",
+    done = run_train(warm, "--preset", "shakespeare-finetune", "--init-from", f"hf:{folder}", "--block-size", "32",
                      "--batch-size", "2", "--max-steps", "3", "--eval-interval", "3", "--eval-batches", "2",
                      "--sample-tokens", "4", "--device", "cpu", "--no-progress", "--out", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr

@@ -10,7 +10,6 @@ import json
 import os
 import pathlib
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 import torch
 
 from conftest import run_main
+from warm import WarmStarter
 
 SUBPROCESS_TIMEOUT_S = 120
 
@@ -78,7 +78,8 @@ NOT_FILES: dict[str, tuple[Callable[[Path], None], str]] = {
 
 @pytest.mark.parametrize("kind", sorted(NOT_FILES))
 def test_a_last_pt_that_is_not_a_file_is_skipped_with_a_warning(kind: str, tiny_run: Path, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+                                                                capsys: pytest.CaptureFixture[str],
+                                                                warm: WarmStarter) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     checkpoints = run / "checkpoints"
@@ -87,8 +88,8 @@ def test_a_last_pt_that_is_not_a_file_is_skipped_with_a_warning(kind: str, tiny_
     make(checkpoints / "last.pt")
     skipping = f"skipping {checkpoints / 'last.pt'}: it is"
     # a real process first, with a timeout: opening the FIFO would block it forever
-    sample = subprocess.run([sys.executable, "-m", "gptforge", "sample", "--run", str(run), "--device", "cpu",
-                             "--max-new-tokens", "2"], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
+    sample = warm.run([sys.executable, "-m", "gptforge", "sample", "--run", str(run), "--device", "cpu",
+                       "--max-new-tokens", "2"], capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S)
     assert sample.returncode == 0, sample.stderr
     assert f"warning: {skipping}" in sample.stderr and description in sample.stderr, sample.stderr
     status, out, err = run_main(["train", "--resume", str(run), "--max-steps", "21", "--sample-tokens", "1"], capsys)

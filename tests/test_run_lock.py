@@ -16,6 +16,7 @@ import pytest
 
 from conftest import run_main
 from gptforge.run_dir import LOCK_FILE
+from warm import WarmStarter
 
 SUBPROCESS_TIMEOUT_S = 120
 TINY = ["--preset", "tiny", "--tokenizer", "char", "--n-layer", "1", "--n-embd", "16", "--n-head", "2",
@@ -97,31 +98,31 @@ def test_a_lock_released_by_its_holder_lets_the_run_go_on(tiny_run: Path, tmp_pa
 
 
 @pytest.mark.slow
-def test_two_real_trainers_on_one_folder(corpus: Path, tmp_path: Path) -> None:
+def test_two_real_trainers_on_one_folder(corpus: Path, tmp_path: Path, warm: WarmStarter) -> None:
     """The second trainer, whether it resumes or starts the same --out, is refused with the first one's PID,
     and the folder keeps one run's files; once the first is killed (-9), a resume takes over."""
     run = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     first_output = tmp_path / "first.txt"
     with first_output.open("wb") as out:
-        first = subprocess.Popen([sys.executable, "-m", "gptforge", "train", *TINY, "--data", str(corpus), "--out",
-                                  str(run), "--max-steps", "1000000"], stdout=out, stderr=subprocess.STDOUT, env=env)
+        first = warm.popen([sys.executable, "-m", "gptforge", "train", *TINY, "--data", str(corpus), "--out",
+                            str(run), "--max-steps", "1000000"], stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
         while not list((run / "checkpoints").glob("last.pt")) and first.poll() is None:
             assert time.monotonic() < deadline, first_output.read_text()
             time.sleep(0.05)
-        resume = subprocess.run([sys.executable, "-m", "gptforge", "train", "--resume", str(run)],
-                                capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT_S)
+        resume = warm.run([sys.executable, "-m", "gptforge", "train", "--resume", str(run)],
+                          capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT_S)
         assert_in_use(resume.returncode, resume.stderr, first.pid)
-        again = subprocess.run([sys.executable, "-m", "gptforge", "train", *TINY, "--data", str(corpus), "--out",
-                                str(run)], capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT_S)
+        again = warm.run([sys.executable, "-m", "gptforge", "train", *TINY, "--data", str(corpus), "--out",
+                          str(run)], capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT_S)
         assert again.returncode == 2 and "already holds a run" in again.stderr, again.stderr
         assert first.poll() is None, first_output.read_text()  # the first never noticed
     finally:
         first.kill()
         first.wait(timeout=SUBPROCESS_TIMEOUT_S)
-    resumed = subprocess.run([sys.executable, "-m", "gptforge", "train", "--resume", str(run), "--max-steps", "1"],
-                             capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT_S)
+    resumed = warm.run([sys.executable, "-m", "gptforge", "train", "--resume", str(run), "--max-steps", "1"],
+                       capture_output=True, text=True, env=env, timeout=SUBPROCESS_TIMEOUT_S)
     assert resumed.returncode == 0, resumed.stderr
     assert "in use" not in resumed.stdout + resumed.stderr

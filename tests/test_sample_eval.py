@@ -1,7 +1,6 @@
 """`gptforge sample` and `gptforge eval` on a tiny model trained once for this module."""
 
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,23 +12,24 @@ from conftest import run_main
 from gptforge.cli import main
 from gptforge.use.evaluate import evaluate_text
 from gptforge.use.load import load_trained
+from warm import WarmStarter
 
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_run: Path) -> Path:
     return tiny_run
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gptforge.cli", *args], capture_output=True, text=True,
-                          timeout=120, env=os.environ.copy())
+def run_cli(warm: WarmStarter, *args: str) -> subprocess.CompletedProcess:
+    return warm.run([sys.executable, "-m", "gptforge.cli", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_sample_streams_a_continuation(run_dir) -> None:
-    result = run_cli("sample", "--run", str(run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "1")
+def test_sample_streams_a_continuation(run_dir, warm) -> None:
+    args = ["sample", "--run", str(run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "1"]
+    result = run_cli(warm, *args)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ROMEO:")
     assert len(result.stdout.rstrip("\n")) > len("ROMEO:") + 20
-    again = run_cli("sample", "--run", str(run_dir), "--prompt", "ROMEO:", "--max-new-tokens", "40", "--seed", "1")
+    again = run_cli(warm, *args)
     assert again.stdout == result.stdout  # --seed repeats
 
 
@@ -53,8 +53,8 @@ def test_sample_several_from_a_checkpoint_and_prompt_file(run_dir, tmp_path, cap
     (["--num-samples", "0"], "num-samples"),
     (["--prompt-file", "/no/such/prompt.txt"], "prompt-file"),
 ])
-def test_sample_bad_input_is_one_error_line(run_dir, args, message) -> None:
-    result = run_cli("sample", "--run", str(run_dir), *args)
+def test_sample_bad_input_is_one_error_line(run_dir, args, message, warm) -> None:
+    result = run_cli(warm, "sample", "--run", str(run_dir), *args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
@@ -89,8 +89,8 @@ def test_eval_matches_a_direct_computation(run_dir, tmp_path) -> None:
     assert result.perplexity == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
-def test_eval_cli_reports_loss_and_perplexity(run_dir, capsys) -> None:
-    result = run_cli("eval", "--run", str(run_dir), "--data", "shakespeare", "--max-batches", "2")
+def test_eval_cli_reports_loss_and_perplexity(run_dir, capsys, warm) -> None:
+    result = run_cli(warm, "eval", "--run", str(run_dir), "--data", "shakespeare", "--max-batches", "2")
     assert result.returncode == 0, result.stderr
     assert "loss" in result.stdout and "perplexity" in result.stdout
     status, _, err = run_main(["eval", "--run", str(run_dir), "--data", "/no/such/file.txt"], capsys)

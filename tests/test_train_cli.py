@@ -26,6 +26,7 @@ from conftest import read_log, reap
 from gptforge.checkpoint import load_checkpoint
 from gptforge.cli import main
 from gptforge.config import padded_vocab_size
+from warm import WarmProcess, WarmStarter
 
 CORPUS_CHARS = 20_000
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -121,15 +122,15 @@ def child_env() -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": str(torch.get_num_threads())}
 
 
-def start_training(argv: list[str], log_dir: Path) -> tuple[subprocess.Popen, Path, Path]:
-    """`gptforge ARGV` in a subprocess, its output in files (a pipe nobody reads would block it)."""
+def start_training(warm: WarmStarter, argv: list[str], log_dir: Path) -> tuple[WarmProcess, Path, Path]:
+    """`gptforge ARGV` in a warm-started process, its output in files (a pipe nobody reads would block it)."""
     stdout_path, stderr_path = log_dir / "stdout.txt", log_dir / "stderr.txt"
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(cli(*argv), stdout=stdout, stderr=stderr, env=child_env())
+        process = warm.popen(cli(*argv), stdout=stdout, stderr=stderr, env=child_env())
     return process, stdout_path, stderr_path
 
 
-def wait_until(condition: Callable[[], bool], process: subprocess.Popen, what: str, stderr_path: Path,
+def wait_until(condition: Callable[[], bool], process: WarmProcess, what: str, stderr_path: Path,
                timeout_s: float = SUBPROCESS_TIMEOUT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -144,13 +145,13 @@ def wait_until(condition: Callable[[], bool], process: subprocess.Popen, what: s
 
 
 def test_kill_9_between_saves_then_resume_matches_an_uninterrupted_run(
-        tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, corpus: Path, capsys: pytest.CaptureFixture[str], warm: WarmStarter) -> None:
     run_dir = tmp_path / "killed"
     # a constant schedule after warmup, so max_steps (changed on resume) does not change any learning rate;
     # dropout and the random sampler make the result depend on the restored RNG and sampler position
     settings = ["--schedule", "constant", "--warmup-steps", "3", "--checkpoint-interval", "2", "--dropout", "0.1",
                 "--sampler", "random"]
-    process, _, stderr_path = start_training(train_args(corpus, run_dir, *settings, "--max-steps", "1000000"),
+    process, _, stderr_path = start_training(warm, train_args(corpus, run_dir, *settings, "--max-steps", "1000000"),
                                              tmp_path)
     try:
         last = run_dir / "checkpoints" / "last.pt"
@@ -188,10 +189,10 @@ def test_kill_9_between_saves_then_resume_matches_an_uninterrupted_run(
                                                 pytest.param(signal.SIGINT, 130, marks=pytest.mark.slow)],
                          ids=["SIGTERM", "SIGINT"])
 def test_signal_finishes_the_step_saves_and_exits_128_plus_signal(tmp_path: Path, corpus: Path, signum: int,
-                                                                   status: int) -> None:
+                                                                   status: int, warm: WarmStarter) -> None:
     run_dir = tmp_path / "run"
     process, stdout_path, stderr_path = start_training(
-        train_args(corpus, run_dir, "--max-steps", "1000000", "--checkpoint-interval", "1000"), tmp_path)
+        warm,         train_args(corpus, run_dir, "--max-steps", "1000000", "--checkpoint-interval", "1000"), tmp_path)
     try:
         wait_until(lambda: latest_step(run_dir) >= 3, process, "step 3", stderr_path)
         process.send_signal(signum)
@@ -232,7 +233,7 @@ def stdout_is_blocked(pid: int, run_dir: Path, seen: dict[str, float]) -> bool:
 
 @pytest.mark.slow
 def test_signal_while_blocked_writing_to_a_full_stdout_pipe_still_saves_and_exits_143(
-        tmp_path: Path, corpus: Path) -> None:
+        tmp_path: Path, corpus: Path, warm: WarmStarter) -> None:
     """`gptforge train | tee log` (or a job runner's pipe) that is momentarily not read, then SIGTERM."""
     run_dir = tmp_path / "run"
     read_end, write_end = os.pipe()
@@ -240,7 +241,7 @@ def test_signal_while_blocked_writing_to_a_full_stdout_pipe_still_saves_and_exit
         fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # full after a few dozen log lines
     stderr_path = tmp_path / "stderr.txt"
     with stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(
+        process = warm.popen(
             cli(*train_args(corpus, run_dir, "--max-steps", "1000000", "--checkpoint-interval", "1000")),
             stdout=write_end, stderr=stderr, env=child_env())
     os.close(write_end)
