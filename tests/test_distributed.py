@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -77,7 +78,6 @@ class Runs:
         self.env = {**os.environ, "OMP_NUM_THREADS": "1", "GPTFORGE_DATA_DIR": str(data_dir),
                     "GPTFORGE_CACHE_DIR": str(root / "cache")}
         self.done: dict[tuple, Path] = {}
-        self.sync_reports: dict[tuple, list[dict]] = {}
 
     def single(self, grad_accum: int) -> Path:
         """One process, the whole batch, trained in this process."""
@@ -91,9 +91,8 @@ class Runs:
         return self.done[key]
 
     def two_ranks(self, parallel: str, grad_accum: int) -> Path:
-        """Two processes with half the batch each, keeping their step-N checkpoints. DDP without accumulation
-        goes through `train --nproc 2`; with accumulation, the runs carry the gradient-sync probe
-        (tests/distributed_probe.py, which only watches), its report kept in `sync_reports`."""
+        """Two processes with half the batch each, keeping their step-N checkpoints; DDP without accumulation
+        goes through `train --nproc 2`."""
         key = (parallel, grad_accum)
         if key not in self.done:
             out = self.root / f"{parallel}-{grad_accum}"
@@ -101,23 +100,24 @@ class Runs:
             if key == ("ddp", 1):
                 self.check(self.warm.run([sys.executable, "-m", "gptforge", *flags[:1], "--nproc", "2", *flags[1:]],
                                          env=self.env, capture_output=True, text=True, timeout=TIMEOUT_S))
-            elif grad_accum > 1:
-                self.sync_reports[key] = [json.loads(line.removeprefix("SYNC "))
-                                          for line in self.torchrun(flags, probe="sync").stdout.splitlines()
-                                          if line.startswith("SYNC ")]
             else:
                 self.torchrun(flags)
             self.done[key] = out
         return self.done[key]
 
-    def resumed_midway(self, finished: Path, name: str) -> tuple[Path, subprocess.CompletedProcess]:
-        """A copy of the two-process run `finished` as a crash right after its step-3 checkpoint leaves it (the
-        later checkpoints gone), resumed to the end under torchrun."""
+    def resumed(self, finished: Path, name: str, after_a_stop: bool) -> tuple[Path, subprocess.CompletedProcess]:
+        """The two-process run `finished`, resumed at step 3 and run to its end under torchrun: trained anew
+        up to a stop at step 3 (`after_a_stop`: its last.pt, written after the final eval and sample), or
+        copied as a crash right after its step-3 checkpoint would leave it (the later checkpoints gone)."""
         copy = self.root / name
-        shutil.copytree(finished, copy)
-        for path in (copy / "checkpoints").iterdir():
-            if path.name != f"step-{STEPS // 2}.pt":
-                path.unlink()
+        if after_a_stop:
+            config = json.loads((finished / "config.json").read_text(encoding="utf-8"))
+            self.torchrun(self.flags(copy, parallel=config["train"]["parallel"], max_steps=STEPS // 2))
+        else:
+            shutil.copytree(finished, copy)
+            for path in (copy / "checkpoints").iterdir():
+                if path.name != f"step-{STEPS // 2}.pt":
+                    path.unlink()
         return copy, self.torchrun(["train", "--resume", str(copy), "--max-steps", str(STEPS)])
 
     def flags(self, out: Path, **overrides: Any) -> list[str]:
@@ -204,8 +204,10 @@ def test_a_sharded_run_saves_the_one_process_checkpoint_layout(runs: Runs) -> No
 
 
 def assert_resumed_exactly(resumed: Path, result: subprocess.CompletedProcess, uninterrupted: Path) -> None:
-    """The steps after the checkpoint, redone, log the uninterrupted run's losses and end in its very state."""
-    assert f"resuming {resumed} from step-{STEPS // 2}.pt at step {STEPS // 2}" in result.stdout
+    """The steps after step 3, run by the resumed session, log the uninterrupted run's losses and end in its
+    very state."""
+    assert re.search(rf"resuming {re.escape(str(resumed))} from (last|step-{STEPS // 2})\.pt at step {STEPS // 2} ",
+                     result.stdout), result.stdout
     for kind in ("train", "eval"):
         redone = newest_session_losses(resumed, kind)
         assert redone == {step: loss for step, loss in losses(uninterrupted, kind).items() if step > STEPS // 2}
@@ -219,10 +221,11 @@ def assert_resumed_exactly(resumed: Path, result: subprocess.CompletedProcess, u
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parallel", ["ddp", FSDP])
-def test_resume_under_two_processes_continues_exactly(runs: Runs, parallel: str) -> None:
+@pytest.mark.parametrize(("parallel", "after_a_stop"), [("ddp", True), pytest.param("fsdp", False, marks=NEEDS_FSDP2)],
+                         ids=["ddp-after-a-stop", "fsdp-after-a-crash"])
+def test_resume_under_two_processes_continues_exactly(runs: Runs, parallel: str, after_a_stop: bool) -> None:
     straight = runs.two_ranks(parallel, 1)
-    assert_resumed_exactly(*runs.resumed_midway(straight, f"{parallel}-resumed"), straight)
+    assert_resumed_exactly(*runs.resumed(straight, f"{parallel}-resumed", after_a_stop), straight)
 
 
 @SLOW
@@ -240,7 +243,7 @@ def test_muon_under_ddp_trains_like_one_process_and_resumes_exactly(runs: Runs) 
     # the float noise of a two-way gradient sum shows more through Newton-Schulz than through AdamW
     assert losses(straight) == pytest.approx(losses(single_dir), abs=1e-3, rel=0)
     assert len(set(losses(single_dir).values())) == STEPS
-    assert_resumed_exactly(*runs.resumed_midway(straight, "muon-ddp-resumed"), straight)
+    assert_resumed_exactly(*runs.resumed(straight, "muon-ddp-resumed", after_a_stop=False), straight)
 
 
 # --- gradients cross processes once per optimizer step ----------------------------------------------------
@@ -250,15 +253,17 @@ def test_muon_under_ddp_trains_like_one_process_and_resumes_exactly(runs: Runs) 
 @pytest.mark.parametrize("parallel", ["ddp", FSDP])
 def test_gradients_are_exchanged_only_on_the_last_micro_step(runs: Runs, parallel: str) -> None:
     # DDP: one bucket holds this model's gradients, so one all-reduce a step, not one per micro-step.
-    # FSDP2: reduce-scatter is switched off for the first of two micro-steps and on for the last.
-    runs.two_ranks(parallel, 2)  # the run that trains like one process (above), probed
-    steps = runs.sync_reports[(parallel, 2)]
-    assert [step["step"] for step in steps] == list(range(1, STEPS + 1))
+    # FSDP2: reduce-scatter is switched off for the first two of three micro-steps and on for the last.
+    result = runs.torchrun(runs.flags(runs.root / f"sync-{parallel}", parallel=parallel, grad_accum=3, max_steps=2,
+                                      eval_interval=0), probe="sync")
+    steps = [json.loads(line.removeprefix("SYNC ")) for line in result.stdout.splitlines()
+             if line.startswith("SYNC ")]
+    assert [step["step"] for step in steps] == [1, 2]
     for step in steps:
         if parallel == "ddp":
             assert step["ddp_buckets"] == 1 and step["fsdp_sync"] == [], step
         else:
-            assert step["ddp_buckets"] == 0 and step["fsdp_sync"] == [False, True], step
+            assert step["ddp_buckets"] == 0 and step["fsdp_sync"] == [False, False, True], step
 
 
 def test_global_tokens_per_step_is_shared_out_over_the_processes(runs: Runs) -> None:

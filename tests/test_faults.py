@@ -3,7 +3,8 @@
 Runs are a one-layer, 16-wide char model on a 20k-character slice of tiny Shakespeare, on the CPU.
 Subprocesses get the test's GPTFORGE_DATA_DIR / GPTFORGE_CACHE_DIR through the environment and one
 thread each (OMP_NUM_THREADS=1), so runs that are compared bit for bit sum in the same order; those the kill -9
-chain starts come from the warm server (tests/warm.py), torch already imported.
+chain starts come from the warm servers (tests/warm.py), torch already imported: the reference run from
+another server than the chain, so that the two differ in hash seed as fresh processes would.
 """
 
 from __future__ import annotations
@@ -131,9 +132,10 @@ class Session:
     phase: str  # where the kill landed: start-up, training, checkpoint write, end of run
 
 
-def start(warm: WarmStarter, argv: list[str], stdout: Path) -> WarmProcess:
+def start(warm: WarmStarter, argv: list[str], stdout: Path, server: int = 0) -> WarmProcess:
+    """`gptforge ARGV` started by warm server `server`, its output in `stdout`."""
     with stdout.open("wb") as out:
-        return warm.popen(cli(*argv), stdout=out, stderr=subprocess.STDOUT, env=child_env())
+        return warm.popen(cli(*argv), stdout=out, stderr=subprocess.STDOUT, env=child_env(), server=server)
 
 
 def kill_when(process: WarmProcess, output_path: Path, ready: Callable[[str, float], bool],
@@ -196,8 +198,11 @@ def test_kill_9_at_20_random_moments_then_resume_gives_the_uninterrupted_weights
     logs = tmp_path / "logs"
     logs.mkdir()
 
-    reference = start(warm, train_argv(corpus, reference_dir, *settings), logs / "reference.txt")
-    begun = time.time()  # once it runs: the first start also starts the warm server
+    # the reference comes from another warm server than the chain: a hash seed of its own, as a fresh process has
+    warm.ensure(0)
+    warm.ensure(1)
+    begun = time.time()
+    reference = start(warm, train_argv(corpus, reference_dir, *settings), logs / "reference.txt", server=1)
     assert reference.wait(timeout=SUBPROCESS_TIMEOUT_S) == 0, (logs / "reference.txt").read_text()
     ended = time.time()
     times = [record["time"] for record in read_records(reference_dir, "train")]

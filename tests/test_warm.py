@@ -1,4 +1,4 @@
-"""The warm server's children (tests/warm.py) are the processes a fresh interpreter would be: the tests that use
+"""The warm servers' children (tests/warm.py) are the processes a fresh interpreter would be: the tests that use
 them for kill -9, signals and torchrun rely on it."""
 
 from __future__ import annotations
@@ -16,20 +16,30 @@ import pytest
 from warm import WarmStarter
 
 REPORT = """
-import atexit, json, os, signal, sys, time
+import atexit, json, os, signal, subprocess, sys, time
 import torch
 
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))  # as gptforge's own handlers end a run
+if "handle" in sys.argv:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(7))  # as gptforge's own handlers end a run
+if "leave-a-grandchild" in sys.argv:  # holding this process's stdout after it ends
+    grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with open(sys.argv[0] + ".grandchild", "w") as file:
+        file.write(str(grandchild.pid))
 atexit.register(lambda: print("atexit ran"))  # and no flush: the interpreter's exit flushes
-print(json.dumps({"name": __name__, "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0],
-                  "marker": os.environ.get("WARM_MARKER"), "threads": torch.get_num_threads(),
-                  "stdin": sys.stdin.read(), "line_buffered": sys.stdout.line_buffering,
-                  "write_through": sys.stdout.write_through, "pid": os.getpid()}))
+print(json.dumps({
+    "name": __name__, "argv": sys.argv, "cwd": os.getcwd(), "path0": sys.path[0], "pid": os.getpid(),
+    "marker": os.environ.get("WARM_MARKER"), "threads": torch.get_num_threads(), "stdin": sys.stdin.read(),
+    "line_buffered": sys.stdout.line_buffering, "write_through": sys.stdout.write_through,
+    "descriptors": sorted(os.listdir("/proc/self/fd")), "hash": hash("gptforge"),
+    "signals": {s.name: repr(signal.getsignal(s)) for s in signal.valid_signals() if isinstance(s, signal.Signals)},
+}))
 sys.stdout.flush()
-if sys.argv[1] == "sleep":
+if "sleep" in sys.argv:
     time.sleep(60)
 sys.exit(int(sys.argv[1]) if sys.argv[1].isdigit() else 0)
 """
+ENV = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "WARM_MARKER": "42",
+       "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture
@@ -39,29 +49,42 @@ def script(tmp_path: Path) -> Path:
     return path
 
 
-def wait_for_output(path: Path) -> None:
+def first_report(path: Path) -> dict:
+    """The child's report, once it has printed it."""
     deadline = time.monotonic() + 60
     while not path.read_text():
         assert time.monotonic() < deadline, "the child printed nothing"
         time.sleep(0.01)
+    return json.loads(path.read_text().splitlines()[0])
 
 
-def test_a_child_has_its_own_environment_descriptors_and_exit(warm: WarmStarter, script: Path, tmp_path: Path) -> None:
+def ended(pid: int) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+def test_a_child_is_what_a_fresh_interpreter_would_be(warm: WarmStarter, script: Path, tmp_path: Path) -> None:
     stdin = tmp_path / "stdin.txt"
-    stdin.write_text("from the test", encoding="utf-8")
-    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}, "WARM_MARKER": "42",
-           "OMP_NUM_THREADS": "1"}
-    with stdin.open("rb") as given:
-        result = warm.run([sys.executable, str(script), "3"], stdin=given, capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=60)
-    assert result.returncode == 3, result.stderr
-    report, *rest = result.stdout.splitlines()
-    assert json.loads(report) | {"pid": 0} == {"name": "__main__", "argv": [str(script), "3"], "cwd": str(tmp_path),
-                                  "path0": str(tmp_path), "marker": "42", "threads": 1, "stdin": "from the test",
-                                  "line_buffered": False, "write_through": False, "pid": 0}
-    assert rest == ["atexit ran"]
+    stdin.write_bytes(b"from the test\r\nand\ra line\n")
+    results = []
+    for start in (subprocess.run, warm.run):
+        with stdin.open("rb") as given:
+            results.append(start([sys.executable, str(script), "3"], stdin=given, capture_output=True, env=ENV,
+                                 cwd=tmp_path, timeout=60))
+    fresh, warmed = results
+    assert (warmed.returncode, warmed.stderr) == (fresh.returncode, fresh.stderr) == (3, b"")
+    report, *rest = warmed.stdout.decode().split("\n")
+    assert rest == ["atexit ran", ""]
+    fresh_report = json.loads(fresh.stdout.decode().splitlines()[0])
+    warm_report = json.loads(report)
+    for differing in ("pid", "hash"):  # a hash seed of its own: fresh processes draw theirs
+        assert warm_report.pop(differing) != fresh_report.pop(differing)
+    assert warm_report == fresh_report
+    assert warm_report | {"signals": None} == {
+        "name": "__main__", "argv": [str(script), "3"], "cwd": str(tmp_path), "path0": str(tmp_path),
+        "marker": "42", "threads": 1, "stdin": "from the test\r\nand\ra line\n", "line_buffered": False,
+        "write_through": False, "descriptors": ["0", "1", "2", "3"], "signals": None}
     two = warm.run([sys.executable, str(script), "0"], capture_output=True, text=True, timeout=60,
-                   env={**env, "OMP_NUM_THREADS": "2"}, stdin=subprocess.DEVNULL)
+                   env={**ENV, "OMP_NUM_THREADS": "2"}, stdin=subprocess.DEVNULL)
     assert json.loads(two.stdout.splitlines()[0])["threads"] == 2
 
 
@@ -76,38 +99,79 @@ def test_a_module_runs_as_python_m_runs_it(warm: WarmStarter) -> None:
         assert fresh.returncode == 0 and "--max-new-tokens" in fresh.stdout
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 7)])
+@pytest.mark.parametrize(("signum", "handle", "status"), [
+    (signal.SIGKILL, False, -signal.SIGKILL), (signal.SIGTERM, False, -signal.SIGTERM), (signal.SIGTERM, True, 7)])
 def test_signals_reach_the_child_and_its_status_says_so(warm: WarmStarter, script: Path, tmp_path: Path,
-                                                        signum: int, status: int) -> None:
+                                                        signum: int, handle: bool, status: int) -> None:
     output = tmp_path / "out.txt"
     with output.open("wb") as out:
-        process = warm.popen([sys.executable, str(script), "sleep"], stdout=out, stdin=subprocess.DEVNULL)
+        process = warm.popen([sys.executable, str(script), "sleep", *["handle"] * handle], stdout=out,
+                             stdin=subprocess.DEVNULL, env=ENV)
     try:
-        wait_for_output(output)
+        assert first_report(output)["pid"] == process.pid
         with pytest.raises(subprocess.TimeoutExpired):
             process.wait(timeout=0.1)
         process.send_signal(signum)
         assert process.wait(timeout=60) == status
+        process.kill()  # once it has ended: nothing, as Popen
     finally:
         process.kill()
 
 
-@pytest.mark.parametrize(("signum", "status"), [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGTERM, 7)])
-def test_the_relay_passes_signals_on_and_ends_as_its_child_ends(warm: WarmStarter, script: Path, tmp_path: Path,
-                                                                signum: int, status: int) -> None:
-    """What torchrun sees of a worker it started as tests/warm_relay.py: SIGTERM to the relay reaches the child;
-    a child killed by a signal leaves the relay killed by the same one."""
+def test_communicate_reads_to_the_end_of_the_output_not_of_the_child(warm: WarmStarter, script: Path) -> None:
+    """A process the child left holding its stdout keeps communicate() waiting, as with Popen."""
+    process = warm.popen([sys.executable, str(script), "0", "leave-a-grandchild"], stdout=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL, env=ENV)
+    with pytest.raises(subprocess.TimeoutExpired):
+        process.communicate(timeout=5)
+    assert process.wait(timeout=60) == 0
+    os.kill(int(Path(f"{script}.grandchild").read_text()), signal.SIGKILL)
+
+
+def test_a_child_whose_client_went_away_is_killed_and_the_server_serves_on(warm: WarmStarter, script: Path,
+                                                                            tmp_path: Path) -> None:
     output = tmp_path / "out.txt"
     with output.open("wb") as out:
-        relay = subprocess.Popen([sys.executable, "-u", *warm.relay_command([str(script), "sleep"])], stdout=out,
-                                 stdin=subprocess.DEVNULL)
+        process = warm.popen([sys.executable, str(script), "sleep"], stdout=out, stdin=subprocess.DEVNULL, env=ENV)
+    first_report(output)
+    process.connection.close()  # as a relay torchrun killed with SIGKILL
+    deadline = time.monotonic() + 60
+    while not ended(process.pid):
+        assert time.monotonic() < deadline, "the child outlived its client"
+        time.sleep(0.01)
+    assert warm.run([sys.executable, str(script), "5"], capture_output=True, timeout=60, env=ENV).returncode == 5
+
+
+@pytest.mark.parametrize(("target", "signum", "status"), [
+    ("relay", signal.SIGTERM, 7), ("child", signal.SIGKILL, -signal.SIGKILL), ("relay", signal.SIGKILL, None)])
+def test_the_relay_passes_signals_on_and_ends_as_its_child_ends(warm: WarmStarter, script: Path, tmp_path: Path,
+                                                                target: str, signum: int, status: int | None) -> None:
+    """What torchrun sees of a worker it started as tests/warm_relay.py: a signal to the relay reaches the
+    child; a child killed by a signal leaves the relay killed by the same one; a relay killed outright takes
+    its child with it. Ranks 0 and 1 get children of different hash seeds."""
+    children = []
+    relays = []
+    for rank in (0, 1):
+        output = tmp_path / f"out-{rank}.txt"
+        with output.open("wb") as out:
+            relays.append(subprocess.Popen(
+                [sys.executable, "-u", *warm.relay_command([str(script), "sleep", "handle"])], stdout=out,
+                stdin=subprocess.DEVNULL, env={**ENV, "LOCAL_RANK": str(rank)}))
+        children.append(first_report(output))
     try:
-        wait_for_output(output)
-        child = json.loads(output.read_text().splitlines()[0])
-        assert child["argv"] == [str(script), "sleep"] and child["write_through"] is True  # -u, as torchrun's
-        assert child["pid"] != relay.pid
-        os.kill(relay.pid if signum == signal.SIGTERM else child["pid"], signum)
-        assert relay.wait(timeout=60) == status
+        assert children[0]["hash"] != children[1]["hash"]
+        relay, child = relays[0], children[0]
+        assert child["argv"] == [str(script), "sleep", "handle"] and child["write_through"] is True  # -u
+        os.kill(relay.pid if target == "relay" else child["pid"], signum)
+        if status is None:
+            assert relay.wait(timeout=60) == -signal.SIGKILL
+            deadline = time.monotonic() + 60
+            while not ended(child["pid"]):
+                assert time.monotonic() < deadline, "the child outlived its relay"
+                time.sleep(0.01)
+        else:
+            assert relay.wait(timeout=60) == status
     finally:
-        relay.kill()
-        relay.wait()
+        for relay in relays:
+            relay.kill()
+            relay.wait()

@@ -3,37 +3,80 @@ each `python -m MODULE ARGS` or `python SCRIPT ARGS` a test asks for (tests/warm
 
 A fresh gptforge process spends about 3 s of CPU importing torch and torch._dynamo (which torch's optimizers
 import on first use) before it does anything; the kill -9, signal and torchrun tests start dozens. A forked child
-starts with those modules loaded, then becomes the process the test asked for: its own stdin, stdout and stderr,
-its environment, working directory and thread count, a new session if asked, unbuffered output if asked (`-u`),
-the module or script run as `__main__`, and the interpreter's normal exit (atexit handlers, thread joins,
-flushes). It is a real process: signals, kill -9 and exit statuses behave as with `subprocess.Popen`.
+starts with those modules loaded, then becomes the process the test asked for: its own stdin, stdout and stderr
+(opened as a fresh interpreter opens them), its environment, working directory and torch thread count, a new
+session if asked, unbuffered output if asked (`-u`), the module or script run as `__main__`, and the
+interpreter's normal exit (atexit handlers, thread joins, flushes, C++ static destructors). It is a real
+process: signals, kill -9 and exit statuses behave as with `subprocess.Popen`.
 
-Protocol, one SOCK_SEQPACKET connection a child: the request (JSON: module or script, args, env, cwd, new_session,
-unbuffered) with
-its three descriptors, answered by the child's PID, then its exit status as `subprocess` reports it (-N for
-signal N). The server quits when its stdin closes: the test session that started it has ended.
+What a child shares with its server, unlike a fresh interpreter: the hash seed (so tests/warm.py runs one
+server per torchrun rank) and numpy's BLAS thread pool, sized when the server imported numpy (gptforge does no
+BLAS work in numpy).
+
+Protocol, one SOCK_SEQPACKET connection a child: the request (JSON: module or script, args, env, cwd,
+new_session, unbuffered) with its three descriptors; the answer is the child's PID with a pidfd for it (signals
+sent through a pidfd never reach another process that reused the PID), then its exit status as `subprocess`
+reports it (-N for signal N). A client that goes away first (a relay killed by torchrun) takes its child with it:
+SIGKILL. The server quits, killing what still runs, when its stdin closes: the test session that started it
+has ended.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import importlib.util
 import io
 import json
 import os
 import runpy
 import select
+import signal
 import socket
 import sys
+from dataclasses import dataclass
 
 PRELOAD = ("torch", "torch._dynamo", "gptforge.cli", "gptforge.train.session")
 
 
+@dataclass
+class Child:
+    pid: int
+    pidfd: int
+    connection: socket.socket | None  # None once its client went away
+
+
+def answer(child: Child, message: bytes, fds: tuple[int, ...] = ()) -> None:
+    """Tell the child's client; a client gone (a relay killed by torchrun) means the child must go too."""
+    if child.connection is None:
+        return
+    try:
+        socket.send_fds(child.connection, [message], list(fds))
+    except OSError:
+        client_gone(child)
+
+
+def client_gone(child: Child) -> None:
+    kill(child)
+    child.connection.close()
+    child.connection = None
+
+
+def kill(child: Child) -> None:
+    with contextlib.suppress(ProcessLookupError):  # ended already, not yet reaped
+        signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
+
+
 def serve(listener: socket.socket) -> tuple[dict, list[int]]:
-    """Fork a child per request and report its exit; returns only in a child, with its request."""
-    children: dict[int, socket.socket] = {}
+    """Fork a child per request and report its end; returns only in a child, with its request."""
+    children: dict[int, Child] = {}  # by pidfd
     while True:
-        readable, _, _ = select.select([listener, sys.stdin], [], [], 0.005 if children else None)
+        clients = {child.connection.fileno(): child for child in children.values() if child.connection}
+        readable, _, _ = select.select([listener, sys.stdin, *children, *clients], [], [])
         if sys.stdin in readable and not os.read(sys.stdin.fileno(), 1):
+            for child in children.values():
+                kill(child)
+                os.waitpid(child.pid, 0)
             os._exit(0)
         if listener in readable:
             connection, _ = listener.accept()
@@ -42,34 +85,43 @@ def serve(listener: socket.socket) -> tuple[dict, list[int]]:
             if pid == 0:
                 listener.close()
                 connection.close()
-                for other in children.values():
-                    other.close()
+                for child in children.values():
+                    os.close(child.pidfd)
+                    if child.connection:
+                        child.connection.close()
                 return json.loads(message), fds
             for fd in fds:
                 os.close(fd)
-            connection.send(str(pid).encode())
-            children[pid] = connection
-        while children:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-            if pid == 0:
-                break
-            connection = children.pop(pid)
-            connection.send(str(os.waitstatus_to_exitcode(status)).encode())
-            connection.close()
+            child = Child(pid, os.pidfd_open(pid), connection)
+            children[child.pidfd] = child
+            answer(child, str(pid).encode(), (child.pidfd,))
+        for fd in readable:
+            if fd in clients and clients[fd].connection is not None:  # EOF: clients send nothing after asking
+                client_gone(clients[fd])
+        for fd in readable:
+            if isinstance(fd, int) and fd in children:  # a pidfd turns readable when its process ends
+                child = children.pop(fd)
+                _, status = os.waitpid(child.pid, 0)
+                answer(child, str(os.waitstatus_to_exitcode(status)).encode())
+                os.close(child.pidfd)
+                if child.connection:
+                    child.connection.close()
 
 
 def standard_stream(fd: int, template: io.TextIOWrapper, unbuffered: bool) -> io.TextIOWrapper:
-    """sys.stdin/stdout/stderr as a fresh interpreter opens them on `fd`: line-buffered on a terminal
-    (stderr always), write-through when unbuffered."""
-    unbuffered = unbuffered and fd != 0
-    raw = io.FileIO(fd, "rb" if fd == 0 else "wb", closefd=False)
-    buffered = raw if unbuffered else (io.BufferedReader(raw) if fd == 0 else io.BufferedWriter(raw))
-    return io.TextIOWrapper(buffered, encoding=template.encoding, errors=template.errors,
-                            line_buffering=fd == 2 or os.isatty(fd), write_through=unbuffered)
+    """sys.stdin/stdout/stderr as a fresh interpreter opens them on `fd` (POSIX): no newline translation;
+    output line-buffered on a terminal (stderr always) or, when unbuffered, written through."""
+    if fd == 0:
+        binary = open(0, "rb", closefd=False)  # noqa: SIM115 (sys.stdin's, for the process's life)
+        return io.TextIOWrapper(binary, encoding=template.encoding, errors=template.errors, newline="\n",
+                                line_buffering=os.isatty(0))
+    binary = open(fd, "wb", buffering=0 if unbuffered else -1, closefd=False)  # noqa: SIM115 (as above)
+    return io.TextIOWrapper(binary, encoding=template.encoding, errors=template.errors, newline="\n",
+                            line_buffering=not unbuffered and (fd == 2 or os.isatty(fd)), write_through=unbuffered)
 
 
 def become(request: dict, fds: list[int], default_threads: int) -> None:
-    """Turn this freshly forked child into `python -m MODULE ARGS` as the test asked for it."""
+    """Turn this freshly forked child into `python -m MODULE ARGS` or `python SCRIPT ARGS` as asked."""
     import torch
 
     if request["new_session"]:
@@ -81,25 +133,26 @@ def become(request: dict, fds: list[int], default_threads: int) -> None:
     os.environ.clear()
     os.environ.update(request["env"])
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or default_threads))
-    templates = (sys.__stdin__, sys.__stdout__, sys.__stderr__)
     unbuffered = request["unbuffered"] or bool(os.environ.get("PYTHONUNBUFFERED"))
+    templates = (sys.__stdin__, sys.__stdout__, sys.__stderr__)
     sys.stdin, sys.stdout, sys.stderr = (standard_stream(fd, template, unbuffered)
                                          for fd, template in enumerate(templates))
     sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
-    if request.get("script"):
+    if request["script"]:
         sys.path[0] = os.path.dirname(os.path.abspath(request["script"]))  # as `python SCRIPT` puts it
         sys.argv = [request["script"], *request["args"]]
         runpy.run_path(request["script"], run_name="__main__")
     else:
+        module = request["module"]
         sys.path[0] = os.getcwd()  # as `python -m` puts it
-        sys.argv = [request["module"], *request["args"]]
-        sys.modules.pop(request["module"], None)  # run as __main__, as a fresh `python -m` does
-        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        sys.argv = [module, *request["args"]]
+        if importlib.util.find_spec(module).submodule_search_locations is not None:
+            module += ".__main__"  # a package runs its __main__; the package itself stays imported, as it would
+        sys.modules.pop(module, None)  # run as __main__, as a fresh `python -m` does, not the loaded copy
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
 
 
 def main() -> None:
-    import importlib
-
     for name in PRELOAD:
         importlib.import_module(name)
     import torch
