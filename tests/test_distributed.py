@@ -118,15 +118,17 @@ class Runs:
             for path in (copy / "checkpoints").iterdir():
                 if path.name != f"step-{STEPS // 2}.pt":
                     path.unlink()
-        return copy, self.torchrun(["train", "--resume", str(copy), "--max-steps", str(STEPS)])
+        # each rank resumes under the other's hash seed: nothing written may depend on the seed
+        return copy, self.torchrun(["train", "--resume", str(copy), "--max-steps", str(STEPS)], shift=1)
 
     def flags(self, out: Path, **overrides: Any) -> list[str]:
         return as_flags(settings(self.corpus, out, batch_size=GLOBAL_BATCH // 2, **overrides))
 
-    def torchrun(self, gptforge_args: list[str], probe: str | None = None,
-                 check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(torchrun_command(gptforge_args, probe, self.warm), env=self.env, capture_output=True,
-                                text=True, timeout=TIMEOUT_S)
+    def torchrun(self, gptforge_args: list[str], probe: str | None = None, check: bool = True,
+                 shift: int = 0) -> subprocess.CompletedProcess:
+        """A torchrun launch of warm workers; `shift` 1 swaps the ranks' hash seeds (tests/warm.py)."""
+        result = subprocess.run(torchrun_command(gptforge_args, probe, self.warm, shift), env=self.env,
+                                capture_output=True, text=True, timeout=TIMEOUT_S)
         return self.check(result) if check else result
 
     @staticmethod
@@ -135,13 +137,13 @@ class Runs:
         return result
 
 
-def torchrun_command(gptforge_args: list[str], probe: str | None = None, warm: WarmStarter | None = None
-                     ) -> list[str]:
+def torchrun_command(gptforge_args: list[str], probe: str | None = None, warm: WarmStarter | None = None,
+                     shift: int = 0) -> list[str]:
     """Two processes of `gptforge ARGS`, or of tests/distributed_probe.py PROBE ARGS; with `warm`, each is
     started by the warm server through tests/warm_relay.py (the stopping tests take real ones)."""
     program = ["-m", "gptforge"] if probe is None else [str(Path(__file__).with_name("distributed_probe.py")), probe]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            *(program if warm is None else warm.relay_command(program)), *gptforge_args]
+            *(program if warm is None else warm.relay_command(program, shift)), *gptforge_args]
 
 
 @pytest.fixture(scope="module")

@@ -198,7 +198,8 @@ def test_kill_9_at_20_random_moments_then_resume_gives_the_uninterrupted_weights
     logs = tmp_path / "logs"
     logs.mkdir()
 
-    # the reference comes from another warm server than the chain: a hash seed of its own, as a fresh process has
+    # the warm servers differ in hash seed, as fresh processes do: the chain alternates between them, so each
+    # resume reads a checkpoint written under another seed
     warm.ensure(0)
     warm.ensure(1)
     begun = time.time()
@@ -235,7 +236,7 @@ def test_kill_9_at_20_random_moments_then_resume_gives_the_uninterrupted_weights
             target = min(from_step + 1 + rng.randrange(window_steps), KILL_STEPS - 1)  # "step N": N steps done
             trigger, delay_s = "training", rng.uniform(0, step_s)
             ready = lambda output, _, step=target: last_step_printed(output) >= step
-        process = start(warm, argv, output_path)
+        process = start(warm, argv, output_path, server=round_index % 2)
         temporary = None
         try:
             if ready is None:
@@ -258,7 +259,7 @@ def test_kill_9_at_20_random_moments_then_resume_gives_the_uninterrupted_weights
     final_output = logs / "final.txt"
     final_argv = ["train", "--resume", str(run_dir)] if RunDir(run_dir).checkpoints() else \
         train_argv(corpus, run_dir, *settings)
-    final = start(warm, final_argv, final_output)
+    final = start(warm, final_argv, final_output, server=KILL_ROUNDS % 2)
     assert final.wait(timeout=SUBPROCESS_TIMEOUT_S) == 0, final_output.read_text(errors="replace")
 
     chained, expected = load_checkpoint(last), load_checkpoint(reference_dir / "checkpoints" / "last.pt")

@@ -63,13 +63,19 @@ def ended(pid: int) -> bool:
 
 
 def test_a_child_is_what_a_fresh_interpreter_would_be(warm: WarmStarter, script: Path, tmp_path: Path) -> None:
+    """Also while another child runs, holding pipes of its own: no descriptor of one reaches the other."""
     stdin = tmp_path / "stdin.txt"
     stdin.write_bytes(b"from the test\r\nand\ra line\n")
+    other = warm.popen([sys.executable, str(script), "sleep"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       stdin=subprocess.DEVNULL, env=ENV)
     results = []
     for start in (subprocess.run, warm.run):
         with stdin.open("rb") as given:
             results.append(start([sys.executable, str(script), "3"], stdin=given, capture_output=True, env=ENV,
                                  cwd=tmp_path, timeout=60))
+    assert other.poll() is None
+    other.kill()
+    assert other.communicate(timeout=60)[1] == b"" and other.returncode == -signal.SIGKILL
     fresh, warmed = results
     assert (warmed.returncode, warmed.stderr) == (fresh.returncode, fresh.stderr) == (3, b"")
     report, *rest = warmed.stdout.decode().split("\n")
@@ -97,6 +103,16 @@ def test_a_module_runs_as_python_m_runs_it(warm: WarmStarter) -> None:
                           timeout=120)
         assert (warmed.returncode, warmed.stdout, warmed.stderr) == (fresh.returncode, fresh.stdout, fresh.stderr)
         assert fresh.returncode == 0 and "--max-new-tokens" in fresh.stdout
+
+
+def test_what_a_child_cannot_have_is_refused(warm: WarmStarter, script: Path) -> None:
+    """Settings the interpreter reads at its own start, and a stdin pipe."""
+    with pytest.raises(ValueError, match="PYTHONHASHSEED"):
+        warm.popen([sys.executable, str(script), "0"], env={**ENV, "PYTHONHASHSEED": "1"})
+    with pytest.raises(ValueError, match="stdin"):
+        warm.popen([sys.executable, str(script), "0"], stdin=subprocess.PIPE, env=ENV)
+    with pytest.raises(ValueError, match="-m MODULE"):
+        warm.popen([sys.executable, "-c", "pass"], env=ENV)
 
 
 @pytest.mark.parametrize(("signum", "handle", "status"), [
@@ -148,18 +164,18 @@ def test_the_relay_passes_signals_on_and_ends_as_its_child_ends(warm: WarmStarte
                                                                 target: str, signum: int, status: int | None) -> None:
     """What torchrun sees of a worker it started as tests/warm_relay.py: a signal to the relay reaches the
     child; a child killed by a signal leaves the relay killed by the same one; a relay killed outright takes
-    its child with it. Ranks 0 and 1 get children of different hash seeds."""
+    its child with it. Ranks 0 and 1 get children of different hash seeds, and a shift swaps them."""
     children = []
     relays = []
-    for rank in (0, 1):
-        output = tmp_path / f"out-{rank}.txt"
+    for rank, shift in ((0, 0), (1, 0), (0, 1)):
+        output = tmp_path / f"out-{rank}-{shift}.txt"
         with output.open("wb") as out:
             relays.append(subprocess.Popen(
-                [sys.executable, "-u", *warm.relay_command([str(script), "sleep", "handle"])], stdout=out,
+                [sys.executable, "-u", *warm.relay_command([str(script), "sleep", "handle"], shift)], stdout=out,
                 stdin=subprocess.DEVNULL, env={**ENV, "LOCAL_RANK": str(rank)}))
         children.append(first_report(output))
     try:
-        assert children[0]["hash"] != children[1]["hash"]
+        assert children[0]["hash"] != children[1]["hash"] == children[2]["hash"]
         relay, child = relays[0], children[0]
         assert child["argv"] == [str(script), "sleep", "handle"] and child["write_through"] is True  # -u
         os.kill(relay.pid if target == "relay" else child["pid"], signum)

@@ -2,11 +2,16 @@
 gptforge imported: the same process a fresh interpreter would be, about 3 s of CPU sooner.
 
 `WarmStarter.popen` and `.run` take the argument lists and the keywords tests give `subprocess.Popen` and
-`subprocess.run` (stdin/stdout/stderr as files, descriptors, PIPE, DEVNULL or STDOUT; env; cwd; text; timeout;
-start_new_session) and return objects that behave alike (pid, poll, wait, send_signal, kill, communicate,
-returncode). Only `[sys.executable, "-m", MODULE, ...]` and `[sys.executable, SCRIPT.py, ...]` are served.
-`relay_command` is a command line torchrun can start in place of a training process (tests/warm_relay.py); each
-rank's relay asks a server of its own, so that ranks differ in hash seed as fresh processes do.
+`subprocess.run` (stdin as a file, descriptor or DEVNULL; stdout/stderr as files, descriptors, PIPE, DEVNULL or
+STDOUT; env; cwd; text; timeout; start_new_session) and return objects that behave alike (pid, poll, wait,
+send_signal, kill, communicate, returncode), but for one thing: a WarmProcess dropped while its child runs
+takes the child with it. Only `[sys.executable, "-m", MODULE, ...]` and `[sys.executable, SCRIPT.py, ...]` are
+served, and only with the interpreter settings the servers started with (STARTUP_VARIABLES).
+
+Two servers run, each with a hash seed of its own as fresh interpreters have: where processes hand state on
+(a checkpoint written by one and resumed by the next), tests alternate between them. `relay_command` is a
+command line torchrun can start in place of a training process (tests/warm_relay.py): rank R's relay asks
+server (R + shift) % 2, so ranks differ, and a launch with another shift reads what they wrote.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from typing import IO, Any
 
 SERVER = Path(__file__).with_name("warm_server.py")
 RELAY = Path(__file__).with_name("warm_relay.py")
-RANK_SERVERS = 2  # torchrun's ranks in tests/test_distributed.py
+SERVERS = 2
+# read by the interpreter at start-up, so a child keeps its server's: a request may not change them
+STARTUP_VARIABLES = ("PYTHONHASHSEED", "PYTHONPATH", "PYTHONWARNINGS", "PYTHONIOENCODING", "PYTHONUTF8",
+                     "PYTHONSAFEPATH", "PYTHONDEVMODE", "LC_ALL", "LC_CTYPE", "LANG")
 
 
 def socket_path(folder: str | Path, server: int) -> str:
@@ -58,6 +66,7 @@ def receive_child(connection: socket.socket) -> tuple[int, int]:
     message, fds, _, _ = socket.recv_fds(connection, 64, 1)
     if not message:
         raise RuntimeError("the warm server went away before starting the process")
+    os.set_inheritable(fds[0], False)  # received descriptors are inheritable; this one is ours alone
     return int(message), fds[0]
 
 
@@ -152,6 +161,7 @@ class WarmStarter:
         self.folder = folder
         self.sockets = tempfile.mkdtemp(prefix="gptforge-warm-")  # short: a socket's path has 107 bytes at most
         self.servers: dict[int, subprocess.Popen] = {}
+        self.startup: dict[str, str | None] = {}  # STARTUP_VARIABLES as the servers started with them
 
     def log(self, server: int) -> Path:
         return self.folder / f"server-{server}.log"
@@ -163,6 +173,11 @@ class WarmStarter:
             raise RuntimeError(f"warm server {server} died: {self.log(server).read_text()}")
         if running is None:
             env = {name: value for name, value in os.environ.items() if name != "OMP_NUM_THREADS"}
+            startup = {name: env.get(name) for name in STARTUP_VARIABLES}
+            if self.startup and startup != self.startup:
+                raise RuntimeError(f"warm server {server} would start with other interpreter settings than the "
+                                   f"others: {startup} vs {self.startup}")
+            self.startup = startup
             with self.log(server).open("wb") as log:
                 self.servers[server] = subprocess.Popen(
                     [sys.executable, str(SERVER), socket_path(self.sockets, server)], stdin=subprocess.PIPE,
@@ -174,12 +189,21 @@ class WarmStarter:
     def close(self) -> None:
         """Stop the servers (what still runs is killed); what a server printed of its own is an error, for a
         fresh process would have printed it to the test's stderr."""
-        for server, process in self.servers.items():
-            process.stdin.close()
-            process.wait(timeout=60)
-            process.stdout.close()
-            assert process.returncode == 0 and not self.log(server).read_text(), self.log(server).read_text()
-        shutil.rmtree(self.sockets, ignore_errors=True)
+        failures = []
+        try:
+            for server, process in self.servers.items():
+                process.stdin.close()
+                try:
+                    process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+                process.stdout.close()
+                if process.returncode != 0 or self.log(server).read_text():
+                    failures.append(f"warm server {server} ended {process.returncode}: {self.log(server).read_text()}")
+        finally:
+            shutil.rmtree(self.sockets, ignore_errors=True)
+        assert not failures, failures
 
     def popen(self, args: list[str], *, stdin: Any = None, stdout: Any = None, stderr: Any = None,
               env: dict[str, str] | None = None, cwd: str | Path | None = None, text: bool = False,
@@ -187,7 +211,13 @@ class WarmStarter:
         """As `subprocess.Popen`; `server` picks the warm server, each with a hash seed of its own."""
         if args[0] != sys.executable:
             raise ValueError(f"the warm server runs this Python, not {args[0]}")
+        if stdin == subprocess.PIPE:
+            raise ValueError("the warm server takes stdin from a file, a descriptor or DEVNULL, not a pipe")
+        env = dict(os.environ if env is None else env)
         socket_file = self.ensure(server)
+        changed = [name for name in STARTUP_VARIABLES if env.get(name) != self.startup[name]]
+        if changed:
+            raise ValueError(f"a warm child keeps its server's {', '.join(changed)}; start a fresh interpreter")
         pipes: dict[str, IO[bytes]] = {}
         theirs: list[int] = []  # descriptors opened here for the child, closed here once it has them
 
@@ -207,19 +237,19 @@ class WarmStarter:
         fds = [descriptor("stdin", stdin, 0), descriptor("stdout", stdout, 1)]
         fds.append(fds[1] if stderr == subprocess.STDOUT else descriptor("stderr", stderr, 2))
         try:
-            connection = send_request(socket_file, args[1:], fds, env=dict(os.environ if env is None else env),
-                                      cwd=str(cwd or os.getcwd()), new_session=start_new_session)
+            connection = send_request(socket_file, args[1:], fds, env=env, cwd=str(cwd or os.getcwd()),
+                                      new_session=start_new_session)
             return WarmProcess(connection, args, pipes, text)
         finally:
             for fd in theirs:
                 os.close(fd)
 
-    def relay_command(self, program: list[str]) -> list[str]:
-        """What torchrun starts in place of `python PROGRAM`: tests/warm_relay.py, which has rank R's server run
-        it (R modulo RANK_SERVERS)."""
-        for server in range(RANK_SERVERS):
+    def relay_command(self, program: list[str], shift: int = 0) -> list[str]:
+        """What torchrun starts in place of `python PROGRAM`: tests/warm_relay.py, which has server
+        (LOCAL_RANK + shift) % 2 run it."""
+        for server in range(SERVERS):
             self.ensure(server)
-        return [str(RELAY), self.sockets, *program]
+        return [str(RELAY), self.sockets, str(shift), *program]
 
     def run(self, args: list[str], *, capture_output: bool = False, text: bool = False,
             timeout: float | None = None, **kwargs: Any) -> subprocess.CompletedProcess:
@@ -231,5 +261,8 @@ class WarmStarter:
         except BaseException:
             process.kill()
             process.wait()
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
             raise
         return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)

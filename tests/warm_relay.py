@@ -1,5 +1,5 @@
-"""`python tests/warm_relay.py SOCKETS -m MODULE ARGS` (or `SOCKETS SCRIPT.py ARGS`): the program run by a warm
-server (tests/warm_server.py; the one of this process's LOCAL_RANK, among those in folder SOCKETS) on this
+"""`python tests/warm_relay.py SOCKETS SHIFT -m MODULE ARGS` (or `... SCRIPT.py ARGS`): the program run by a warm
+server (tests/warm_server.py; server (LOCAL_RANK + SHIFT) % 2 of those in folder SOCKETS) on this
 process's stdin, stdout, stderr, environment and working directory, in a session of its own and unbuffered, as
 torchrun starts its workers. Signals sent to this process go on to it (those that come before it has started,
 once it has), and this process ends as it ends: the same exit status, or killed by the same signal. Were this
@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 
-from warm import RANK_SERVERS, receive_child, receive_status, send_request, signal_child, socket_path
+from warm import SERVERS, receive_child, receive_status, send_request, signal_child, socket_path
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -30,7 +30,7 @@ def die_like(signum: int) -> None:
 
 
 def main() -> None:
-    sockets, *program = sys.argv[1:]
+    sockets, shift, *program = sys.argv[1:]
     child: dict[str, int] = {}
     early: list[int] = []
 
@@ -42,7 +42,7 @@ def main() -> None:
 
     for signum in FORWARDED:
         signal.signal(signum, forward)
-    server = int(os.environ.get("LOCAL_RANK", "0")) % RANK_SERVERS
+    server = (int(os.environ.get("LOCAL_RANK", "0")) + int(shift)) % SERVERS
     connection = send_request(socket_path(sockets, server), program, [0, 1, 2], env=dict(os.environ),
                               cwd=os.getcwd(), new_session=True, unbuffered=True)
     _, child["pidfd"] = receive_child(connection)

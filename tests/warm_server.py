@@ -9,16 +9,19 @@ session if asked, unbuffered output if asked (`-u`), the module or script run as
 interpreter's normal exit (atexit handlers, thread joins, flushes, C++ static destructors). It is a real
 process: signals, kill -9 and exit statuses behave as with `subprocess.Popen`.
 
-What a child shares with its server, unlike a fresh interpreter: the hash seed (so tests/warm.py runs one
-server per torchrun rank) and numpy's BLAS thread pool, sized when the server imported numpy (gptforge does no
-BLAS work in numpy).
+What a child shares with its server, unlike a fresh interpreter: the hash seed (so tests/warm.py runs two
+servers, and the tests alternate between them where processes hand state on), what the interpreter read from
+its environment at start-up (tests/warm.py refuses a request that changes it), and numpy's BLAS thread pool,
+sized when the server imported numpy (gptforge does no BLAS work in numpy). Python's and numpy's global random
+states are drawn afresh in each child, as a fresh interpreter draws them.
 
 Protocol, one SOCK_SEQPACKET connection a child: the request (JSON: module or script, args, env, cwd,
 new_session, unbuffered) with its three descriptors; the answer is the child's PID with a pidfd for it (signals
 sent through a pidfd never reach another process that reused the PID), then its exit status as `subprocess`
 reports it (-N for signal N). A client that goes away first (a relay killed by torchrun) takes its child with it:
-SIGKILL. The server quits, killing what still runs, when its stdin closes: the test session that started it
-has ended.
+SIGKILL, to its whole process group when it has a session of its own. A request that is not whole (no
+message, a cut one, not three descriptors) is dropped. The server quits, killing what still runs, when its
+stdin closes: the test session that started it has ended.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class Child:
     pid: int
     pidfd: int
     connection: socket.socket | None  # None once its client went away
+    leads_a_group: bool  # started in a session of its own, so its PID is its process group's
 
 
 def answer(child: Child, message: bytes, fds: tuple[int, ...] = ()) -> None:
@@ -63,8 +67,28 @@ def client_gone(child: Child) -> None:
 
 
 def kill(child: Child) -> None:
-    with contextlib.suppress(ProcessLookupError):  # ended already, not yet reaped
-        signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
+    """SIGKILL to the child, and to the processes it started in its group; not yet reaped, so its PID (and
+    group) cannot be another's."""
+    with contextlib.suppress(ProcessLookupError):
+        if child.leads_a_group:
+            os.killpg(child.pid, signal.SIGKILL)
+        else:
+            signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
+
+
+def whole_request(connection: socket.socket) -> tuple[dict, list[int]] | None:
+    """The request on a new connection and its three descriptors, or None (all closed) for anything less."""
+    try:
+        message, fds, flags, _ = socket.recv_fds(connection, 1 << 20, 3)
+    except OSError:
+        message, fds, flags = b"", [], 0
+    if message and len(fds) == 3 and not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        with contextlib.suppress(ValueError):
+            return json.loads(message), fds
+    for fd in fds:
+        os.close(fd)
+    connection.close()
+    return None
 
 
 def serve(listener: socket.socket) -> tuple[dict, list[int]]:
@@ -80,7 +104,10 @@ def serve(listener: socket.socket) -> tuple[dict, list[int]]:
             os._exit(0)
         if listener in readable:
             connection, _ = listener.accept()
-            message, fds, _, _ = socket.recv_fds(connection, 1 << 20, 3)
+            received = whole_request(connection)
+            if received is None:
+                continue
+            request, fds = received
             pid = os.fork()
             if pid == 0:
                 listener.close()
@@ -89,10 +116,10 @@ def serve(listener: socket.socket) -> tuple[dict, list[int]]:
                     os.close(child.pidfd)
                     if child.connection:
                         child.connection.close()
-                return json.loads(message), fds
+                return request, fds
             for fd in fds:
                 os.close(fd)
-            child = Child(pid, os.pidfd_open(pid), connection)
+            child = Child(pid, os.pidfd_open(pid), connection, request["new_session"])
             children[child.pidfd] = child
             answer(child, str(pid).encode(), (child.pidfd,))
         for fd in readable:
@@ -122,8 +149,11 @@ def standard_stream(fd: int, template: io.TextIOWrapper, unbuffered: bool) -> io
 
 def become(request: dict, fds: list[int], default_threads: int) -> None:
     """Turn this freshly forked child into `python -m MODULE ARGS` or `python SCRIPT ARGS` as asked."""
+    import numpy
     import torch
 
+    numpy.random.seed()  # from the OS's entropy, as a fresh interpreter's first use seeds it (Python's random
+    # module reseeds itself after a fork)
     if request["new_session"]:
         os.setsid()
     for target, fd in enumerate(fds):
