@@ -14,7 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from gptforge.cli import main
 from gptforge.config import RunConfig, build_config
 from gptforge.train.session import train
-from warm import WarmStarter
+from warm import WarmProcess, WarmStarter
 
 # Property tests. `derandomized` (the default: make test, CI): the same examples on every run, so a green run is
 # green every time, and no deadline per example, so a loaded machine is no failure. `fuzz` (`make fuzz`, which
@@ -195,7 +195,7 @@ def mount_refusal() -> str | None:
     return None
 
 
-def reap(process: subprocess.Popen) -> None:
+def reap(process: subprocess.Popen | WarmProcess) -> None:
     """Kill `process` if it still runs, and wait for it: no test leaves a child behind."""
     if process.poll() is None:
         process.kill()

@@ -31,6 +31,7 @@ from gptforge.device import resolve_parallel
 from gptforge.errors import UserError
 from gptforge.run_dir import LOCK_FILE
 from gptforge.train.distributed import without_flag
+from gptforge.train.metrics_history import SESSION, read_metrics
 from gptforge.train.session import resolve_accumulation, train
 from warm import WarmStarter
 
@@ -156,17 +157,21 @@ def records(run_dir: Path, kind: str) -> list[dict]:
     return [record for record in map(json.loads, lines) if record["kind"] == kind]
 
 
+def loss_by_step(logged: list[dict], kind: str) -> dict[int, float]:
+    return {r["step"]: r["loss" if kind == "train" else "val_loss"] for r in logged}
+
+
 def losses(run_dir: Path, kind: str = "train") -> dict[int, float]:
-    return {r["step"]: r["loss" if kind == "train" else "val_loss"] for r in records(run_dir, kind)}
+    return loss_by_step(records(run_dir, kind), kind)
 
 
 def newest_session_losses(run_dir: Path, kind: str = "train") -> dict[int, float]:
     """The losses the run's last session logged (after its "session" record), each step once."""
-    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
-    newest = [json.loads(line) for line in lines][max(i for i, line in enumerate(lines) if '"session"' in line):]
-    logged = [r for r in newest if r["kind"] == kind]
-    assert len({r["step"] for r in logged}) == len(logged), logged
-    return {r["step"]: r["loss" if kind == "train" else "val_loss"] for r in logged}
+    logged = read_metrics(run_dir / "metrics.jsonl")
+    newest = logged[max(i for i, record in enumerate(logged) if record["kind"] == SESSION):]
+    picked = [record for record in newest if record["kind"] == kind]
+    assert len({record["step"] for record in picked}) == len(picked), picked
+    return loss_by_step(picked, kind)
 
 
 def last_state(run_dir: Path) -> dict[str, Any]:

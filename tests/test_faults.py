@@ -3,8 +3,8 @@
 Runs are a one-layer, 16-wide char model on a 20k-character slice of tiny Shakespeare, on the CPU.
 Subprocesses get the test's GPTFORGE_DATA_DIR / GPTFORGE_CACHE_DIR through the environment and one
 thread each (OMP_NUM_THREADS=1), so runs that are compared bit for bit sum in the same order; those the kill -9
-chain starts come from the warm servers (tests/warm.py), torch already imported: the reference run from
-another server than the chain, so that the two differ in hash seed as fresh processes would.
+chain starts come from the warm servers (tests/warm.py), torch already imported, alternating between the two
+so that each resume reads a checkpoint written under another hash seed, as fresh processes would.
 """
 
 from __future__ import annotations

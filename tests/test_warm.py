@@ -58,8 +58,12 @@ def first_report(path: Path) -> dict:
     return json.loads(path.read_text().splitlines()[0])
 
 
-def ended(pid: int) -> bool:
-    return not Path(f"/proc/{pid}").exists()
+def wait_until_gone(pid: int, what: str) -> None:
+    """Until process `pid` has ended and been reaped (Linux: its /proc entry is gone)."""
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
 
 
 def test_a_child_is_what_a_fresh_interpreter_would_be(warm: WarmStarter, script: Path, tmp_path: Path) -> None:
@@ -151,10 +155,7 @@ def test_a_child_whose_client_went_away_is_killed_and_the_server_serves_on(warm:
         process = warm.popen([sys.executable, str(script), "sleep"], stdout=out, stdin=subprocess.DEVNULL, env=ENV)
     first_report(output)
     process.connection.close()  # as a relay torchrun killed with SIGKILL
-    deadline = time.monotonic() + 60
-    while not ended(process.pid):
-        assert time.monotonic() < deadline, "the child outlived its client"
-        time.sleep(0.01)
+    wait_until_gone(process.pid, "the child outlived its client")
     assert warm.run([sys.executable, str(script), "5"], capture_output=True, timeout=60, env=ENV).returncode == 5
 
 
@@ -181,10 +182,7 @@ def test_the_relay_passes_signals_on_and_ends_as_its_child_ends(warm: WarmStarte
         os.kill(relay.pid if target == "relay" else child["pid"], signum)
         if status is None:
             assert relay.wait(timeout=60) == -signal.SIGKILL
-            deadline = time.monotonic() + 60
-            while not ended(child["pid"]):
-                assert time.monotonic() < deadline, "the child outlived its relay"
-                time.sleep(0.01)
+            wait_until_gone(child["pid"], "the child outlived its relay")
         else:
             assert relay.wait(timeout=60) == status
     finally:
